@@ -68,15 +68,21 @@ def dvr_loss(student: Tensor, teacher: Tensor, center: Tensor, ncrops: int,
 
 
 def batch_center(teacher: Tensor) -> Tensor:
-    """Mean of the teacher rows, (1, K), averaged over every rank when torch.distributed is
-    initialised (all_reduce of the sum, divided by rows * world size)."""
+    """Mean of this rank's teacher rows, (1, K), in float32."""
     with torch.no_grad():
-        total = teacher.float().sum(dim=0, keepdim=True)
-        rows = teacher.shape[0]
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(total)
-            rows *= dist.get_world_size()
-        return total / rows
+        return teacher.float().mean(dim=0, keepdim=True)
+
+
+def all_reduce_center(local_mean: Tensor, rows: int) -> Tensor:
+    """The batch centre over every rank, as the authors compute it: the sum of all teacher rows
+    (all_reduce) over the number of rows on all ranks. Identity when not distributed."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return local_mean
+    with torch.no_grad():
+        packed = torch.cat([local_mean.flatten() * rows,
+                            torch.tensor([float(rows)], device=local_mean.device)])
+        dist.all_reduce(packed)
+        return (packed[:-1] / packed[-1]).reshape(local_mean.shape)
 
 
 def update_center(center: Tensor, batch_mean: Tensor, momentum: float) -> Tensor:
@@ -121,7 +127,8 @@ def check_loss_inputs(ncrops: int, student: Tensor, teacher: Tensor, center: Opt
 
 def dino_loss(student: Tensor, teacher: Tensor, center: Tensor, ncrops: int,
               student_temp: float, teacher_temp: float) -> Tuple[Tensor, Tensor]:
-    """DINO's loss. Returns (loss, batch centre (1, K)); updating the centre is the caller's."""
+    """DINO's loss. Returns (loss, this rank's batch centre (1, K)); syncing and updating the
+    centre is the caller's."""
     check_loss_inputs(ncrops, student, teacher, center, ("student", "teacher", "center"))
     return (dir_loss(student, teacher, center, ncrops, student_temp, teacher_temp),
             batch_center(teacher))
@@ -134,7 +141,8 @@ def clever_loss(student_ir: Tensor, student_ef: Tensor, teacher_ir: Tensor, teac
 
     student_ir (ncrops*B, K1), student_ef (ncrops*B, K2), teacher_ir (2B, K1),
     teacher_ef (2B, K2), center_ir (1, K1), center_ef (1, K2); K1 and K2 may differ.
-    Returns (total, loss_dir, loss_dvr, batch_center_ir, batch_center_ef).
+    Returns (total, loss_dir, loss_dvr, batch_center_ir, batch_center_ef), the batch centres
+    being this rank's teacher means (1, K).
     """
     b_ir = check_loss_inputs(ncrops, student_ir, teacher_ir, center_ir,
                              ("student_ir", "teacher_ir", "center_ir"))
@@ -170,9 +178,10 @@ class CLeVERLossReference(torch.nn.Module):
         total, loss_dir, loss_dvr, bc1, bc2 = clever_loss(
             student_ir, student_ef, teacher_ir, teacher_ef, self.center, self.center2,
             self.ncrops, self.student_temp, temp, self.sep_lambd)
+        rows = teacher_ir.shape[0]
         with torch.no_grad():
-            self.center.copy_(update_center(self.center, bc1, self.center_momentum))
-            self.center2.copy_(update_center(self.center2, bc2, self.center_momentum))
+            self.center.copy_(update_center(self.center, all_reduce_center(bc1, rows), self.center_momentum))
+            self.center2.copy_(update_center(self.center2, all_reduce_center(bc2, rows), self.center_momentum))
         return total, loss_dir, loss_dvr
 
 
@@ -194,5 +203,6 @@ class DINOLossReference(torch.nn.Module):
         loss, bc = dino_loss(student_output, teacher_output, self.center, self.ncrops,
                              self.student_temp, temp)
         with torch.no_grad():
+            bc = all_reduce_center(bc, teacher_output.shape[0])
             self.center.copy_(update_center(self.center, bc, self.center_momentum))
         return loss

@@ -1,0 +1,166 @@
+"""The autograd Functions of the fused loss, the choice of kernel backend, and the fake
+(meta) implementations that let torch.compile trace the ops without running them.
+
+Each head is one Function returning per-pair statistics, (2, V*B) float32: the
+cross-entropies of the DIR head or the cosines of the DVR head. The few ops that turn those
+into the scalar loss run as ordinary autograd on O(rows) data, so the kernels' backward only
+needs the per-pair upstream gradient and never sees how the pairs were combined.
+"""
+import warnings
+
+import torch
+
+from .. import _backend
+
+_warned = set()
+
+
+def _warn_once(message: str):
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Maps a user's backend choice to "ops" (the dispatcher: C++ on CPU, Triton on CUDA),
+    "triton" (Triton launchers called directly: CUDA, or CPU under TRITON_INTERPRET=1) or
+    "reference" (plain PyTorch). "auto" falls back to the reference only with a warning."""
+    status = _backend.backends()
+    if backend == "auto":
+        key = "triton" if device.type == "cuda" else "cpu-ext"
+        if device.type in ("cuda", "cpu") and status[key].available:
+            return "ops"
+        reason = status[key].reason if device.type in ("cuda", "cpu") else f"no kernels for {device.type}"
+        _warn_once(f"clever_kernels.loss: no fused kernel for {device.type} tensors ({reason}); "
+                   "using the plain-PyTorch reference loss")
+        return "reference"
+    if backend == "reference":
+        return "reference"
+    if backend == "cpp":
+        if device.type != "cpu":
+            raise ValueError(f"backend='cpp' runs on CPU tensors, got tensors on {device}")
+        if not status["cpu-ext"].available:
+            raise RuntimeError(f"backend='cpp' unavailable: {status['cpu-ext'].reason}")
+        return "ops"
+    if backend == "triton":
+        if device.type == "cuda":
+            if not status["triton"].available:
+                raise RuntimeError(f"backend='triton' unavailable: {status['triton'].reason}")
+        elif device.type == "cpu":
+            if not status["triton-interpreter"].available:
+                raise RuntimeError("backend='triton' on CPU tensors needs the Triton interpreter: "
+                                   + status["triton-interpreter"].reason)
+        else:
+            raise ValueError(f"backend='triton' runs on CUDA tensors (or CPU under TRITON_INTERPRET=1), "
+                             f"got {device}")
+        return "triton"
+    raise ValueError(f"backend must be one of 'auto', 'cpp', 'triton', 'reference', got {backend!r}")
+
+
+def _ops(impl: str):
+    if impl == "ops":
+        return torch.ops.clever_kernels
+    from . import _triton
+    return _triton
+
+
+def _register_fakes():
+    """Shapes of every loss op's outputs, for torch.compile and meta tensors."""
+    if not hasattr(torch.library, "register_fake"):
+        return  # torch < 2.4 compiles through graph breaks instead
+
+    def stats(x, *shape):
+        return x.new_empty(shape, dtype=torch.float32)
+
+    @torch.library.register_fake("clever_kernels::dir_loss_fwd")
+    def _dir_fwd(student, teacher, center, ncrops, student_temp, teacher_temp):
+        rows, k = student.shape
+        return (stats(student, rows), stats(teacher, teacher.shape[0]), stats(student, 2, rows),
+                stats(teacher, k))
+
+    @torch.library.register_fake("clever_kernels::dvr_loss_fwd")
+    def _dvr_fwd(student, teacher, center, ncrops, student_temp, teacher_temp):
+        rows, k = student.shape
+        trows = teacher.shape[0]
+        return (stats(student, rows), stats(teacher, trows), stats(student, rows), stats(teacher, trows),
+                stats(student, 2, rows), stats(teacher, k))
+
+    @torch.library.register_fake("clever_kernels::dir_loss_bwd")
+    def _dir_bwd(student, teacher, center, lse_student, lse_teacher, alpha, beta, ncrops,
+                 student_temp, teacher_temp):
+        return torch.empty_like(student)
+
+    @torch.library.register_fake("clever_kernels::dvr_loss_bwd")
+    def _dvr_bwd(student, teacher, center, lse_student, lse_teacher, u, z, ncrops, student_temp,
+                 teacher_temp):
+        return torch.empty_like(student)
+
+
+def _register_triton_cuda():
+    if torch.cuda.is_available() and _backend._triton_import() is None:
+        from . import _triton
+        _triton.register_cuda_impls()
+
+
+if _backend.has_extension():
+    _register_fakes()
+    _register_triton_cuda()
+
+
+class DirCrossEntropy(torch.autograd.Function):
+    """ce[iq, v*B+b] = -<q[iq,b], log_softmax(student[v*B+b]/ts)> for every (iq, v), and the
+    column sum of the teacher rows (non-differentiable). The teacher gets no gradient."""
+
+    @staticmethod
+    def forward(ctx, student, teacher, center, ncrops: int, student_temp: float, teacher_temp: float,
+                impl: str):
+        lse_s, lse_t, ce, teacher_sum = _ops(impl).dir_loss_fwd(
+            student, teacher, center, ncrops, student_temp, teacher_temp)
+        ctx.save_for_backward(student, teacher, center, lse_s, lse_t)
+        ctx.args = (ncrops, student_temp, teacher_temp, impl)
+        ctx.mark_non_differentiable(teacher_sum)
+        return ce, teacher_sum
+
+    @staticmethod
+    def backward(ctx, grad_ce, _grad_sum):
+        if not ctx.needs_input_grad[0]:
+            return (None,) * 7
+        student, teacher, center, lse_s, lse_t = ctx.saved_tensors
+        ncrops, ts, tt, impl = ctx.args
+        # d ce[iq, r] / d student[r] = (softmax(student[r]/ts) - q[iq]) / ts
+        beta = (grad_ce.float() / ts).contiguous()
+        alpha = beta.sum(dim=0).contiguous()
+        grad = _ops(impl).dir_loss_bwd(student, teacher, center, lse_s, lse_t, alpha, beta, ncrops, ts, tt)
+        return grad, None, None, None, None, None, None
+
+
+class DvrCosine(torch.autograd.Function):
+    """cos[iq, v*B+b] = cos(p[iq,b], r[v*B+b]) for every (iq, v), and the column sum of the
+    teacher rows (non-differentiable). The teacher gets no gradient."""
+
+    @staticmethod
+    def forward(ctx, student, teacher, center, ncrops: int, student_temp: float, teacher_temp: float,
+                impl: str):
+        lse_s, lse_t, norm_s, norm_t, cos, teacher_sum = _ops(impl).dvr_loss_fwd(
+            student, teacher, center, ncrops, student_temp, teacher_temp)
+        ctx.save_for_backward(student, teacher, center, lse_s, lse_t, norm_s, norm_t, cos)
+        ctx.args = (ncrops, student_temp, teacher_temp, impl)
+        ctx.mark_non_differentiable(teacher_sum)
+        return cos, teacher_sum
+
+    @staticmethod
+    def backward(ctx, grad_cos, _grad_sum):
+        if not ctx.needs_input_grad[0]:
+            return (None,) * 7
+        student, teacher, center, lse_s, lse_t, norm_s, norm_t, cos = ctx.saved_tensors
+        ncrops, ts, tt, impl = ctx.args
+        batch = teacher.shape[0] // 2
+        # With g_iq = d cos_iq / d r = p_iq/(|p_iq||r|) - cos_iq r/|r|^2 we have <r, g_iq> = 0, so
+        # the softmax Jacobian reduces to r * g_iq / ts: grad = r * (sum_iq u_iq p_iq - z r).
+        norm_p = norm_t.view(2, 1, batch).expand(2, ncrops, batch).reshape(2, -1)
+        g = grad_cos.float()
+        u = (g / (ts * norm_p * norm_s)).contiguous()
+        z = ((g * cos).sum(dim=0) / (ts * norm_s * norm_s)).contiguous()
+        grad = _ops(impl).dvr_loss_bwd(student, teacher, center, lse_s, lse_t, u, z, ncrops, ts, tt)
+        return grad, None, None, None, None, None, None
+

@@ -1,0 +1,128 @@
+"""CLeVERLoss and DINOLoss: drop-in replacements for the authors' CLeVER_DINOLoss and DINO's
+DINOLoss (same constructor arguments, forward arguments, results and buffer names), on the
+fused kernels."""
+import torch
+import torch.distributed as dist
+
+from ..reference.loss import teacher_temp_schedule
+from .functional import clever_loss, dino_loss
+
+
+def _sync_before_state_dict(module, prefix, keep_vars):
+    module.sync_centers()
+
+
+class _CenteredLoss(torch.nn.Module):
+    """Holds the centre buffers and their EMA.
+
+    Not distributed, the buffers hold the updated centres when forward returns. Distributed,
+    every centre's batch sum and the row count travel in one all_reduce issued asynchronously
+    after the loss; it is waited for before the next forward and before state_dict(), so the
+    reduction overlaps the backward pass (DINOv2 does the same).
+    """
+
+    _centers = ()
+
+    def __init__(self, ncrops, warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs,
+                 student_temp, center_momentum, backend):
+        super().__init__()
+        if not 0.0 <= center_momentum <= 1.0:
+            raise ValueError(f"center_momentum must be in [0, 1], got {center_momentum}")
+        if not student_temp > 0:
+            raise ValueError(f"student_temp must be > 0, got {student_temp}")
+        if not isinstance(ncrops, int) or ncrops < 2:
+            raise ValueError(f"ncrops must be an int >= 2, got {ncrops!r}")
+        self.ncrops = ncrops
+        self.student_temp = student_temp
+        self.center_momentum = center_momentum
+        self.backend = backend
+        self.teacher_temp_schedule = teacher_temp_schedule(
+            warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs)
+        self._pending = None
+        self.register_state_dict_pre_hook(_sync_before_state_dict)
+
+    def teacher_temp(self, epoch: int) -> float:
+        if not 0 <= epoch < len(self.teacher_temp_schedule):
+            raise ValueError(f"epoch must be in [0, nepochs={len(self.teacher_temp_schedule)}), got {epoch}")
+        return float(self.teacher_temp_schedule[epoch])
+
+    @torch.no_grad()
+    def _start_center_update(self, batch_means, rows: int):
+        if not (dist.is_available() and dist.is_initialized()):
+            for name, mean in zip(self._centers, batch_means):
+                self._ema(name, mean.reshape(1, -1))
+            return
+        sums = [mean.reshape(-1) * rows for mean in batch_means]
+        packed = torch.cat(sums + [sums[0].new_full((1,), float(rows))])
+        self._pending = (packed, dist.all_reduce(packed, async_op=True))
+
+    def _ema(self, name, mean):
+        center = getattr(self, name)
+        center.mul_(self.center_momentum).add_(mean.to(center.dtype), alpha=1 - self.center_momentum)
+
+    @torch.no_grad()
+    def sync_centers(self):
+        """Waits for the centres' all_reduce, if one is in flight, and applies the EMA."""
+        if self._pending is None:
+            return
+        packed, work = self._pending
+        self._pending = None
+        work.wait()
+        total_rows = packed[-1]
+        offset = 0
+        for name in self._centers:
+            width = getattr(self, name).shape[-1]
+            self._ema(name, (packed[offset:offset + width] / total_rows).reshape(1, -1))
+            offset += width
+
+
+class CLeVERLoss(_CenteredLoss):
+    """CLeVER's loss: DINO cross-entropy on the IR head plus sep_lambd times the orthogonality
+    term on the EF head; centres `center` (1, out_dim) and `center2` (1, dvr_out_dim).
+
+    forward(student_ir, student_ef, teacher_ir, teacher_ef, epoch) -> (total, loss_dir, loss_dvr)
+    with student logits (ncrops*B, K) view-major and teacher logits (2*B, K).
+    backend: "auto" (C++ on CPU, Triton on CUDA; plain PyTorch with a warning when neither is
+    built), "cpp", "triton", "reference".
+    """
+
+    _centers = ("center", "center2")
+
+    def __init__(self, out_dim, ncrops, warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs,
+                 nepochs, student_temp=0.1, center_momentum=0.9, dvr_out_dim=None, sep_lambd=1.0,
+                 backend="auto"):
+        super().__init__(ncrops, warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs,
+                         student_temp, center_momentum, backend)
+        self.sep_lambd = sep_lambd
+        self.register_buffer("center", torch.zeros(1, out_dim))
+        self.register_buffer("center2", torch.zeros(1, out_dim if dvr_out_dim is None else dvr_out_dim))
+
+    def forward(self, student_ir, student_ef, teacher_ir, teacher_ef, epoch):
+        self.sync_centers()
+        total, loss_dir, loss_dvr, mean_ir, mean_ef = clever_loss(
+            student_ir, student_ef, teacher_ir, teacher_ef, self.center, self.center2, self.ncrops,
+            self.student_temp, self.teacher_temp(epoch), self.sep_lambd, backend=self.backend)
+        self._start_center_update((mean_ir, mean_ef), teacher_ir.shape[0])
+        return total, loss_dir, loss_dvr
+
+
+class DINOLoss(_CenteredLoss):
+    """DINO's loss with centre `center` (1, out_dim).
+
+    forward(student_output, teacher_output, epoch) -> loss.
+    """
+
+    _centers = ("center",)
+
+    def __init__(self, out_dim, ncrops, warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs,
+                 nepochs, student_temp=0.1, center_momentum=0.9, backend="auto"):
+        super().__init__(ncrops, warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs,
+                         student_temp, center_momentum, backend)
+        self.register_buffer("center", torch.zeros(1, out_dim))
+
+    def forward(self, student_output, teacher_output, epoch):
+        self.sync_centers()
+        loss, mean = dino_loss(student_output, teacher_output, self.center, self.ncrops, self.student_temp,
+                               self.teacher_temp(epoch), backend=self.backend)
+        self._start_center_update((mean,), teacher_output.shape[0])
+        return loss

@@ -1,0 +1,29 @@
+"""Shared fixtures and the one table of numerical tolerances."""
+import os
+
+import pytest
+import torch
+
+# Per-dtype (atol, rtol) for fused kernels against the float64 reference. Inputs are rounded
+# to the dtype before the reference sees them, so these bound only the kernel's own error:
+# float32 accumulates in float32 over K up to ~4k terms; float16 / bfloat16 accumulate in
+# float32 too but their gradients are rounded on store (10 and 7 mantissa bits).
+TOLERANCES = {
+    torch.float64: (1e-10, 1e-9),
+    torch.float32: (2e-5, 2e-5),
+    torch.float16: (2e-3, 2e-3),
+    torch.bfloat16: (1.6e-2, 1.6e-2),
+}
+
+
+def tolerance(dtype):
+    return TOLERANCES[dtype]
+
+
+@pytest.fixture
+def rng():
+    """A freshly seeded generator per test; the seed is printed, so a failure shows it
+    (CLEVER_TEST_SEED=N reruns with it)."""
+    seed = int(os.environ.get("CLEVER_TEST_SEED", int.from_bytes(os.urandom(4), "little")))
+    print(f"CLEVER_TEST_SEED={seed}")
+    return torch.Generator().manual_seed(seed)

@@ -1,0 +1,185 @@
+"""The reference loss against an independent per-image, per-pair computation, its gradients,
+the centre EMA and its sync across two gloo ranks."""
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from clever_kernels.reference import loss as ref
+
+
+def _logits(rng, rows, k, scale=3.0, dtype=torch.float64):
+    return (torch.randn(rows, k, generator=rng, dtype=torch.float64) * scale).to(dtype)
+
+
+def _loop_loss(s1, s2, t1, t2, c1, c2, ncrops, ts, tt, sep_lambd):
+    """Per image and per pair with numpy, from the formulas in SPEC.md."""
+    s1, s2, t1, t2, c1, c2 = (x.detach().double().numpy() for x in (s1, s2, t1, t2, c1, c2))
+    batch = t1.shape[0] // 2
+
+    def softmax(x):
+        e = np.exp(x - x.max())
+        return e / e.sum()
+
+    dir_terms, dvr_terms = [], []
+    for iq in range(2):
+        for v in range(ncrops):
+            if v == iq:
+                continue
+            ce, cos = 0.0, 0.0
+            for b in range(batch):
+                q = softmax((t1[iq * batch + b] - c1.ravel()) / tt)
+                logp = np.log(softmax(s1[v * batch + b] / ts))
+                ce += -(q * logp).sum()
+                p = softmax((t2[iq * batch + b] - c2.ravel()) / tt)
+                r = softmax(s2[v * batch + b] / ts)
+                cos += (p * r).sum() / (np.linalg.norm(p) * np.linalg.norm(r))
+            dir_terms.append(ce / batch)
+            dvr_terms.append(abs(cos / batch))
+    l_dir, l_dvr = np.mean(dir_terms), np.mean(dvr_terms)
+    assert len(dir_terms) == 2 * (ncrops - 1)
+    return l_dir + sep_lambd * l_dvr, l_dir, l_dvr
+
+
+@pytest.mark.parametrize("batch,ncrops,k1,k2", [(1, 2, 5, 5), (3, 4, 17, 9), (2, 10, 33, 64)])
+def test_clever_loss_equals_per_pair_loop(rng, batch, ncrops, k1, k2):
+    s1, s2 = _logits(rng, ncrops * batch, k1), _logits(rng, ncrops * batch, k2)
+    t1, t2 = _logits(rng, 2 * batch, k1), _logits(rng, 2 * batch, k2)
+    c1, c2 = _logits(rng, 1, k1, 0.5), _logits(rng, 1, k2, 0.5)
+    total, l_dir, l_dvr, bc1, bc2 = ref.clever_loss(s1, s2, t1, t2, c1, c2, ncrops, 0.1, 0.07, 0.7)
+    want = _loop_loss(s1, s2, t1, t2, c1, c2, ncrops, 0.1, 0.07, 0.7)
+    np.testing.assert_allclose([total.item(), l_dir.item(), l_dvr.item()], want, rtol=1e-10)
+    torch.testing.assert_close(bc1, t1.float().mean(0, keepdim=True))
+    torch.testing.assert_close(bc2, t2.float().mean(0, keepdim=True))
+
+
+def test_dino_loss_is_the_dir_term(rng):
+    s, t, c = _logits(rng, 12, 21), _logits(rng, 6, 21), _logits(rng, 1, 21)
+    loss, _ = ref.dino_loss(s, t, c, 4, 0.1, 0.04)
+    _, want, _ = _loop_loss(s, s, t, t, c, c, 4, 0.1, 0.04, 1.0)
+    assert loss.item() == pytest.approx(want, rel=1e-10)
+
+
+@pytest.mark.parametrize("batch,ncrops,k1,k2", [(1, 2, 6, 4), (2, 3, 7, 11)])
+def test_gradcheck_float64(rng, batch, ncrops, k1, k2):
+    s1 = _logits(rng, ncrops * batch, k1, 1.0).requires_grad_()
+    s2 = _logits(rng, ncrops * batch, k2, 1.0).requires_grad_()
+    t1, t2 = _logits(rng, 2 * batch, k1, 1.0), _logits(rng, 2 * batch, k2, 1.0)
+    c1, c2 = _logits(rng, 1, k1, 0.3), _logits(rng, 1, k2, 0.3)
+
+    def parts(a, b):
+        total, l_dir, l_dvr, _, _ = ref.clever_loss(a, b, t1, t2, c1, c2, ncrops, 0.1, 0.2, 0.5)
+        return total, l_dir, l_dvr
+
+    assert torch.autograd.gradcheck(parts, (s1, s2), eps=1e-6, atol=1e-7)
+
+
+def test_teacher_gets_no_gradient(rng):
+    s1 = _logits(rng, 6, 5).requires_grad_()
+    t1 = _logits(rng, 4, 5).requires_grad_()
+    loss, _ = ref.dino_loss(s1, t1, torch.zeros(1, 5, dtype=torch.float64), 3, 0.1, 0.04)
+    loss.backward()
+    assert t1.grad is None and s1.grad is not None
+
+
+def test_teacher_temp_schedule():
+    sched = ref.teacher_temp_schedule(0.04, 0.07, 30, 100)
+    assert len(sched) == 100
+    np.testing.assert_allclose(sched[:30], np.linspace(0.04, 0.07, 30))
+    assert (sched[30:] == 0.07).all()
+    with pytest.raises(ValueError, match="warmup_teacher_temp_epochs"):
+        ref.teacher_temp_schedule(0.04, 0.07, 200, 100)
+    with pytest.raises(ValueError, match="teacher_temp"):
+        ref.teacher_temp_schedule(0.0, 0.07, 0, 100)
+
+
+def test_module_center_ema_and_distinct_widths(rng):
+    module = ref.CLeVERLossReference(out_dim=9, ncrops=3, warmup_teacher_temp=0.04, teacher_temp=0.04,
+                                     warmup_teacher_temp_epochs=0, nepochs=5, dvr_out_dim=4)
+    assert module.center.shape == (1, 9) and module.center2.shape == (1, 4)
+    t1, t2 = _logits(rng, 4, 9, dtype=torch.float32), _logits(rng, 4, 4, dtype=torch.float32)
+    for step in range(2):
+        before1, before2 = module.center.clone(), module.center2.clone()
+        module(_logits(rng, 6, 9, dtype=torch.float32), _logits(rng, 6, 4, dtype=torch.float32), t1, t2, step)
+        torch.testing.assert_close(module.center, 0.9 * before1 + 0.1 * t1.mean(0, keepdim=True))
+        torch.testing.assert_close(module.center2, 0.9 * before2 + 0.1 * t2.mean(0, keepdim=True))
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(ncrops=1), "ncrops"),
+    (dict(student=torch.zeros(7, 5)), "student must have ncrops"),
+    (dict(teacher=torch.zeros(3, 5)), "teacher must have 2"),
+    (dict(teacher=torch.zeros(4, 6)), "same width"),
+    (dict(student=torch.zeros(6, 5, dtype=torch.int64)), "student must be a floating"),
+    (dict(center=torch.zeros(1, 4)), "center must have K"),
+    (dict(student=torch.zeros(6)), "student must be 2-D"),
+])
+def test_bad_inputs_name_the_argument(bad, match):
+    args = dict(student=torch.zeros(6, 5), teacher=torch.zeros(4, 5), center=torch.zeros(1, 5), ncrops=3)
+    args.update(bad)
+    with pytest.raises((ValueError, TypeError), match=match):
+        ref.dino_loss(args["student"], args["teacher"], args["center"], args["ncrops"], 0.1, 0.04)
+
+
+# ---- two gloo ranks on the CPU ---------------------------------------------------------------
+
+def _ddp_worker(rank, world, port, module_factory, inputs, results):
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        module = module_factory()
+        for step, (s1, s2, t1, t2) in enumerate(inputs[rank]):
+            module(s1, s2, t1, t2, step)
+        state = module.state_dict()
+        results[rank] = (state["center"].clone(), state["center2"].clone())
+    finally:
+        dist.destroy_process_group()
+
+
+def run_two_ranks(module_factory, inputs):
+    """Runs module_factory() on 2 gloo ranks over per-rank inputs; returns each rank's centres."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    manager = mp.get_context("spawn").Manager()
+    results = manager.dict()
+    mp.start_processes(_ddp_worker, args=(2, port, module_factory, inputs, results), nprocs=2,
+                       start_method="spawn")
+    return [results[0], results[1]]
+
+
+def make_rank_inputs(seed, ranks, steps, batch, ncrops, k1, k2):
+    gen = torch.Generator().manual_seed(seed)
+    return [[(torch.randn(ncrops * batch[r], k1, generator=gen), torch.randn(ncrops * batch[r], k2, generator=gen),
+              torch.randn(2 * batch[r], k1, generator=gen) * 2 + r, torch.randn(2 * batch[r], k2, generator=gen))
+             for _ in range(steps)] for r in range(ranks)]
+
+
+def expected_centers(inputs, k1, k2, momentum=0.9):
+    c1, c2 = torch.zeros(1, k1), torch.zeros(1, k2)
+    for step in range(len(inputs[0])):
+        t1 = torch.cat([inputs[r][step][2] for r in range(len(inputs))])
+        t2 = torch.cat([inputs[r][step][3] for r in range(len(inputs))])
+        c1 = momentum * c1 + (1 - momentum) * t1.mean(0, keepdim=True)
+        c2 = momentum * c2 + (1 - momentum) * t2.mean(0, keepdim=True)
+    return c1, c2
+
+
+class ReferenceFactory:
+    def __call__(self):
+        return ref.CLeVERLossReference(11, 3, 0.04, 0.04, 0, 5, dvr_out_dim=6)
+
+
+def test_center_sync_two_gloo_ranks():
+    # unequal per-rank batches: the centre is the mean over all rows, not the mean of rank means
+    inputs = make_rank_inputs(3, 2, 2, batch=[2, 1], ncrops=3, k1=11, k2=6)
+    got = run_two_ranks(ReferenceFactory(), inputs)
+    want1, want2 = expected_centers(inputs, 11, 6)
+    for c1, c2 in got:
+        torch.testing.assert_close(c1, want1)
+        torch.testing.assert_close(c2, want2)
