@@ -33,7 +33,8 @@ def _extensions():
         return []
     rel = lambda pattern: sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
-    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    # the C++ standard is left to torch, which picks the one its headers need
+    cxx = ["-O3", "-fopenmp"]
     include_dirs = [os.path.join(HERE, "csrc", "include")]
     if _want_cuda():
         return [
@@ -42,7 +43,7 @@ def _extensions():
                 sources + rel("csrc/cuda/*.cu"),
                 include_dirs=include_dirs,
                 define_macros=[("WITH_CUDA", None)],
-                extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math", "-std=c++17"]},
+                extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
                 extra_link_args=["-fopenmp"],
             )
         ]

@@ -1,0 +1,40 @@
+# The two README commands: `make demo` (the main job) and `make test` (the test suite, as CI
+# runs it). Both create .venv and install what they need; on CPU machines of this project
+# torch is pinned to the CPU wheel (a bare `torch` pulls a multi-GB CUDA build).
+PYTHON_BIN ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+DEPS := numpy triton ninja pybind11 pytest scikit-learn pillow tqdm matplotlib
+
+.PHONY: setup build demo test test-fast cuda-check bench clean
+
+$(PY):
+	$(PYTHON_BIN) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_SPEC) $(DEPS)
+
+setup: $(PY) build
+
+# --no-build-isolation: build against the torch in the venv instead of fetching another one
+build: $(PY)
+	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
+
+demo: setup
+	$(PY) -m clever_kernels.demo
+
+cuda-check: $(PY)
+	PYTHON=$(abspath $(PY)) bash tools/check_cuda_compile.sh
+
+# Triton kernels run on the CPU through the interpreter in the test suite.
+test: setup cuda-check
+	TRITON_INTERPRET=1 $(PY) -m pytest python_tests -q
+
+test-fast: build
+	TRITON_INTERPRET=1 $(PY) -m pytest python_tests -q -x
+
+bench: setup
+	$(PY) -m bench
+
+clean:
+	rm -rf build $(VENV) clever_kernels/_C*.so *.egg-info

@@ -1,0 +1,148 @@
+"""Timing, memory and result files shared by every benchmark.
+
+A benchmark module exposes `run(args) -> list of row dicts`; rows of one run share a machine,
+so ratios between its variants are meaningful. Results land in bench/results/ as
+<name>-<device tag>.json plus a markdown table naming the machine, versions and commit.
+"""
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_median(fn: Callable[[], object], device: torch.device, warmup: int = 3, reps: int = 10,
+                min_seconds: float = 0.0) -> Dict[str, float]:
+    """Median, min and max seconds of fn() over `reps` runs after `warmup`; keeps repeating
+    until `min_seconds` have been spent so short ops are not dominated by noise."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    start = time.perf_counter()
+    while len(times) < reps or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "reps": len(times)}
+
+
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} missing from /proc/self/status")
+
+
+def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> Optional[int]:
+    """Peak memory that fn() adds on top of what is allocated before it: the CUDA caching
+    allocator's peak on a GPU, the process's resident-set high-water mark on Linux CPUs
+    (reset through /proc/self/clear_refs); None where neither can be read."""
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        sync(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+        base = _rss_kib("VmRSS")
+        fn()
+        return (_rss_kib("VmHWM") - base) * 1024
+    except OSError:
+        return None
+
+
+def copy_bandwidth(device: torch.device, nbytes: int = 1 << 28) -> float:
+    """Measured device copy bandwidth in bytes/s (read + write of a large buffer)."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
+    dst = torch.empty_like(src)
+    stats = time_median(lambda: dst.copy_(src), device, warmup=2, reps=10)
+    return 2 * nbytes / stats["median_s"]
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
+                                       cwd=os.path.dirname(RESULTS), stderr=subprocess.DEVNULL).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine(device: torch.device) -> Dict[str, str]:
+    try:
+        import triton
+        triton_version = triton.__version__
+    except Exception:
+        triton_version = "not installed"
+    info = {
+        "cpu": f"{_cpu_model()}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "python": platform.python_version(),
+        "commit": _git_commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    return info
+
+
+def device_tag(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device).replace(" ", "-").lower()
+    return "cpu"
+
+
+def write_results(name: str, device: torch.device, rows: List[dict], columns: List[str],
+                  notes: str = "", quick: bool = False) -> str:
+    """Writes bench/results/<name>-<tag>.json and .md (smoke runs go to results/quick/, which
+    is not committed); returns the markdown path."""
+    folder = os.path.join(RESULTS, "quick") if quick else RESULTS
+    os.makedirs(folder, exist_ok=True)
+    info = machine(device)
+    base = os.path.join(folder, f"{name}-{device_tag(device)}")
+    with open(base + ".json", "w") as out:
+        json.dump({"benchmark": name, "machine": info, "rows": rows}, out, indent=2)
+    lines = [f"# {name} benchmark", ""]
+    lines += [f"- {key}: {value}" for key, value in info.items()]
+    lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row.get(col, "")) for col in columns) + " |")
+    if notes:
+        lines += ["", notes]
+    with open(base + ".md", "w") as out:
+        out.write("\n".join(lines) + "\n")
+    return base + ".md"
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

@@ -1,0 +1,125 @@
+"""CLeVER loss, forward + backward: the fused kernels against (a) the authors' per-pair form
+(clever_kernels.reference) and (b) the best plain-PyTorch version we could write (one
+log_softmax / softmax per view, batched matmuls for the pair dots), in one run.
+
+Shapes: the paper's (B = 128 per device, ncrops = 10, K1 = K2 = 65536) on a GPU, a CPU-sized
+one (B = 16, ncrops = 10, K = 8192) on the CPU. On the GPU, achieved bytes/s is compared with
+the measured copy bandwidth: the fused loss must read the student logits twice (forward,
+backward), the teacher logits three times (forward, centre sum, backward) and write the
+student gradients once; that traffic over the copy bandwidth is the floor.
+"""
+import torch
+import torch.nn.functional as F
+
+from clever_kernels.loss import clever_loss
+from clever_kernels.reference import loss as reference
+
+from . import harness
+
+TS, TT, SEP = 0.1, 0.04, 1.0
+
+
+def torch_best(s1, s2, t1, t2, c1, c2, ncrops, ts, tt, sep_lambd):
+    """Plain PyTorch without per-pair passes: each row is normalised once and every
+    (teacher view, student view) dot product comes from one batched matmul per head."""
+    batch = t1.shape[0] // 2
+
+    def per_image(x, views):  # (views*B, K) -> (B, views, K)
+        return x.view(views, batch, -1).transpose(0, 1)
+
+    ls = per_image(F.log_softmax(s1 / ts, dim=-1), ncrops)
+    q = per_image(F.softmax((t1 - c1) / tt, dim=-1), 2).detach()
+    ce = -torch.bmm(q, ls.transpose(1, 2))                       # (B, 2, V)
+    r = per_image(F.softmax(s2 / ts, dim=-1), ncrops)
+    p = per_image(F.softmax((t2 - c2) / tt, dim=-1), 2).detach()
+    cos = torch.bmm(p, r.transpose(1, 2)) / (p.norm(dim=-1)[:, :, None] * r.norm(dim=-1)[:, None, :])
+    keep = ~torch.eye(2, ncrops, dtype=torch.bool, device=s1.device)
+    loss_dir = ce.mean(0)[keep].mean()
+    loss_dvr = cos.mean(0)[keep].abs().mean()
+    return loss_dir + sep_lambd * loss_dvr
+
+
+def variants(device):
+    # name the fused backend so a missing kernel fails the run instead of timing the fallback
+    backend = "triton" if device.type == "cuda" else "cpp"
+    return {
+        "authors (reference)": lambda *a: reference.clever_loss(*a, TS, TT, SEP)[0],
+        "plain PyTorch, batched": lambda *a: torch_best(*a, TS, TT, SEP),
+        f"fused ({backend})": lambda *a: clever_loss(*a, TS, TT, SEP, backend=backend)[0],
+    }
+
+
+def make_inputs(batch, ncrops, k1, k2, dtype, device, seed=0):
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, device=device, dtype=torch.float32).to(dtype)
+
+    s1 = randn(ncrops * batch, k1).requires_grad_()
+    s2 = randn(ncrops * batch, k2).requires_grad_()
+    return (s1, s2, randn(2 * batch, k1), randn(2 * batch, k2),
+            randn(1, k1).float() * 0.1, randn(1, k2).float() * 0.1, ncrops)
+
+
+def fused_traffic_bytes(batch, ncrops, k1, k2, dtype):
+    elem = torch.finfo(dtype).bits // 8
+    student = ncrops * batch * (k1 + k2) * elem
+    teacher = 2 * batch * (k1 + k2) * elem
+    return 2 * student + 3 * teacher + student  # reads of S (x2) and T (x3), one write of dS
+
+
+def bench_shape(batch, ncrops, k1, k2, dtype, device, reps, copy_bw):
+    inputs = make_inputs(batch, ncrops, k1, k2, dtype, device)
+    s1, s2 = inputs[0], inputs[1]
+    rows, reference_value = [], None
+    for name, fn in variants(device).items():
+        def step():
+            s1.grad = s2.grad = None
+            fn(*inputs).backward()
+
+        value = fn(*inputs).item()
+        reference_value = value if reference_value is None else reference_value
+        timing = harness.time_median(step, device, warmup=2, reps=reps)
+        peak = harness.peak_memory_bytes(step, device)
+        row = {
+            "shape": f"B={batch} V={ncrops} K1={k1} K2={k2} {str(dtype).replace('torch.', '')}",
+            "variant": name,
+            "fwd+bwd ms": timing["median_s"] * 1e3,
+            "peak extra MiB": None if peak is None else peak / 2**20,
+            "loss": value,
+            "|loss - authors|": abs(value - reference_value),
+        }
+        if name.startswith("fused") and copy_bw:
+            moved = fused_traffic_bytes(batch, ncrops, k1, k2, dtype)
+            row["GB/s"] = moved / timing["median_s"] / 1e9
+            row["x bandwidth floor"] = timing["median_s"] / (moved / copy_bw)
+        rows.append(row)
+    authors = rows[0]["fwd+bwd ms"]
+    for row in rows:
+        row["speed-up vs authors"] = authors / row["fwd+bwd ms"]
+    return rows
+
+
+def main(args):
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        copy_bw = harness.copy_bandwidth(device)
+        shapes = [(128, 10, 65536, 65536, torch.float32), (128, 10, 65536, 65536, torch.bfloat16)]
+        reps = 20
+    else:
+        copy_bw = None
+        shapes = [(16, 10, 8192, 8192, torch.float32)]
+        reps = 5
+    if args.quick:
+        shapes = [(4, 4, 1000, 777, torch.float32)]
+        reps = 2
+    rows = []
+    for shape in shapes:
+        rows += bench_shape(*shape, device=device, reps=reps, copy_bw=copy_bw)
+    columns = ["shape", "variant", "fwd+bwd ms", "speed-up vs authors", "peak extra MiB", "GB/s",
+               "x bandwidth floor", "loss", "|loss - authors|"]
+    notes = ("Median of fwd+bwd over repeated steps after warm-up, one process. Peak extra memory: "
+             "CUDA allocator peak above the inputs on GPUs, resident-set high-water mark on CPUs. ")
+    if copy_bw:
+        notes += f"Measured copy bandwidth: {copy_bw / 1e9:.0f} GB/s (read + write)."
+    return harness.write_results("loss", device, rows, columns, notes, quick=args.quick)

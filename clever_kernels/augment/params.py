@@ -1,0 +1,181 @@
+"""AugParams: every parameter drawn for one view of B images.
+
+This record is what the sampler returns, what the reference renderer and the fused kernels
+consume, and what training code may keep as equivariance targets. A multi-view draw is a list of
+AugParams in the authors' view order: global 1, global 2, then the local views.
+"""
+import dataclasses
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+import torch
+
+Tensor = torch.Tensor
+
+_INT_FIELDS = ("top", "left", "height", "width", "elastic_seed")
+_BOOL_FIELDS = ("flip", "elastic", "jitter", "grayscale", "solarize")
+_FLOAT_FIELDS = ("angle", "brightness", "contrast", "saturation", "hue", "blur_sigma")
+TENSOR_FIELDS = ("top", "left", "height", "width", "flip", "angle", "elastic", "elastic_seed",
+                 "jitter", "brightness", "contrast", "saturation", "hue", "order", "grayscale",
+                 "blur_sigma", "solarize")
+
+#: Columns of AugParams.to_tensor(), in order (`order` spreads over four columns).
+COLUMNS = ("top", "left", "height", "width", "flip", "angle", "elastic", "elastic_seed", "jitter",
+           "brightness", "contrast", "saturation", "hue", "order0", "order1", "order2", "order3",
+           "grayscale", "blur_sigma", "solarize")
+
+#: Colour-jitter op numbering used by `order`.
+JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
+
+
+@dataclass(kw_only=True)
+class AugParams:
+    """Parameters of one view for B images. All tensors share one device; shapes are (B,) unless
+    noted.
+
+    top, left, height, width   int64  crop box in source pixels (rows top..top+height-1)
+    flip                       bool   horizontal flip, applied after the resize
+    angle                      float32 rotation in degrees, counter-clockwise; 0 when not rotated
+    elastic                    bool   elastic displacement applied
+    elastic_seed               int64  32-bit key of the elastic noise field (values in [0, 2**32));
+                                      drawn for every sample, used only where `elastic` is set
+    jitter                     bool   colour jitter applied
+    brightness, contrast, saturation  float32 factors (1 = unchanged; 1 when jitter is off)
+    hue                        float32 hue shift in turns (0 = unchanged; 0 when jitter is off)
+    order                      int64 (B, 4) permutation of 0..3 (brightness, contrast, saturation,
+                                      hue): the jitter ops in the order they are applied
+    grayscale                  bool
+    blur_sigma                 float32 Gaussian blur sigma in output pixels; 0 when not blurred
+    solarize                   bool
+
+    View-level constants: size (output side S), view (0 global 1, 1 global 2, 2.. local),
+    elastic_alpha and elastic_sigma (the elastic transform's strength and field smoothing).
+    """
+    size: int
+    view: int
+    top: Tensor
+    left: Tensor
+    height: Tensor
+    width: Tensor
+    flip: Tensor
+    angle: Tensor
+    elastic: Tensor
+    elastic_seed: Tensor
+    jitter: Tensor
+    brightness: Tensor
+    contrast: Tensor
+    saturation: Tensor
+    hue: Tensor
+    order: Tensor
+    grayscale: Tensor
+    blur_sigma: Tensor
+    solarize: Tensor
+    elastic_alpha: float = 0.0
+    elastic_sigma: float = 0.0
+
+    def __post_init__(self):
+        for name in ("size", "view"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "size" else 0):
+                raise ValueError(f"{name} must be an int >= {1 if name == 'size' else 0}, got {value!r}")
+        for name in ("elastic_alpha", "elastic_sigma"):
+            value = float(getattr(self, name))
+            if not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value!r}")
+            setattr(self, name, value)
+        batch, device = None, None
+        for name in TENSOR_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, Tensor):
+                raise TypeError(f"AugParams.{name} must be a tensor, got {type(value).__name__}")
+            want = (torch.int64 if name in _INT_FIELDS or name == "order"
+                    else torch.bool if name in _BOOL_FIELDS else torch.float32)
+            if value.dtype != want:
+                raise TypeError(f"AugParams.{name} must have dtype {want}, got {value.dtype}")
+            if batch is None:
+                batch, device = value.shape[0] if value.dim() else None, value.device
+            shape = (batch, 4) if name == "order" else (batch,)
+            if tuple(value.shape) != shape:
+                raise ValueError(f"AugParams.{name} must have shape {shape}, got {tuple(value.shape)}")
+            if value.device != device:
+                raise ValueError(f"AugParams.{name} is on {value.device}, the other fields on {device}")
+
+    @property
+    def batch_size(self) -> int:
+        return self.top.shape[0]
+
+    def __len__(self) -> int:
+        return self.batch_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.top.device
+
+    @property
+    def is_global(self) -> bool:
+        return self.view < 2
+
+    columns = COLUMNS
+
+    def to_tensor(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """(B, len(COLUMNS)) tensor of every per-sample parameter, columns as in `self.columns`.
+
+        Booleans become 0/1. elastic_seed is a 32-bit integer: exact in float64, rounded in
+        float32 (pass dtype=torch.float64 to keep it, e.g. for `from_tensor`).
+        """
+        parts = [getattr(self, name).to(dtype).unsqueeze(1) if name != "order" else self.order.to(dtype)
+                 for name in TENSOR_FIELDS]
+        return torch.cat(parts, dim=1)
+
+    @classmethod
+    def from_tensor(cls, table: Tensor, size: int, view: int, elastic_alpha: float = 0.0,
+                    elastic_sigma: float = 0.0) -> "AugParams":
+        """Inverse of to_tensor: (B, len(COLUMNS)) float tensor back to an AugParams."""
+        if table.dim() != 2 or table.shape[1] != len(COLUMNS):
+            raise ValueError(f"table must have shape (B, {len(COLUMNS)}), got {tuple(table.shape)}")
+        col = {name: table[:, i] for i, name in enumerate(COLUMNS)}
+        fields = {}
+        for name in TENSOR_FIELDS:
+            if name == "order":
+                fields[name] = table[:, COLUMNS.index("order0"):COLUMNS.index("order3") + 1].round().to(torch.int64)
+            elif name in _INT_FIELDS:
+                fields[name] = col[name].round().to(torch.int64)
+            elif name in _BOOL_FIELDS:
+                fields[name] = col[name] != 0
+            else:
+                fields[name] = col[name].to(torch.float32)
+        return cls(size=size, view=view, elastic_alpha=elastic_alpha, elastic_sigma=elastic_sigma, **fields)
+
+    def _map(self, fn) -> "AugParams":
+        return dataclasses.replace(self, **{name: fn(getattr(self, name)) for name in TENSOR_FIELDS})
+
+    def index(self, idx: Union[int, slice, Sequence[int], Tensor]) -> "AugParams":
+        """The samples selected by idx (an int keeps a batch dimension of 1)."""
+        if isinstance(idx, int):
+            idx = slice(idx, idx + 1) if idx != -1 else slice(-1, None)
+        elif isinstance(idx, (list, tuple)):
+            idx = torch.as_tensor(idx, dtype=torch.int64, device=self.device)
+        return self._map(lambda t: t[idx])
+
+    def to(self, device: Union[str, torch.device], non_blocking: bool = False) -> "AugParams":
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    @classmethod
+    def identity(cls, image_sizes: Tensor, size: int, view: int = 0) -> "AugParams":
+        """Parameters that only resize each full image to size x size: no flip, rotation, elastic,
+        jitter, grayscale, blur or solarize. image_sizes: (B, 2) int64 (height, width)."""
+        if image_sizes.dim() != 2 or image_sizes.shape[1] != 2:
+            raise ValueError(f"image_sizes must have shape (B, 2), got {tuple(image_sizes.shape)}")
+        batch, device = image_sizes.shape[0], image_sizes.device
+        zeros_i = torch.zeros(batch, dtype=torch.int64, device=device)
+        false = torch.zeros(batch, dtype=torch.bool, device=device)
+        zeros_f = torch.zeros(batch, dtype=torch.float32, device=device)
+        ones_f = torch.ones(batch, dtype=torch.float32, device=device)
+        order = torch.arange(4, device=device).expand(batch, 4).clone()
+        return cls(size=size, view=view, top=zeros_i, left=zeros_i.clone(),
+                   height=image_sizes[:, 0].to(torch.int64), width=image_sizes[:, 1].to(torch.int64),
+                   flip=false, angle=zeros_f, elastic=false.clone(), elastic_seed=zeros_i.clone(),
+                   jitter=false.clone(), brightness=ones_f, contrast=ones_f.clone(),
+                   saturation=ones_f.clone(), hue=zeros_f.clone(), order=order,
+                   grayscale=false.clone(), blur_sigma=zeros_f.clone(), solarize=false.clone())
+

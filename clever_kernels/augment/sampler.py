@@ -1,0 +1,268 @@
+"""Vectorised sampling of augmentation parameters.
+
+Every draw is `rng.hash_bits(seed, step, id, view, op, draw)` for the sample's id, so the
+parameters of a sample depend only on (seed, step, id, view) and the config, never on the batch
+it is in. All work is tensor ops on the device of the sizes: no per-sample loop, no host sync
+(nothing reads a tensor value back to Python), so sampling can be queued ahead on a GPU stream.
+
+Op ids and draw indices (a draw's 32 bits become a float with rng.to_unit or an integer in
+[0, n) with rng.to_index):
+
+    op 0 CROP       draw 2a: area scale of attempt a, 2a+1: log aspect ratio of attempt a
+                    (a = 0..9); draw 20: top; draw 21: left
+    op 1 FLIP       draw 0: applied
+    op 2 ROTATE     draw 0: applied, 1: angle
+    op 3 ELASTIC    draw 0: applied, 1: the elastic seed (the 32 bits themselves)
+    op 4 JITTER     draw 0: applied, 1: brightness, 2: contrast, 3: saturation, 4: hue,
+                    5: order (index into the 24 permutations of 0..3 in lexicographic order)
+    op 5 GRAYSCALE  draw 0: applied
+    op 6 BLUR       draw 0: applied, 1: sigma
+    op 7 SOLARIZE   draw 0: applied
+
+"applied" is `u < p` with u = to_unit(bits), so p = 0 never and p = 1 always applies. A value in
+a range (lo, hi) is lo + (hi - lo) * u. Fields of an op that is not applied hold neutral values
+(angle 0, elastic seed 0, factors 1, hue 0, order 0 1 2 3, blur sigma 0).
+
+RandomResizedCrop follows torchvision's sampling in float64, all ten attempts at once:
+target_area = H * W * scale, aspect = exp(log r0 + (log r1 - log r0) * u), w = round(sqrt(
+target_area * aspect)), h = round(sqrt(target_area / aspect)) (round half to even, as Python's
+round); the first attempt with 0 < w <= W and 0 < h <= H wins, and top = to_index(bits, H - h + 1),
+left = to_index(bits, W - w + 1). If none is accepted, torchvision's centre crop: the whole image
+with its aspect ratio clamped to the range, centred with floor division.
+"""
+import enum
+import math
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from . import rng
+from .config import AugConfig, ViewConfig, make_config
+from .params import AugParams
+
+Tensor = torch.Tensor
+
+
+class Op(enum.IntEnum):
+    CROP = 0
+    FLIP = 1
+    ROTATE = 2
+    ELASTIC = 3
+    JITTER = 4
+    GRAYSCALE = 5
+    BLUR = 6
+    SOLARIZE = 7
+
+
+CROP_ATTEMPTS = 10
+CROP_TOP_DRAW = 2 * CROP_ATTEMPTS
+CROP_LEFT_DRAW = 2 * CROP_ATTEMPTS + 1
+
+
+class _Stream:
+    """The draws of one view for a batch of sample ids."""
+
+    def __init__(self, seed, step, ids: Tensor, view: int):
+        self.seed, self.step, self.ids, self.view = seed, step, ids, view
+
+    def bits(self, op: Op, draw: Union[int, Tensor]) -> Tensor:
+        ids = self.ids if isinstance(draw, int) else self.ids[:, None]
+        return rng.hash_bits(self.seed, self.step, ids, self.view, int(op), draw)
+
+    def unit(self, op: Op, draw: Union[int, Tensor]) -> Tensor:
+        return rng.to_unit(self.bits(op, draw))
+
+    def happens(self, op: Op, p: float) -> Tensor:
+        return self.unit(op, 0) < p
+
+    def within(self, op: Op, draw: int, bounds: Tuple[float, float]) -> Tensor:
+        lo, hi = bounds
+        return lo + (hi - lo) * self.unit(op, draw)
+
+
+def permutation_from_index(k: Tensor) -> Tensor:
+    """k in [0, 24) (int64, any shape) -> the k-th permutation of 0..3 in lexicographic order,
+    shape k.shape + (4,). Decodes the Lehmer code right to left with tensor ops only."""
+    digits = [k // 6, (k % 6) // 2, k % 2, torch.zeros_like(k)]
+    perm = [None] * 4
+    for i in range(3, -1, -1):
+        perm[i] = digits[i]
+        for j in range(i + 1, 4):
+            perm[j] = perm[j] + (perm[j] >= perm[i]).to(k.dtype)
+    return torch.stack(perm, dim=-1)
+
+
+def crop_boxes(stream: _Stream, sizes: Tensor, scale: Tuple[float, float],
+               ratio: Tuple[float, float]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """RandomResizedCrop boxes (top, left, height, width), int64 (B,), for image sizes (B, 2)."""
+    device = sizes.device
+    height = sizes[:, 0].to(torch.float64)
+    width = sizes[:, 1].to(torch.float64)
+    attempts = torch.arange(CROP_ATTEMPTS, device=device, dtype=torch.int64)
+    u_scale = stream.unit(Op.CROP, 2 * attempts).to(torch.float64)
+    u_ratio = stream.unit(Op.CROP, 2 * attempts + 1).to(torch.float64)
+    log_r0, log_r1 = math.log(ratio[0]), math.log(ratio[1])
+    target_area = (height * width)[:, None] * (scale[0] + (scale[1] - scale[0]) * u_scale)
+    aspect = torch.exp(log_r0 + (log_r1 - log_r0) * u_ratio)
+    w = torch.round(torch.sqrt(target_area * aspect))
+    h = torch.round(torch.sqrt(target_area / aspect))
+    accepted = (w > 0) & (w <= width[:, None]) & (h > 0) & (h <= height[:, None])
+    first = torch.argmax(accepted.to(torch.int32), dim=1, keepdim=True)
+    found = accepted.any(dim=1)
+    w_try = w.gather(1, first).squeeze(1).to(torch.int64)
+    h_try = h.gather(1, first).squeeze(1).to(torch.int64)
+
+    in_ratio = width / height
+    too_narrow, too_wide = in_ratio < ratio[0], in_ratio > ratio[1]
+    w_fb = torch.where(too_wide, torch.round(height * ratio[1]), width).to(torch.int64)
+    h_fb = torch.where(too_narrow, torch.round(width / ratio[0]), height).to(torch.int64)
+
+    h_int, w_int = sizes[:, 0].to(torch.int64), sizes[:, 1].to(torch.int64)
+    top_try = rng.to_index(stream.bits(Op.CROP, CROP_TOP_DRAW), h_int - h_try + 1)
+    left_try = rng.to_index(stream.bits(Op.CROP, CROP_LEFT_DRAW), w_int - w_try + 1)
+    top = torch.where(found, top_try, (h_int - h_fb) // 2)
+    left = torch.where(found, left_try, (w_int - w_fb) // 2)
+    return top, left, torch.where(found, h_try, h_fb), torch.where(found, w_try, w_fb)
+
+
+def sample_view(sizes: Tensor, config: ViewConfig, view: int, seed: Union[int, Tensor] = 0,
+                step: Union[int, Tensor] = 0, ids: Optional[Tensor] = None) -> AugParams:
+    """Parameters of one view for B images.
+
+    sizes: (B, 2) int64 (height, width) of each source image, on the device the parameters are
+    wanted on. config: the view's ViewConfig. view: the view index that keys the draws
+    (0 global 1, 1 global 2, 2.. local). seed, step: ints or 0-dim int64 tensors on that device.
+    ids: (B,) int64 sample ids (default 0..B-1).
+    """
+    sizes, ids = _check_sizes_ids(sizes, ids)
+    _check_key(seed, step, sizes.device)
+    if isinstance(view, bool) or not isinstance(view, int) or view < 0:
+        raise ValueError(f"view must be an int >= 0, got {view!r}")
+    s = _Stream(seed, step, ids, view)
+    batch, device = sizes.shape[0], sizes.device
+    top, left, height, width = crop_boxes(s, sizes, config.scale, config.ratio)
+
+    rotate = s.happens(Op.ROTATE, config.rotation_p)
+    angle = torch.where(rotate, s.within(Op.ROTATE, 1, config.degrees), 0.0)
+
+    elastic = s.happens(Op.ELASTIC, config.elastic_p)
+    elastic_seed = torch.where(elastic, s.bits(Op.ELASTIC, 1), 0)
+
+    jitter = s.happens(Op.JITTER, config.jitter_p)
+    factors = [torch.where(jitter, s.within(Op.JITTER, draw, bounds), neutral)
+               for draw, bounds, neutral in ((1, config.brightness, 1.0), (2, config.contrast, 1.0),
+                                             (3, config.saturation, 1.0), (4, config.hue, 0.0))]
+    drawn_order = permutation_from_index(rng.to_index(s.bits(Op.JITTER, 5), 24))
+    identity_order = torch.arange(4, device=device, dtype=torch.int64).expand(batch, 4)
+    order = torch.where(jitter[:, None], drawn_order, identity_order)
+
+    blur = s.happens(Op.BLUR, config.blur_p)
+    blur_sigma = torch.where(blur, s.within(Op.BLUR, 1, config.blur_sigma), 0.0)
+
+    return AugParams(
+        size=config.size, view=view, elastic_alpha=config.elastic_alpha,
+        elastic_sigma=config.elastic_sigma,
+        top=top, left=left, height=height, width=width,
+        flip=s.happens(Op.FLIP, config.flip_p), angle=angle,
+        elastic=elastic, elastic_seed=elastic_seed,
+        jitter=jitter, brightness=factors[0], contrast=factors[1], saturation=factors[2],
+        hue=factors[3], order=order,
+        grayscale=s.happens(Op.GRAYSCALE, config.grayscale_p), blur_sigma=blur_sigma,
+        solarize=s.happens(Op.SOLARIZE, config.solarize_p),
+    )
+
+
+def sample_params(sizes_or_images, preset: Union[str, AugConfig] = "baug",
+                  n_local: Optional[int] = None, global_size: Optional[int] = None,
+                  local_size: Optional[int] = None,
+                  global_scale: Optional[Tuple[float, float]] = None,
+                  local_scale: Optional[Tuple[float, float]] = None,
+                  seed: Union[int, Tensor] = 0, step: Union[int, Tensor] = 0,
+                  ids: Optional[Union[Tensor, Sequence[int]]] = None, **overrides) -> List[AugParams]:
+    """Parameters of every view of a multi-crop draw.
+
+    sizes_or_images: a (B, C, H, W) image batch, a list of B (C, Hi, Wi) images, a list of B
+    (height, width) pairs, or a (B, 2) int64 tensor of (height, width). Only sizes and the device
+    are used. preset: "baug", "caug", "caug+" or an AugConfig. n_local (default 8), global_size
+    (224), local_size (96), global_scale ((0.4, 1.0)), local_scale ((0.05, 0.4)): None keeps the
+    preset's value. Further keyword overrides as in `clever_kernels.augment.config` (e.g.
+    flip_p=0.3, global2_solarize_p=0.5, degrees=(-45, 45)).
+    seed, step: ints (or 0-dim int64 tensors on the device). ids: (B,) sample ids, default
+    0..B-1; pass dataset indices to make a sample's draws independent of its batch position.
+
+    Returns a list of 2 + n_local AugParams on the images' device: global 1, global 2, locals.
+    """
+    named = dict(n_local=n_local, global_size=global_size, local_size=local_size,
+                 global_scale=global_scale, local_scale=local_scale)
+    config = make_config(preset, **{k: v for k, v in named.items() if v is not None}, **overrides)
+    sizes = image_sizes(sizes_or_images)
+    if ids is not None and not isinstance(ids, Tensor):
+        ids = torch.as_tensor(list(ids), dtype=torch.int64).to(sizes.device, non_blocking=True)
+    return [sample_view(sizes, view_config, view, seed=seed, step=step, ids=ids)
+            for view, view_config in enumerate(config.views())]
+
+
+def _const_sizes(batch: int, height: int, width: int, device) -> Tensor:
+    # torch.full instead of torch.tensor: no host-to-device copy that would wait on the stream.
+    return torch.stack([torch.full((batch,), height, dtype=torch.int64, device=device),
+                        torch.full((batch,), width, dtype=torch.int64, device=device)], dim=1)
+
+
+def image_sizes(sizes_or_images) -> Tensor:
+    """(B, 2) int64 (height, width) tensor, on the images' device, from any accepted input of
+    sample_params. Raises ValueError naming sizes_or_images for anything else."""
+    name = "sizes_or_images"
+    if isinstance(sizes_or_images, Tensor):
+        x = sizes_or_images
+        if x.dim() == 4:
+            if x.shape[0] == 0:
+                raise ValueError(f"{name}: empty batch")
+            return _const_sizes(x.shape[0], x.shape[2], x.shape[3], x.device)
+        if x.dim() == 2 and x.shape[1] == 2 and not x.is_floating_point() and x.dtype != torch.bool:
+            if x.shape[0] == 0:
+                raise ValueError(f"{name}: empty batch")
+            return x.to(torch.int64)
+        raise ValueError(f"{name} must be a (B, C, H, W) image batch or a (B, 2) integer tensor of "
+                         f"sizes, got shape {tuple(x.shape)} dtype {x.dtype}")
+    if not isinstance(sizes_or_images, (list, tuple)):
+        raise ValueError(f"{name} must be a tensor or a list, got {type(sizes_or_images).__name__}")
+    if len(sizes_or_images) == 0:
+        raise ValueError(f"{name}: empty batch")
+    if all(isinstance(x, Tensor) for x in sizes_or_images):
+        devices = {x.device for x in sizes_or_images}
+        if len(devices) > 1:
+            raise ValueError(f"{name}: images are on several devices {sorted(map(str, devices))}")
+        if any(x.dim() != 3 for x in sizes_or_images):
+            raise ValueError(f"{name}: every image of a list must be (C, H, W)")
+        hw = [tuple(x.shape[1:]) for x in sizes_or_images]
+        device = devices.pop()
+    elif all(isinstance(x, (list, tuple)) and len(x) == 2 for x in sizes_or_images):
+        hw, device = [tuple(x) for x in sizes_or_images], torch.device("cpu")
+    else:
+        raise ValueError(f"{name} must be a list of (C, H, W) images or of (height, width) pairs")
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for pair in hw for v in pair):
+        raise ValueError(f"{name}: image sizes must be ints >= 1, got {hw}")
+    return torch.tensor(hw, dtype=torch.int64).to(device, non_blocking=True)
+
+
+def _check_sizes_ids(sizes: Tensor, ids: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    if not isinstance(sizes, Tensor) or sizes.dim() != 2 or sizes.shape[1] != 2 or sizes.dtype != torch.int64:
+        raise ValueError("sizes must be a (B, 2) int64 tensor of (height, width)")
+    if sizes.shape[0] == 0:
+        raise ValueError("sizes: empty batch")
+    if ids is None:
+        return sizes, torch.arange(sizes.shape[0], device=sizes.device, dtype=torch.int64)
+    if not isinstance(ids, Tensor) or ids.dtype != torch.int64 or tuple(ids.shape) != (sizes.shape[0],):
+        raise ValueError(f"ids must be an int64 tensor of shape ({sizes.shape[0]},), got "
+                         f"{getattr(ids, 'dtype', type(ids).__name__)} {tuple(getattr(ids, 'shape', ()))}")
+    if ids.device != sizes.device:
+        raise ValueError(f"ids is on {ids.device}, the images on {sizes.device}")
+    return sizes, ids
+
+
+def _check_key(seed, step, device) -> None:
+    for name, value in (("seed", seed), ("step", step)):
+        rng._check_int64(name, value)
+        if isinstance(value, Tensor) and (value.dim() != 0 or value.device != device):
+            raise ValueError(f"{name} must be an int or a 0-dim int64 tensor on {device}, got shape "
+                             f"{tuple(value.shape)} on {value.device}")
