@@ -1,0 +1,233 @@
+"""The fused loss (functional forms and modules) against the plain-PyTorch reference: values,
+gradients of both student inputs, centres, dtypes, odd widths, errors, NaN and extreme logits,
+torch.compile, autocast and the two-rank centre sync. Runs the C++ kernels, and the Triton
+kernels through the interpreter (TRITON_INTERPRET=1, set by the test command)."""
+import pytest
+import torch
+
+import clever_kernels
+from clever_kernels.loss import CLeVERLoss, DINOLoss, clever_loss, dino_loss
+from clever_kernels.reference import loss as ref
+
+from conftest import tolerance
+from two_ranks import expected_centers, make_rank_inputs, run_two_ranks
+
+BACKENDS = []
+if clever_kernels.backends()["cpu-ext"].available:
+    BACKENDS.append("cpp")
+if clever_kernels.backends()["triton-interpreter"].available:
+    BACKENDS.append("triton")
+pytestmark = pytest.mark.skipif(not BACKENDS, reason="neither the C++ extension nor the Triton interpreter is available")
+
+TS = 0.1
+
+
+def _inputs(rng, batch, ncrops, k1, k2, dtype, scale=3.0):
+    def randn(*shape, s=scale):
+        return (torch.randn(*shape, generator=rng, dtype=torch.float64) * s).to(dtype)
+
+    return (randn(ncrops * batch, k1), randn(ncrops * batch, k2), randn(2 * batch, k1), randn(2 * batch, k2),
+            randn(1, k1, s=0.5).float(), randn(1, k2, s=0.5).float())
+
+
+def _run(fn, s1, s2, t1, t2, c1, c2, ncrops, tt, **kw):
+    """Loss parts and gradients of both student inputs, each part backpropagated with its own
+    weight so the kernels see a general upstream gradient."""
+    a, b = s1.detach().clone().requires_grad_(), s2.detach().clone().requires_grad_()
+    total, l_dir, l_dvr, bc1, bc2 = fn(a, b, t1, t2, c1, c2, ncrops, TS, tt, 0.7, **kw)
+    (total + 0.3 * l_dir - 2.0 * l_dvr).backward()
+    return [total, l_dir, l_dvr, bc1, bc2], a.grad, b.grad
+
+
+def _reference(s1, s2, t1, t2, c1, c2, ncrops, tt):
+    # the reference sees exactly the rounded inputs, in float64
+    up = [x.double() for x in (s1, s2, t1, t2, c1, c2)]
+    return _run(ref.clever_loss, *up, ncrops, tt)
+
+
+def _assert_close(got, want, dtype, what):
+    atol, rtol = tolerance(dtype)
+    want = want.double()
+    scale = max(1.0, want.abs().max().item()) if want.numel() else 1.0
+    torch.testing.assert_close(got.double(), want, atol=atol * scale, rtol=rtol, msg=lambda m: f"{what}: {m}")
+
+
+def _check_against_reference(backend, batch, ncrops, k1, k2, dtype, rng, tt=0.04, scale=3.0):
+    inputs = _inputs(rng, batch, ncrops, k1, k2, dtype, scale)
+    parts, g1, g2 = _run(clever_loss, *inputs, ncrops, tt, backend=backend)
+    want_parts, w1, w2 = _reference(*inputs, ncrops, tt)
+    for name, got, want in zip(("total", "loss_dir", "loss_dvr", "center_ir", "center_ef"), parts, want_parts):
+        _assert_close(got, want, torch.float32 if dtype == torch.float64 else dtype, name)
+    assert g1.dtype == dtype and g2.dtype == dtype
+    _assert_close(g1, w1, dtype, "grad student_ir")
+    _assert_close(g2, w2, dtype, "grad student_ef")
+
+
+CPP_CASES = [(b, v, k1, k2, dt)
+             for (b, v, k1, k2) in [(1, 2, 1000, 4097), (3, 4, 4097, 1000), (8, 10, 1000, 333), (3, 10, 7, 1)]
+             for dt in (torch.float32, torch.float16, torch.bfloat16)]
+TRITON_CASES = [(1, 2, 100, 37, torch.float32), (3, 4, 1000, 129, torch.float16), (2, 10, 33, 64, torch.bfloat16),
+                (1, 10, 7, 1, torch.float32)]
+
+
+@pytest.mark.skipif("cpp" not in BACKENDS, reason="C++ extension not built")
+@pytest.mark.parametrize("batch,ncrops,k1,k2,dtype", CPP_CASES)
+def test_cpp_matches_reference(rng, batch, ncrops, k1, k2, dtype):
+    _check_against_reference("cpp", batch, ncrops, k1, k2, dtype, rng)
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="Triton interpreter not available")
+@pytest.mark.parametrize("batch,ncrops,k1,k2,dtype", TRITON_CASES)
+def test_triton_matches_reference(rng, batch, ncrops, k1, k2, dtype):
+    _check_against_reference("triton", batch, ncrops, k1, k2, dtype, rng)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_extreme_logits_match_float64(rng, backend):
+    # |x| up to ~1e4 with tt = 0.04: exponents of 2.5e5 only survive max subtraction everywhere
+    inputs = _inputs(rng, 2, 4, 300, 200, torch.float32, scale=3e3)
+    parts, g1, g2 = _run(clever_loss, *inputs, 4, 0.04, backend=backend)
+    want, w1, w2 = _reference(*inputs, 4, 0.04)
+    assert all(torch.isfinite(p).all() for p in parts) and torch.isfinite(g1).all() and torch.isfinite(g2).all()
+    for got, exp, name in zip(parts[:3], want[:3], ("total", "loss_dir", "loss_dvr")):
+        torch.testing.assert_close(got.double(), exp, rtol=1e-4, atol=1e-3, msg=lambda m: f"{name}: {m}")
+    _assert_close(g1, w1, torch.float32, "grad student_ir")
+    _assert_close(g2, w2, torch.float32, "grad student_ef")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("where", ["student_ir", "student_ef", "teacher_ir", "teacher_ef"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_nan_and_inf_propagate(rng, backend, where, value):
+    s1, s2, t1, t2, c1, c2 = _inputs(rng, 2, 3, 50, 40, torch.float32)
+    target = dict(student_ir=s1, student_ef=s2, teacher_ir=t1, teacher_ef=t2)[where]
+    target[1, 7] = value
+    total = clever_loss(s1, s2, t1, t2, c1, c2, 3, TS, 0.04, backend=backend)[0]
+    assert torch.isnan(total), f"{value} in {where} gave a finite loss {total.item()}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dino_loss_matches_reference(rng, backend):
+    s, _, t, _, c, _ = _inputs(rng, 3, 5, 257, 1, torch.float32)
+    a = s.clone().requires_grad_()
+    loss, bc = dino_loss(a, t, c, 5, TS, 0.05, backend=backend)
+    loss.backward()
+    b = s.double().requires_grad_()
+    want, want_bc = ref.dino_loss(b, t.double(), c.double(), 5, TS, 0.05)
+    want.backward()
+    _assert_close(loss, want, torch.float32, "loss")
+    _assert_close(bc, want_bc, torch.float32, "batch centre")
+    _assert_close(a.grad, b.grad, torch.float32, "grad")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_modules_match_reference_modules_over_steps(rng, backend):
+    fused = CLeVERLoss(64, 4, 0.02, 0.05, 2, 5, dvr_out_dim=24, backend=backend)
+    plain = ref.CLeVERLossReference(64, 4, 0.02, 0.05, 2, 5, dvr_out_dim=24)
+    dino_fused = DINOLoss(64, 4, 0.02, 0.05, 2, 5, backend=backend)
+    dino_plain = ref.DINOLossReference(64, 4, 0.02, 0.05, 2, 5)
+    for epoch in range(3):
+        s1, s2, t1, t2, _, _ = _inputs(rng, 2, 4, 64, 24, torch.float32)
+        got = fused(s1, s2, t1, t2, epoch)
+        want = plain(s1.double(), s2.double(), t1.double(), t2.double(), epoch)
+        for g, w in zip(got, want):
+            _assert_close(g, w, torch.float32, f"epoch {epoch}")
+        _assert_close(dino_fused(s1, t1, epoch), dino_plain(s1.double(), t1.double(), epoch), torch.float32, "dino")
+    for name in ("center", "center2"):
+        _assert_close(fused.state_dict()[name], plain.state_dict()[name], torch.float32, name)
+    _assert_close(dino_fused.center, dino_plain.center, torch.float32, "dino center")
+    assert set(fused.state_dict()) == {"center", "center2"}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_teacher_receives_no_gradient(rng, backend):
+    s1, s2, t1, t2, c1, c2 = _inputs(rng, 1, 2, 30, 20, torch.float32)
+    s1.requires_grad_()
+    t1.requires_grad_()
+    t2.requires_grad_()
+    clever_loss(s1, s2, t1, t2, c1, c2, 2, TS, 0.04, backend=backend)[0].backward()
+    assert t1.grad is None and t2.grad is None and s1.grad is not None
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(ncrops=1), "ncrops"),
+    (dict(s1=torch.zeros(7, 8)), "student_ir must have ncrops"),
+    (dict(t2=torch.zeros(3, 5)), "teacher_ef must have 2"),
+    (dict(t1=torch.zeros(4, 9)), "same width"),
+    (dict(s2=torch.zeros(6, 5, dtype=torch.int32)), "student_ef must be a floating"),
+    (dict(c2=torch.zeros(1, 6)), "center_ef must have K"),
+    (dict(t2=torch.zeros(6, 5), s2=torch.zeros(9, 5)), "same batch"),
+    (dict(ts=0.0), "student_temp"),
+    (dict(backend="cuda-magic"), "backend"),
+])
+def test_bad_inputs_name_the_argument(bad, match):
+    args = dict(s1=torch.zeros(6, 8), s2=torch.zeros(6, 5), t1=torch.zeros(4, 8), t2=torch.zeros(4, 5),
+                c1=torch.zeros(1, 8), c2=torch.zeros(1, 5), ncrops=3, ts=0.1, backend=BACKENDS[0])
+    args.update(bad)
+    with pytest.raises((ValueError, TypeError, RuntimeError), match=match):
+        clever_loss(args["s1"], args["s2"], args["t1"], args["t2"], args["c1"], args["c2"], args["ncrops"],
+                    args["ts"], 0.04, backend=args["backend"])
+
+
+def test_module_rejects_epoch_outside_schedule():
+    module = DINOLoss(8, 2, 0.04, 0.04, 0, 3, backend=BACKENDS[0])
+    with pytest.raises(ValueError, match="epoch"):
+        module(torch.zeros(4, 8), torch.zeros(4, 8), 3)
+
+
+@pytest.mark.skipif("cpp" not in BACKENDS, reason="C++ extension not built")
+def test_mixed_precision_inputs_under_autocast(rng):
+    s1, s2, t1, t2, c1, c2 = _inputs(rng, 2, 3, 70, 50, torch.float32)
+    student = torch.nn.Linear(70, 70).to(torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        hidden = student(s1)  # bfloat16 under autocast, teacher logits stay float32
+        total = clever_loss(hidden, s2, t1, t2, c1, c2, 3, TS, 0.04, backend="cpp")[0]
+    total.backward()
+    assert hidden.dtype == torch.bfloat16 and torch.isfinite(total)
+    assert student.weight.grad is not None and torch.isfinite(student.weight.grad).all()
+    want = ref.clever_loss(hidden.double(), s2.double(), t1.double(), t2.double(), c1.double(), c2.double(), 3, TS,
+                           0.04)[0]
+    torch.testing.assert_close(total.double(), want.detach(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif("cpp" not in BACKENDS, reason="C++ extension not built")
+def test_torch_compile_without_graph_breaks(rng):
+    head = torch.nn.Linear(16, 40)
+    # momentum 1 keeps the centres fixed, so every call below computes the same loss
+    loss_fn = CLeVERLoss(40, 3, 0.04, 0.04, 0, 2, dvr_out_dim=40, center_momentum=1.0, backend="cpp")
+
+    def step(x, t):
+        out = head(x)
+        return loss_fn(out, out * 0.5, t, t * 0.5, 0)[0]
+
+    x = torch.randn(9, 16, generator=rng)
+    t = torch.randn(6, 40, generator=rng)
+    eager = step(x, t)
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(step)(x, t)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    got = compiled(x, t)
+    got.backward()
+    assert head.weight.grad is not None and torch.isfinite(head.weight.grad).all()
+    torch.testing.assert_close(got.detach(), eager.detach(), rtol=1e-5, atol=1e-5)
+
+
+class FusedFactory:
+    def __init__(self, backend):
+        self.backend = backend
+
+    def __call__(self):
+        return CLeVERLoss(11, 3, 0.04, 0.04, 0, 5, dvr_out_dim=6, backend=self.backend)
+
+
+@pytest.mark.skipif("cpp" not in BACKENDS, reason="C++ extension not built")
+def test_center_sync_two_gloo_ranks():
+    # unequal per-rank batches: the centre is the mean over all rows; the async all_reduce of
+    # step 1 must be applied before step 2's loss and before state_dict()
+    inputs = make_rank_inputs(5, 2, 3, batch=[1, 3], ncrops=3, k1=11, k2=6)
+    got = run_two_ranks(FusedFactory("cpp"), inputs)
+    want1, want2 = expected_centers(inputs, 11, 6)
+    for c1, c2 in got:
+        torch.testing.assert_close(c1, want1)
+        torch.testing.assert_close(c2, want2)
