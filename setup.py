@@ -70,6 +70,13 @@ setup(
         "test": ["pytest", "scikit-learn", "pillow"],
         "train": ["scikit-learn", "tqdm", "matplotlib", "pillow"],
     },
+    entry_points={
+        "console_scripts": [
+            "clever-train = clever_kernels.train.cli:train_main",
+            "clever-eval = clever_kernels.train.cli:eval_main",
+            "clever-plot = clever_kernels.train.cli:plot_main",
+        ]
+    },
     ext_modules=_extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     zip_safe=False,
