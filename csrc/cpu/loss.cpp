@@ -1,0 +1,625 @@
+// CPU kernels of the loss ops (schemas in ops.cpp): dir_loss_fwd/bwd and dvr_loss_fwd/bwd.
+//
+// Forward: one pass over K per image b. The 2 teacher rows and the V student rows of the image
+// are read tile by tile; each tile is summarised (maxima, rescaled sums, the 2 x V cross terms)
+// and merged into the image's running statistics (online softmax, maths in online_softmax.h).
+// Only per-row statistics are written. Images run in parallel; when there are fewer images than
+// threads, K is split too and the partial statistics are merged the same way.
+// Backward: every gradient element is a function of its logits and per-row statistics, so the
+// gradient is written once, in parallel over (image, K tile); a tile's teacher probabilities are
+// computed once and shared by the image's V student rows.
+//
+// Accumulation is in float (double for float64 inputs); half and bfloat16 tiles are converted to
+// float once per tile.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "clever_kernels/online_softmax.h"
+
+namespace clever_kernels {
+namespace {
+
+using at::Tensor;
+
+// Elements per row segment: a student segment is read twice (max, then exp), and the teacher
+// probabilities of the tile (2 segments) are reused by all V students, so all of it stays in L1.
+constexpr int64_t kTile = 1024;
+// Smallest share of K worth a thread of its own when the forward splits K.
+constexpr int64_t kMinSplit = 4096;
+// Roughly the elements a parallel task must cover to be worth starting a thread for.
+constexpr int64_t kGrainElems = 1 << 15;
+
+template <typename scalar_t>
+using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+int64_t grain_for(int64_t elems_per_item) {
+  return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, elems_per_item));
+}
+
+// ----------------------------------------------------------------------------------------------
+// Argument checks
+
+int64_t check_logits(const Tensor& student, const Tensor& teacher, const Tensor& center,
+                     int64_t ncrops, double student_temp, double teacher_temp) {
+  TORCH_CHECK(ncrops >= 2, "ncrops must be >= 2 (two global views at least), got ", ncrops);
+  TORCH_CHECK(std::isfinite(student_temp) && student_temp > 0,
+              "student_temp must be finite and > 0, got ", student_temp);
+  TORCH_CHECK(std::isfinite(teacher_temp) && teacher_temp > 0,
+              "teacher_temp must be finite and > 0, got ", teacher_temp);
+  TORCH_CHECK(student.dim() == 2, "student must be 2-D (ncrops*B, K), got shape ", student.sizes());
+  TORCH_CHECK(teacher.dim() == 2, "teacher must be 2-D (2*B, K), got shape ", teacher.sizes());
+  const auto dtype = student.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
+                  dtype == at::kBFloat16,
+              "student must be float32, float64, float16 or bfloat16, got ", dtype);
+  TORCH_CHECK(teacher.scalar_type() == dtype, "teacher must have student's dtype ", dtype, ", got ",
+              teacher.scalar_type());
+  TORCH_CHECK(center.scalar_type() == at::kFloat, "center must be float32, got ",
+              center.scalar_type());
+  TORCH_CHECK(teacher.device() == student.device(), "teacher must be on student's device ",
+              student.device(), ", got ", teacher.device());
+  TORCH_CHECK(center.device() == student.device(), "center must be on student's device ",
+              student.device(), ", got ", center.device());
+  TORCH_CHECK(teacher.size(0) >= 2 && teacher.size(0) % 2 == 0,
+              "teacher must have 2*B rows (two global views of B >= 1 images), got ",
+              teacher.size(0));
+  const int64_t batch = teacher.size(0) / 2;
+  TORCH_CHECK(student.size(0) == ncrops * batch, "student must have ncrops*B = ", ncrops, "*", batch,
+              " = ", ncrops * batch, " rows (B from teacher), got ", student.size(0));
+  const int64_t width = student.size(1);
+  TORCH_CHECK(width >= 1, "student must have K >= 1 columns, got ", width);
+  TORCH_CHECK(teacher.size(1) == width, "teacher must have student's width K = ", width, ", got ",
+              teacher.size(1));
+  TORCH_CHECK(center.numel() == width, "center must have K = ", width, " elements, got shape ",
+              center.sizes());
+  TORCH_CHECK(student.is_contiguous(), "student must be contiguous");
+  TORCH_CHECK(teacher.is_contiguous(), "teacher must be contiguous");
+  TORCH_CHECK(center.is_contiguous(), "center must be contiguous");
+  return batch;
+}
+
+void check_stat(const Tensor& x, const char* name, at::IntArrayRef shape, const Tensor& student) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.sizes() == shape, name,
+              " must be a float32 tensor of shape ", shape, ", got ", x.scalar_type(), " ",
+              x.sizes());
+  TORCH_CHECK(x.device() == student.device(), name, " must be on student's device ",
+              student.device(), ", got ", x.device());
+  TORCH_CHECK(x.is_contiguous(), name, " must be contiguous");
+}
+
+// ----------------------------------------------------------------------------------------------
+// Segment loops. Contiguous and branch-free so that `omp simd` vectorises them (fast_exp inlines).
+
+// A segment as acc_t: the input itself when it already is, else converted into buf.
+template <typename scalar_t, typename acc_t>
+const acc_t* as_acc(const scalar_t* src, int64_t n, acc_t* buf) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return src;
+  } else {
+#pragma omp simd
+    for (int64_t k = 0; k < n; ++k) {
+      buf[k] = static_cast<acc_t>(src[k]);
+    }
+    return buf;
+  }
+}
+
+// The maximum ignores NaN elements; they still reach the sums through exp(NaN) = NaN, which is
+// how NaN logits make the statistics NaN.
+template <typename T>
+T segment_max(const T* x, int64_t n) {
+  T m = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : m)
+  for (int64_t k = 0; k < n; ++k) {
+    m = x[k] > m ? x[k] : m;
+  }
+  return m;
+}
+
+// a = teacher - center, written to a; returns max a.
+template <typename T>
+T centred_max(const T* t, const float* c, int64_t n, T* a) {
+  T m = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : m)
+  for (int64_t k = 0; k < n; ++k) {
+    const T v = t[k] - static_cast<T>(c[k]);
+    a[k] = v;
+    m = v > m ? v : m;
+  }
+  return m;
+}
+
+// Replaces a by e = exp((a - offset) * inv_temp); sums e and e^2.
+template <typename T>
+void exp_in_place(T* a, int64_t n, T offset, T inv_temp, T& sum, T& sum_sq) {
+  T l = 0, sq = 0;
+#pragma omp simd reduction(+ : l, sq)
+  for (int64_t k = 0; k < n; ++k) {
+    const T e = fast_exp((a[k] - offset) * inv_temp);
+    a[k] = e;
+    l += e;
+    sq += e * e;
+  }
+  sum = l;
+  sum_sq = sq;
+}
+
+// One student segment against the image's two teacher segments e0, e1 (weights relative to the
+// teacher maxima): sum of exp((s - offset) * inv_ts) and the cross terms sum e_t * (s - offset).
+template <typename T>
+void dir_student_segment(const T* s, const T* e0, const T* e1, int64_t n, T offset, T inv_ts,
+                         T& sum, T& d0, T& d1) {
+  T l = 0, x0 = 0, x1 = 0;
+#pragma omp simd reduction(+ : l, x0, x1)
+  for (int64_t k = 0; k < n; ++k) {
+    const T x = s[k] - offset;
+    l += fast_exp(x * inv_ts);
+    x0 += e0[k] * x;
+    x1 += e1[k] * x;
+  }
+  sum = l;
+  d0 = x0;
+  d1 = x1;
+}
+
+// Same for the cosine head: sum e_s, sum e_s^2 and the dot products sum e_t * e_s.
+template <typename T>
+void dvr_student_segment(const T* s, const T* e0, const T* e1, int64_t n, T offset, T inv_ts,
+                         T& sum, T& sum_sq, T& p0, T& p1) {
+  T l = 0, sq = 0, x0 = 0, x1 = 0;
+#pragma omp simd reduction(+ : l, sq, x0, x1)
+  for (int64_t k = 0; k < n; ++k) {
+    const T e = fast_exp((s[k] - offset) * inv_ts);
+    l += e;
+    sq += e * e;
+    x0 += e0[k] * e;
+    x1 += e1[k] * e;
+  }
+  sum = l;
+  sum_sq = sq;
+  p0 = x0;
+  p1 = x1;
+}
+
+// ----------------------------------------------------------------------------------------------
+// Per-image statistics over a range of K. Row statistics: max m (raw units), sum l, and for the
+// cosine head the sum of squares sq. Cross terms are indexed [iq * V + v].
+
+template <typename T>
+struct DirStats {
+  explicit DirStats(int64_t views) : V(views), ms(views), ls(views), d(2 * views) {}
+  int64_t V;
+  bool empty = true;
+  T mt[2] = {0, 0};
+  T lt[2] = {0, 0};
+  std::vector<T> ms, ls, d;
+
+  void merge(const DirStats& o, T inv_ts, T inv_tt) {
+    if (o.empty) {
+      return;
+    }
+    if (empty) {
+      *this = o;
+      return;
+    }
+    MaxMerge<T> t[2] = {merge_max(mt[0], o.mt[0], inv_tt), merge_max(mt[1], o.mt[1], inv_tt)};
+    for (int64_t v = 0; v < V; ++v) {
+      const MaxMerge<T> s = merge_max(ms[v], o.ms[v], inv_ts);
+      const T shift_a = max_shift(ms[v], s.m);
+      const T shift_b = max_shift(o.ms[v], s.m);
+      for (int iq = 0; iq < 2; ++iq) {
+        T& x = d[iq * V + v];
+        x = merge_ce_cross(x, lt[iq], t[iq].alpha_a, shift_a, o.d[iq * V + v], o.lt[iq],
+                           t[iq].alpha_b, shift_b);
+      }
+      ls[v] = s.alpha_a * ls[v] + s.alpha_b * o.ls[v];
+      ms[v] = s.m;
+    }
+    for (int iq = 0; iq < 2; ++iq) {
+      lt[iq] = t[iq].alpha_a * lt[iq] + t[iq].alpha_b * o.lt[iq];
+      mt[iq] = t[iq].m;
+    }
+  }
+};
+
+template <typename T>
+struct DvrStats {
+  explicit DvrStats(int64_t views) : V(views), ms(views), ls(views), sqs(views), p(2 * views) {}
+  int64_t V;
+  bool empty = true;
+  T mt[2] = {0, 0};
+  T lt[2] = {0, 0};
+  T sqt[2] = {0, 0};
+  std::vector<T> ms, ls, sqs, p;
+
+  void merge(const DvrStats& o, T inv_ts, T inv_tt) {
+    if (o.empty) {
+      return;
+    }
+    if (empty) {
+      *this = o;
+      return;
+    }
+    MaxMerge<T> t[2] = {merge_max(mt[0], o.mt[0], inv_tt), merge_max(mt[1], o.mt[1], inv_tt)};
+    for (int64_t v = 0; v < V; ++v) {
+      const MaxMerge<T> s = merge_max(ms[v], o.ms[v], inv_ts);
+      for (int iq = 0; iq < 2; ++iq) {
+        T& x = p[iq * V + v];
+        x = merge_dot_cross(x, t[iq].alpha_a, s.alpha_a, o.p[iq * V + v], t[iq].alpha_b,
+                            s.alpha_b);
+      }
+      ls[v] = s.alpha_a * ls[v] + s.alpha_b * o.ls[v];
+      sqs[v] = s.alpha_a * s.alpha_a * sqs[v] + s.alpha_b * s.alpha_b * o.sqs[v];
+      ms[v] = s.m;
+    }
+    for (int iq = 0; iq < 2; ++iq) {
+      const MaxMerge<T>& g = t[iq];
+      lt[iq] = g.alpha_a * lt[iq] + g.alpha_b * o.lt[iq];
+      sqt[iq] = g.alpha_a * g.alpha_a * sqt[iq] + g.alpha_b * g.alpha_b * o.sqt[iq];
+      mt[iq] = g.m;
+    }
+  }
+};
+
+// Shapes and temperatures shared by the kernels; pointers to the logits of one head.
+template <typename scalar_t>
+struct Problem {
+  using acc_t = acc_type<scalar_t>;
+  const scalar_t* student;
+  const scalar_t* teacher;
+  const float* center;
+  int64_t B, V, K;
+  acc_t inv_ts, inv_tt;
+
+  const scalar_t* student_row(int64_t v, int64_t b) const { return student + (v * B + b) * K; }
+  const scalar_t* teacher_row(int64_t iq, int64_t b) const { return teacher + (iq * B + b) * K; }
+};
+
+// Per-task scratch: the tile's two teacher segments (a = t - c, then their exponentials) and a
+// conversion buffer for half / bfloat16 rows.
+template <typename T>
+struct Scratch {
+  std::vector<T> e0 = std::vector<T>(kTile), e1 = std::vector<T>(kTile),
+                 row = std::vector<T>(kTile);
+  T* e(int iq) { return iq == 0 ? e0.data() : e1.data(); }
+};
+
+// The teacher segments of image b at [k0, k0 + n): exponentials relative to the segment maxima.
+template <typename scalar_t, typename T>
+void teacher_tile(const Problem<scalar_t>& pb, int64_t b, int64_t k0, int64_t n, Scratch<T>& ws,
+                  T mt[2], T lt[2], T sqt[2]) {
+  for (int iq = 0; iq < 2; ++iq) {
+    const T* t = as_acc(pb.teacher_row(iq, b) + k0, n, ws.row.data());
+    mt[iq] = centred_max(t, pb.center + k0, n, ws.e(iq));
+    exp_in_place(ws.e(iq), n, exp_offset(mt[iq]), pb.inv_tt, lt[iq], sqt[iq]);
+  }
+}
+
+template <typename scalar_t, typename T>
+void dir_range(const Problem<scalar_t>& pb, int64_t b, int64_t k_begin, int64_t k_end,
+               Scratch<T>& ws, DirStats<T>& acc) {
+  DirStats<T> tile(pb.V);
+  T sqt_unused[2];
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += kTile) {
+    const int64_t n = std::min(kTile, k_end - k0);
+    teacher_tile(pb, b, k0, n, ws, tile.mt, tile.lt, sqt_unused);
+    for (int64_t v = 0; v < pb.V; ++v) {
+      const T* s = as_acc(pb.student_row(v, b) + k0, n, ws.row.data());
+      tile.ms[v] = segment_max(s, n);
+      dir_student_segment(s, ws.e0.data(), ws.e1.data(), n, exp_offset(tile.ms[v]), pb.inv_ts,
+                          tile.ls[v], tile.d[v], tile.d[pb.V + v]);
+    }
+    tile.empty = false;
+    acc.merge(tile, pb.inv_ts, pb.inv_tt);
+  }
+}
+
+template <typename scalar_t, typename T>
+void dvr_range(const Problem<scalar_t>& pb, int64_t b, int64_t k_begin, int64_t k_end,
+               Scratch<T>& ws, DvrStats<T>& acc) {
+  DvrStats<T> tile(pb.V);
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += kTile) {
+    const int64_t n = std::min(kTile, k_end - k0);
+    teacher_tile(pb, b, k0, n, ws, tile.mt, tile.lt, tile.sqt);
+    for (int64_t v = 0; v < pb.V; ++v) {
+      const T* s = as_acc(pb.student_row(v, b) + k0, n, ws.row.data());
+      tile.ms[v] = segment_max(s, n);
+      dvr_student_segment(s, ws.e0.data(), ws.e1.data(), n, exp_offset(tile.ms[v]), pb.inv_ts,
+                          tile.ls[v], tile.sqs[v], tile.p[v], tile.p[pb.V + v]);
+    }
+    tile.empty = false;
+    acc.merge(tile, pb.inv_ts, pb.inv_tt);
+  }
+}
+
+// Runs range_fn(b, k_begin, k_end, scratch, stats) over every image, split along K into chunks
+// when there are fewer images than threads, and returns each image's merged statistics.
+template <typename Stats, typename scalar_t, typename RangeFn>
+std::vector<Stats> image_stats(const Problem<scalar_t>& pb, RangeFn range_fn) {
+  using T = acc_type<scalar_t>;
+  const int64_t threads = at::get_num_threads();
+  int64_t splits = 1;
+  if (pb.B < threads) {
+    const int64_t want = (threads + pb.B - 1) / pb.B;
+    splits = std::max<int64_t>(1, std::min(want, pb.K / kMinSplit));
+  }
+  // Chunk boundaries on tile multiples, so a split does not change how K is tiled.
+  const int64_t tiles = (pb.K + kTile - 1) / kTile;
+  const int64_t tiles_per_split = (tiles + splits - 1) / splits;
+  const int64_t chunk = tiles_per_split * kTile;
+  splits = (pb.K + chunk - 1) / chunk;
+
+  std::vector<Stats> partial(pb.B * splits, Stats(pb.V));
+  at::parallel_for(0, pb.B * splits, grain_for((pb.V + 2) * chunk), [&](int64_t begin, int64_t end) {
+    Scratch<T> ws;
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t b = i / splits;
+      const int64_t k_begin = (i % splits) * chunk;
+      range_fn(b, k_begin, std::min(pb.K, k_begin + chunk), ws, partial[i]);
+    }
+  });
+  std::vector<Stats> merged(pb.B, Stats(pb.V));
+  for (int64_t b = 0; b < pb.B; ++b) {
+    for (int64_t j = 0; j < splits; ++j) {
+      merged[b].merge(partial[b * splits + j], pb.inv_ts, pb.inv_tt);
+    }
+  }
+  return merged;
+}
+
+// teacher_sum[k] = sum over the teacher rows, accumulated in double, parallel over K.
+template <typename scalar_t>
+void teacher_column_sum(const scalar_t* teacher, int64_t rows, int64_t K, float* out) {
+  constexpr int64_t kChunk = 512;
+  at::parallel_for(0, K, std::max(kChunk, grain_for(rows)), [&](int64_t begin, int64_t end) {
+    double acc[kChunk];
+    for (int64_t k0 = begin; k0 < end; k0 += kChunk) {
+      const int64_t n = std::min(kChunk, end - k0);
+      std::fill(acc, acc + n, 0.0);
+      for (int64_t r = 0; r < rows; ++r) {
+        const scalar_t* t = teacher + r * K + k0;
+#pragma omp simd
+        for (int64_t k = 0; k < n; ++k) {
+          acc[k] += static_cast<double>(t[k]);
+        }
+      }
+      for (int64_t k = 0; k < n; ++k) {
+        out[k0 + k] = static_cast<float>(acc[k]);
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+Problem<scalar_t> make_problem(const Tensor& student, const Tensor& teacher, const Tensor& center,
+                               int64_t B, int64_t ncrops, double student_temp,
+                               double teacher_temp) {
+  using acc_t = acc_type<scalar_t>;
+  return {student.data_ptr<scalar_t>(),
+          teacher.data_ptr<scalar_t>(),
+          center.data_ptr<float>(),
+          B,
+          ncrops,
+          student.size(1),
+          static_cast<acc_t>(1.0 / student_temp),
+          static_cast<acc_t>(1.0 / teacher_temp)};
+}
+
+// ----------------------------------------------------------------------------------------------
+// Ops
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> dir_loss_fwd_cpu(const Tensor& student,
+                                                            const Tensor& teacher,
+                                                            const Tensor& center, int64_t ncrops,
+                                                            double student_temp,
+                                                            double teacher_temp) {
+  const int64_t B = check_logits(student, teacher, center, ncrops, student_temp, teacher_temp);
+  const int64_t V = ncrops, K = student.size(1);
+  const auto f32 = student.options().dtype(at::kFloat);
+  Tensor lse_student = at::empty({V * B}, f32);
+  Tensor lse_teacher = at::empty({2 * B}, f32);
+  Tensor ce = at::empty({2, V * B}, f32);
+  Tensor teacher_sum = at::empty({K}, f32);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student.scalar_type(), "dir_loss_fwd",
+                                  [&] {
+    using T = acc_type<scalar_t>;
+    const auto pb = make_problem<scalar_t>(student, teacher, center, B, V, student_temp,
+                                           teacher_temp);
+    const auto stats = image_stats<DirStats<T>>(
+        pb, [&](int64_t b, int64_t k0, int64_t k1, Scratch<T>& ws, DirStats<T>& out) {
+          dir_range(pb, b, k0, k1, ws, out);
+        });
+    float* lse_s = lse_student.data_ptr<float>();
+    float* lse_t = lse_teacher.data_ptr<float>();
+    float* ce_p = ce.data_ptr<float>();
+    for (int64_t b = 0; b < B; ++b) {
+      const DirStats<T>& st = stats[b];
+      for (int iq = 0; iq < 2; ++iq) {
+        lse_t[iq * B + b] = static_cast<float>(row_lse(st.mt[iq], st.lt[iq], teacher_temp));
+      }
+      for (int64_t v = 0; v < V; ++v) {
+        lse_s[v * B + b] = static_cast<float>(row_lse(st.ms[v], st.ls[v], student_temp));
+        for (int iq = 0; iq < 2; ++iq) {
+          ce_p[iq * V * B + v * B + b] = static_cast<float>(
+              cross_entropy(st.ls[v], st.d[iq * V + v], st.lt[iq], student_temp));
+        }
+      }
+    }
+    teacher_column_sum(pb.teacher, 2 * B, K, teacher_sum.data_ptr<float>());
+  });
+  return {lse_student, lse_teacher, ce, teacher_sum};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> dvr_loss_fwd_cpu(
+    const Tensor& student, const Tensor& teacher, const Tensor& center, int64_t ncrops,
+    double student_temp, double teacher_temp) {
+  const int64_t B = check_logits(student, teacher, center, ncrops, student_temp, teacher_temp);
+  const int64_t V = ncrops, K = student.size(1);
+  const auto f32 = student.options().dtype(at::kFloat);
+  Tensor lse_student = at::empty({V * B}, f32);
+  Tensor lse_teacher = at::empty({2 * B}, f32);
+  Tensor norm_student = at::empty({V * B}, f32);
+  Tensor norm_teacher = at::empty({2 * B}, f32);
+  Tensor cos = at::empty({2, V * B}, f32);
+  Tensor teacher_sum = at::empty({K}, f32);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student.scalar_type(), "dvr_loss_fwd",
+                                  [&] {
+    using T = acc_type<scalar_t>;
+    const auto pb = make_problem<scalar_t>(student, teacher, center, B, V, student_temp,
+                                           teacher_temp);
+    const auto stats = image_stats<DvrStats<T>>(
+        pb, [&](int64_t b, int64_t k0, int64_t k1, Scratch<T>& ws, DvrStats<T>& out) {
+          dvr_range(pb, b, k0, k1, ws, out);
+        });
+    float* lse_s = lse_student.data_ptr<float>();
+    float* lse_t = lse_teacher.data_ptr<float>();
+    float* norm_s = norm_student.data_ptr<float>();
+    float* norm_t = norm_teacher.data_ptr<float>();
+    float* cos_p = cos.data_ptr<float>();
+    for (int64_t b = 0; b < B; ++b) {
+      const DvrStats<T>& st = stats[b];
+      for (int iq = 0; iq < 2; ++iq) {
+        lse_t[iq * B + b] = static_cast<float>(row_lse(st.mt[iq], st.lt[iq], teacher_temp));
+        norm_t[iq * B + b] = static_cast<float>(softmax_norm(st.lt[iq], st.sqt[iq]));
+      }
+      for (int64_t v = 0; v < V; ++v) {
+        lse_s[v * B + b] = static_cast<float>(row_lse(st.ms[v], st.ls[v], student_temp));
+        norm_s[v * B + b] = static_cast<float>(softmax_norm(st.ls[v], st.sqs[v]));
+        for (int iq = 0; iq < 2; ++iq) {
+          cos_p[iq * V * B + v * B + b] =
+              static_cast<float>(cosine(st.p[iq * V + v], st.sqt[iq], st.sqs[v]));
+        }
+      }
+    }
+    teacher_column_sum(pb.teacher, 2 * B, K, teacher_sum.data_ptr<float>());
+  });
+  return {lse_student, lse_teacher, norm_student, norm_teacher, cos, teacher_sum};
+}
+
+// Shared backward driver: for every (image b, K tile), the teacher probabilities q0, q1 of the
+// tile, then grad_fn(v, s, q0, q1, n, g) writes the acc_t gradient of student row v's segment into
+// g, which is the output itself for float / double and a buffer converted afterwards otherwise.
+template <typename scalar_t, typename GradFn>
+void backward_tiles(const Problem<scalar_t>& pb, const float* lse_teacher, double teacher_temp,
+                    scalar_t* grad, GradFn grad_fn) {
+  using T = acc_type<scalar_t>;
+  const int64_t tiles = (pb.K + kTile - 1) / kTile;
+  at::parallel_for(0, pb.B * tiles, grain_for((pb.V + 2) * kTile), [&](int64_t begin, int64_t end) {
+    Scratch<T> ws;
+    std::vector<T> out_buf(std::is_same_v<scalar_t, T> ? 0 : kTile);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t b = i / tiles;
+      const int64_t k0 = (i % tiles) * kTile;
+      const int64_t n = std::min(kTile, pb.K - k0);
+      for (int iq = 0; iq < 2; ++iq) {
+        const T* t = as_acc(pb.teacher_row(iq, b) + k0, n, ws.row.data());
+        const float* c = pb.center + k0;
+        const T offset = static_cast<T>(lse_offset(lse_teacher[iq * pb.B + b], teacher_temp));
+        const T inv_tt = pb.inv_tt;
+        T* q = ws.e(iq);
+#pragma omp simd
+        for (int64_t k = 0; k < n; ++k) {
+          q[k] = softmax_from_offset(t[k] - static_cast<T>(c[k]), offset, inv_tt);
+        }
+      }
+      for (int64_t v = 0; v < pb.V; ++v) {
+        const T* s = as_acc(pb.student_row(v, b) + k0, n, ws.row.data());
+        scalar_t* out = grad + (v * pb.B + b) * pb.K + k0;
+        if constexpr (std::is_same_v<scalar_t, T>) {
+          grad_fn(v * pb.B + b, s, ws.e0.data(), ws.e1.data(), n, out);
+        } else {
+          grad_fn(v * pb.B + b, s, ws.e0.data(), ws.e1.data(), n, out_buf.data());
+          for (int64_t k = 0; k < n; ++k) {
+            out[k] = static_cast<scalar_t>(out_buf[k]);
+          }
+        }
+      }
+    }
+  });
+}
+
+Tensor dir_loss_bwd_cpu(const Tensor& student, const Tensor& teacher, const Tensor& center,
+                        const Tensor& lse_student, const Tensor& lse_teacher, const Tensor& alpha,
+                        const Tensor& beta, int64_t ncrops, double student_temp,
+                        double teacher_temp) {
+  const int64_t B = check_logits(student, teacher, center, ncrops, student_temp, teacher_temp);
+  const int64_t rows = ncrops * B;
+  check_stat(lse_student, "lse_student", {rows}, student);
+  check_stat(lse_teacher, "lse_teacher", {2 * B}, student);
+  check_stat(alpha, "alpha", {rows}, student);
+  check_stat(beta, "beta", {2, rows}, student);
+  Tensor grad = at::empty_like(student);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student.scalar_type(), "dir_loss_bwd",
+                                  [&] {
+    using T = acc_type<scalar_t>;
+    const auto pb = make_problem<scalar_t>(student, teacher, center, B, ncrops, student_temp,
+                                           teacher_temp);
+    const float* lse_s = lse_student.data_ptr<float>();
+    const float* alpha_p = alpha.data_ptr<float>();
+    const float* beta_p = beta.data_ptr<float>();
+    backward_tiles(pb, lse_teacher.data_ptr<float>(), teacher_temp, grad.data_ptr<scalar_t>(),
+                   [&](int64_t row, const T* s, const T* q0, const T* q1, int64_t n, auto* g) {
+      const T offset = static_cast<T>(lse_offset(lse_s[row], student_temp));
+      const T inv_ts = pb.inv_ts;
+      const T a = alpha_p[row], b0 = beta_p[row], b1 = beta_p[rows + row];
+#pragma omp simd
+      for (int64_t k = 0; k < n; ++k) {
+        g[k] = dir_grad(a, softmax_from_offset(s[k], offset, inv_ts), b0, q0[k], b1, q1[k]);
+      }
+    });
+  });
+  return grad;
+}
+
+Tensor dvr_loss_bwd_cpu(const Tensor& student, const Tensor& teacher, const Tensor& center,
+                        const Tensor& lse_student, const Tensor& lse_teacher, const Tensor& u,
+                        const Tensor& z, int64_t ncrops, double student_temp,
+                        double teacher_temp) {
+  const int64_t B = check_logits(student, teacher, center, ncrops, student_temp, teacher_temp);
+  const int64_t rows = ncrops * B;
+  check_stat(lse_student, "lse_student", {rows}, student);
+  check_stat(lse_teacher, "lse_teacher", {2 * B}, student);
+  check_stat(u, "u", {2, rows}, student);
+  check_stat(z, "z", {rows}, student);
+  Tensor grad = at::empty_like(student);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student.scalar_type(), "dvr_loss_bwd",
+                                  [&] {
+    using T = acc_type<scalar_t>;
+    const auto pb = make_problem<scalar_t>(student, teacher, center, B, ncrops, student_temp,
+                                           teacher_temp);
+    const float* lse_s = lse_student.data_ptr<float>();
+    const float* u_p = u.data_ptr<float>();
+    const float* z_p = z.data_ptr<float>();
+    backward_tiles(pb, lse_teacher.data_ptr<float>(), teacher_temp, grad.data_ptr<scalar_t>(),
+                   [&](int64_t row, const T* s, const T* p0, const T* p1, int64_t n, auto* g) {
+      const T offset = static_cast<T>(lse_offset(lse_s[row], student_temp));
+      const T inv_ts = pb.inv_ts;
+      const T u0 = u_p[row], u1 = u_p[rows + row], zr = z_p[row];
+#pragma omp simd
+      for (int64_t k = 0; k < n; ++k) {
+        g[k] = dvr_grad(softmax_from_offset(s[k], offset, inv_ts), u0, p0[k], u1, p1[k], zr);
+      }
+    });
+  });
+  return grad;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(clever_kernels, CPU, m) {
+  m.impl("dir_loss_fwd", &dir_loss_fwd_cpu);
+  m.impl("dir_loss_bwd", &dir_loss_bwd_cpu);
+  m.impl("dvr_loss_fwd", &dvr_loss_fwd_cpu);
+  m.impl("dvr_loss_bwd", &dvr_loss_bwd_cpu);
+}
+
+}  // namespace clever_kernels
