@@ -90,7 +90,7 @@ def hash32(*words: IntLike) -> IntLike:
     return h
 
 
-def _check_int64(name: str, value: IntLike) -> None:
+def check_int64(name: str, value: IntLike) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, Tensor)):
         raise TypeError(f"{name} must be an int or an int64 tensor, got {type(value).__name__}")
     if isinstance(value, int):
@@ -109,7 +109,7 @@ def hash_bits(seed: IntLike, step: IntLike, ids: IntLike, view: int, op: int, dr
     view, op, draw). Tensor arguments broadcast; ids (B,) against draw (D,) needs ids[:, None]."""
     for name, value in (("seed", seed), ("step", step), ("ids", ids), ("view", view), ("op", op),
                         ("draw", draw)):
-        _check_int64(name, value)
+        check_int64(name, value)
     seed_lo, seed_hi = _split64(seed)
     step_lo, step_hi = _split64(step)
     id_lo, id_hi = _split64(ids)

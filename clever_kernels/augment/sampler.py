@@ -92,7 +92,7 @@ def permutation_from_index(k: Tensor) -> Tensor:
     return torch.stack(perm, dim=-1)
 
 
-def crop_boxes(stream: _Stream, sizes: Tensor, scale: Tuple[float, float],
+def _crop_boxes(stream: _Stream, sizes: Tensor, scale: Tuple[float, float],
                ratio: Tuple[float, float]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """RandomResizedCrop boxes (top, left, height, width), int64 (B,), for image sizes (B, 2)."""
     device = sizes.device
@@ -140,7 +140,7 @@ def sample_view(sizes: Tensor, config: ViewConfig, view: int, seed: Union[int, T
         raise ValueError(f"view must be an int >= 0, got {view!r}")
     s = _Stream(seed, step, ids, view)
     batch, device = sizes.shape[0], sizes.device
-    top, left, height, width = crop_boxes(s, sizes, config.scale, config.ratio)
+    top, left, height, width = _crop_boxes(s, sizes, config.scale, config.ratio)
 
     rotate = s.happens(Op.ROTATE, config.rotation_p)
     angle = torch.where(rotate, s.within(Op.ROTATE, 1, config.degrees), 0.0)
@@ -262,7 +262,7 @@ def _check_sizes_ids(sizes: Tensor, ids: Optional[Tensor]) -> Tuple[Tensor, Tens
 
 def _check_key(seed, step, device) -> None:
     for name, value in (("seed", seed), ("step", step)):
-        rng._check_int64(name, value)
+        rng.check_int64(name, value)
         if isinstance(value, Tensor) and (value.dim() != 0 or value.device != device):
             raise ValueError(f"{name} must be an int or a 0-dim int64 tensor on {device}, got shape "
                              f"{tuple(value.shape)} on {value.device}")

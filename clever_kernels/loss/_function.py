@@ -21,7 +21,19 @@ def _warn_once(message: str):
         warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
+_resolved = {}
+
+
 def resolve_backend(backend: str, device: torch.device) -> str:
+    """Memoised `_resolve_backend`: backends do not change within a process, and a dict lookup
+    keeps the choice out of torch.compile's trace."""
+    key = (backend, device.type)
+    if key not in _resolved:
+        _resolved[key] = _resolve_backend(backend, device)
+    return _resolved[key]
+
+
+def _resolve_backend(backend: str, device: torch.device) -> str:
     """Maps a user's backend choice to "ops" (the dispatcher: C++ on CPU, Triton on CUDA),
     "triton" (Triton launchers called directly: CUDA, or CPU under TRITON_INTERPRET=1) or
     "reference" (plain PyTorch). "auto" falls back to the reference only with a warning."""

@@ -25,14 +25,16 @@ from .._backend import triton_interpreting
 Tensor = torch.Tensor
 
 _LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# About four resident programs per SM (two waves at two programs per SM) hide load latency;
-# fewer than four K blocks per chunk would make the workspace traffic and the merge noticeable.
-_PROGRAMS_PER_SM = 4
+# The forward holds a [V_PAD, BLOCK_K] tile of 4096 logits per step with 8 warps: compiled for
+# sm_90 that is 64-104 registers a thread, two or three programs resident per SM. Eight programs
+# per SM in the grid is then about three waves, so the last, partial wave costs little. A chunk
+# of K shorter than four blocks would make the workspace traffic and the merge noticeable.
+_FWD_TILE = 4096
+_PROGRAMS_PER_SM = 8
 _MIN_BLOCKS_PER_SPLIT = 4
 _MAX_SPLITS = 128
-# Elements of logits one program holds per step on a GPU: [V_PAD, BLOCK_K] tiles of this size
-# keep the student tile, its exponentials and the products in registers with 8 warps.
-_GPU_TILE = 8192
+# The backward is elementwise on the tile; 8192 logits with 8 warps stay near 64 registers.
+_BWD_TILE = 8192
 _GPU_MAX_BLOCK_K = 2048
 _INTERPRETER_BLOCK_K = 128
 _SUM_ROWS = 8
@@ -43,19 +45,19 @@ _SUM_BLOCK_K = 256
 # Kernels
 # --------------------------------------------------------------------------------------------
 @triton.jit
-def _weight(m_part, m_total, scale):
-    # exp2((m_part - m_total) * scale) re-expresses a sum taken relative to the maximum m_part
-    # relative to m_total >= m_part. A part that has seen no element yet (m_part = -inf) adds
-    # nothing; the formula alone would give exp2(-inf + inf) = NaN for it. NaN or +inf in the
-    # data still make the weight NaN.
-    return tl.where(m_part == float("-inf"), 0.0, tl.exp2((m_part - m_total) * scale))
+def _finite_ref(m):
+    # The maximum to subtract before exponentiating. A row with no element yet, or a padding
+    # view masked everywhere, has m = -inf; subtracting 0 instead keeps its exponentials at
+    # exp2(-inf) = 0 where -inf - -inf would give NaN.
+    return tl.where(m == float("-inf"), 0.0, m)
 
 
 @triton.jit
-def _finite_ref(m):
-    # The maximum to subtract before exponentiating. A row that is masked everywhere (padding
-    # view) keeps m = -inf; subtracting 0 instead keeps its exponentials at exp2(-inf) = 0.
-    return tl.where(m == float("-inf"), 0.0, m)
+def _weight(m_part, m_total, scale):
+    # exp2((m_part - m_total) * scale) re-expresses a sum taken relative to the maximum m_part
+    # relative to m_total >= m_part; a part that has seen nothing (-inf) weighs 0. NaN or +inf
+    # in the data still make the weight, and so every statistic it scales, NaN.
+    return tl.exp2((m_part - _finite_ref(m_total)) * scale)
 
 
 @triton.jit
@@ -180,17 +182,18 @@ def _loss_fwd_merge_kernel(
     m_s = tl.load(ps, mask=split_ok[None, :], other=float("-inf"))
     l_s = tl.load(ps + V_PAD, mask=split_ok[None, :], other=0.0)
     big_m_s = tl.max(m_s, axis=1)
+    ref_s = _finite_ref(big_m_s)
     w_s = _weight(m_s, big_m_s[:, None], scale_s)
     # Padding views have no mass; 1 keeps their (unstored) logs finite.
     big_l_s = tl.where(view_ok, tl.sum(l_s * w_s, axis=1), 1.0)
     log_l_s = tl.log(big_l_s)
-    tl.store(lse_s_ptr + rows, _finite_ref(big_m_s) * inv_ts + log_l_s, mask=view_ok)
+    tl.store(lse_s_ptr + rows, ref_s * inv_ts + log_l_s, mask=view_ok)
     if COSINE:
         sq_s = tl.load(ps + 2 * V_PAD, mask=split_ok[None, :], other=0.0)
         root_s = tl.sqrt(tl.where(view_ok, tl.sum(sq_s * w_s * w_s, axis=1), 1.0))
         tl.store(norm_s_ptr + rows, root_s / big_l_s, mask=view_ok)
     else:
-        shift_s = tl.where(m_s == float("-inf"), 0.0, (m_s - big_m_s[:, None]) * inv_ts)
+        shift_s = tl.where(m_s == float("-inf"), 0.0, (m_s - ref_s[:, None]) * inv_ts)
 
     for iq in tl.static_range(2):
         pt = part_t_ptr + rec * 6 + iq
@@ -236,13 +239,14 @@ def _loss_bwd_kernel(
     c = tl.load(center_ptr + k, mask=k_ok, other=0.0)
     lse_t0 = tl.load(lse_t_ptr + b)
     lse_t1 = tl.load(lse_t_ptr + B + b)
-    t0 = tl.load(teacher_ptr + b.to(tl.int64) * K + k, mask=k_ok, other=0.0).to(tl.float32) - c
-    t1 = tl.load(teacher_ptr + (b + B).to(tl.int64) * K + k, mask=k_ok, other=0.0).to(tl.float32) - c
-    q0 = tl.exp(tl.fma(t0, inv_tt, -lse_t0))
+    # Masked lanes load -inf: their softmax values are exp(-inf) = 0 rather than overflowing.
+    t0 = tl.load(teacher_ptr + b.to(tl.int64) * K + k, mask=k_ok, other=float("-inf")).to(tl.float32) - c
+    t1 = tl.load(teacher_ptr + (b + B).to(tl.int64) * K + k, mask=k_ok, other=float("-inf")).to(tl.float32) - c
+    q0 = tl.exp(t0 * inv_tt - lse_t0)
     q1 = tl.exp(tl.fma(t1, inv_tt, -lse_t1))
 
     offs = rows.to(tl.int64)[:, None] * K + k[None, :]
-    s = tl.load(student_ptr + offs, mask=tile_ok, other=0.0).to(tl.float32)
+    s = tl.load(student_ptr + offs, mask=tile_ok, other=float("-inf")).to(tl.float32)
     lse_s = tl.load(lse_s_ptr + rows, mask=view_ok, other=0.0)
     r = tl.exp(tl.fma(s, inv_ts, -lse_s[:, None]))
 
@@ -290,13 +294,13 @@ def _view_pad(ncrops: int) -> int:
     return triton.next_power_of_2(ncrops)
 
 
-def _block_k(K: int, v_pad: int, device: torch.device, block_k) -> int:
+def _block_k(K: int, v_pad: int, device: torch.device, block_k, tile: int) -> int:
     if block_k is not None:
         if not isinstance(block_k, int) or block_k < 2 or block_k & (block_k - 1):
             raise ValueError(f"block_k must be a power of two >= 2, got {block_k!r}")
         return block_k
     if device.type == "cuda":
-        cap = min(_GPU_MAX_BLOCK_K, max(256, _GPU_TILE // v_pad))
+        cap = min(_GPU_MAX_BLOCK_K, max(128, tile // v_pad))
     else:
         cap = _INTERPRETER_BLOCK_K
     return min(cap, max(16, triton.next_power_of_2(K)))
@@ -387,7 +391,7 @@ def _forward(student, teacher, center, ncrops, student_temp, teacher_temp, cosin
     K = student.shape[1]
     device = student.device
     v_pad = _view_pad(ncrops)
-    block = _block_k(K, v_pad, device, block_k)
+    block = _block_k(K, v_pad, device, block_k, _FWD_TILE)
     splits = _split_count(batch, K, block, device, num_splits)
     chunk = triton.cdiv(triton.cdiv(K, block), splits) * block
     splits = triton.cdiv(K, chunk)
@@ -437,7 +441,7 @@ def _backward(student, teacher, center, lse_student, lse_teacher, pair_coef, row
     _check_stat(names[0], pair_coef, (2, rows), device)
     _check_stat(names[1], row_coef, (rows,), device)
     v_pad = _view_pad(ncrops)
-    block = _block_k(K, v_pad, device, block_k)
+    block = _block_k(K, v_pad, device, block_k, _BWD_TILE)
     grad = torch.empty_like(student)
     with _device_guard(student):
         _loss_bwd_kernel[(batch, triton.cdiv(K, block))](

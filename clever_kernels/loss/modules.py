@@ -36,15 +36,16 @@ class _CenteredLoss(torch.nn.Module):
         self.student_temp = student_temp
         self.center_momentum = center_momentum
         self.backend = backend
+        # a list, not an array: indexing it under torch.compile is a constant, not a tensor read
         self.teacher_temp_schedule = teacher_temp_schedule(
-            warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs)
+            warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs).tolist()
         self._pending = None
         self.register_state_dict_pre_hook(_sync_before_state_dict)
 
     def teacher_temp(self, epoch: int) -> float:
         if not 0 <= epoch < len(self.teacher_temp_schedule):
             raise ValueError(f"epoch must be in [0, nepochs={len(self.teacher_temp_schedule)}), got {epoch}")
-        return float(self.teacher_temp_schedule[epoch])
+        return self.teacher_temp_schedule[epoch]
 
     @torch.no_grad()
     def _start_center_update(self, batch_means, rows: int):

@@ -60,7 +60,7 @@ import torch.nn.functional as F
 
 from ..augment import rng
 from ..augment.config import IMAGENET_MEAN, IMAGENET_STD, make_config
-from ..augment.params import AugParams
+from ..augment.params import TENSOR_FIELDS, AugParams
 from ..augment.sampler import sample_params
 
 Tensor = torch.Tensor
@@ -287,6 +287,8 @@ def _check_params(params: AugParams, images: List[Tensor]) -> None:
         raise ValueError(f"params: crop box (top {int(top[b])}, left {int(left[b])}, height {int(h[b])}, "
                          f"width {int(w[b])}) of sample {b} is not inside its "
                          f"{heights[b].item()}x{widths[b].item()} image")
+    if not (params.blur_sigma >= 0).all():
+        raise ValueError("params.blur_sigma must be >= 0 (0 means no blur)")
     order = params.order.cpu()
     if not torch.equal(order.sort(dim=1).values, torch.arange(4).expand_as(order)):
         raise ValueError("params.order: every row must be a permutation of 0, 1, 2, 3")
@@ -312,16 +314,16 @@ def _check_out_dtype(out_dtype: torch.dtype) -> None:
 
 
 # ----------------------------------------------------------------------------- rendering
-def _to_unit_rgb(image: Tensor) -> Tensor:
-    x = image.to(torch.float32) / 255.0
+def _crop_to_unit_rgb(image: Tensor, p: dict) -> Tensor:
+    """The sample's crop box of a (C, H, W) uint8 image as float32 RGB in [0, 1]."""
+    box = image[:, p["top"]:p["top"] + p["height"], p["left"]:p["left"] + p["width"]]
+    x = box.to(torch.float32) / 255.0
     return x.expand(3, -1, -1) if x.shape[0] == 1 else x
 
 
 def _sample_values(params: AugParams) -> List[dict]:
     """Per-sample Python values of every field (the reference loops over samples)."""
-    table = {name: getattr(params, name).tolist() for name in (
-        "top", "left", "height", "width", "flip", "angle", "elastic", "elastic_seed", "jitter",
-        "brightness", "contrast", "saturation", "hue", "order", "grayscale", "blur_sigma", "solarize")}
+    table = {name: getattr(params, name).tolist() for name in TENSOR_FIELDS}
     return [{name: values[b] for name, values in table.items()} for b in range(params.batch_size)]
 
 
@@ -362,11 +364,10 @@ def render(images: Images, params: AugParams, mean: Sequence[float] = IMAGENET_M
     size = params.size
     views = []
     for image, p in zip(images, _sample_values(params)):
-        x = _to_unit_rgb(image)[:, p["top"]:p["top"] + p["height"], p["left"]:p["left"] + p["width"]]
-        x = F.interpolate(x.unsqueeze(0), size=(size, size), mode=interpolation, align_corners=False,
+        x = F.interpolate(_crop_to_unit_rgb(image, p).unsqueeze(0), size=(size, size), mode=interpolation, align_corners=False,
                           antialias=antialias).squeeze(0).clamp(0.0, 1.0)
         if p["flip"]:
-            x = torch.flip(x, dims=[-1])
+            x = torch.flip(x, dims=[-2])
         x = rotate(x, p["angle"], rotation_interpolation)
         if p["elastic"]:
             x = elastic(x, p["elastic_seed"], params.elastic_alpha, params.elastic_sigma)
@@ -420,7 +421,7 @@ def render_composed(images: Images, params: AugParams, mean: Sequence[float] = I
     size = params.size
     views = []
     for image, p in zip(images, _sample_values(params)):
-        crop = _to_unit_rgb(image)[:, p["top"]:p["top"] + p["height"], p["left"]:p["left"] + p["width"]]
+        crop = _crop_to_unit_rgb(image, p)
         grid, inside = composed_grid(p, size, params.elastic_alpha, params.elastic_sigma, image.device)
         x = F.grid_sample(crop.unsqueeze(0), grid, mode="bilinear", padding_mode="border",
                           align_corners=False).squeeze(0)

@@ -16,33 +16,50 @@
 
 namespace clever_kernels {
 
+// Helpers called per element are C10_ALWAYS_INLINE: a call left in an `omp simd` loop keeps it
+// scalar, and GCC's inliner gives up on them once softmax_exp is inlined into them.
+
 // max that returns NaN when either argument is NaN (std::max and fmaxf drop one of them).
 template <typename T>
 C10_HOST_DEVICE inline T nan_max(T a, T b) {
   return (a != a || a > b) ? a : b;
 }
 
-// exp for the softmax inner loops. A libm call stops loops from vectorising without -ffast-math,
-// so this is the usual range reduction x = n ln2 + r, |r| <= ln2/2, with a degree-6 polynomial for
-// exp(r) (coefficients fitted for minimax relative error, 2e-9 before rounding) and 2^n built in the
-// exponent bits; about 1 ulp from exp on the range used. The arguments are always a logit minus
-// its row maximum, so x <= 0: results below exp(-87) (a few times FLT_MIN) flush to 0, which keeps
-// the scaling product out of denormals, and is far below the ulp of a sum that includes exp(0) = 1.
-// x > 88 saturates to inf. NaN stays NaN (comparisons with NaN are false, so the clamps pass it
-// through and it reaches the polynomial), -inf gives 0.
-C10_HOST_DEVICE inline float fast_exp(float x) {
+// c ? a : b through bit masks. GCC does not if-convert a float comparison feeding ?: under its
+// default -ftrapping-math, which would keep every loop calling softmax_exp scalar; a mask is plain
+// integer arithmetic and vectorises.
+C10_HOST_DEVICE C10_ALWAYS_INLINE float select(bool c, float a, float b) {
+  const uint32_t mask = 0u - static_cast<uint32_t>(c);
+  return c10::bit_cast<float>((c10::bit_cast<uint32_t>(a) & mask) |
+                              (c10::bit_cast<uint32_t>(b) & ~mask));
+}
+
+// Arguments below this give softmax_exp = 0. exp(-43) = 2.1e-19: such a term is far below the
+// float ulp of any sum it joins (every row sum includes exp(0) = 1), while keeping it would let
+// its square, or its product with another such term, underflow into denormals, which cost on the
+// order of a hundred cycles each on x86 without flush-to-zero.
+constexpr float kSoftmaxExpFloor = -43.0f;
+
+// exp for the softmax inner loops, whose arguments are a logit minus its row maximum (x <= 0).
+// A libm call stops loops from vectorising without -ffast-math, so this is the usual range
+// reduction x = n ln2 + r, |r| <= ln2/2, with a degree-6 polynomial for exp(r) (coefficients
+// fitted for minimax relative error, 2e-9 before rounding) and 2^n built in the exponent bits:
+// at most 1.4 ulp from exp on [kSoftmaxExpFloor, 0]. Below the floor the result is 0 (-inf
+// included); NaN stays NaN (comparisons with NaN are false, so the selects pass it through to the
+// polynomial); x > 88 saturates to inf.
+C10_HOST_DEVICE C10_ALWAYS_INLINE float softmax_exp(float x) {
   constexpr float kLog2e = 1.44269504089f;
   // ln2 split so that n * kLn2Hi is exact for |n| < 2^15 (kLn2Hi has 9 significant bits).
   constexpr float kLn2Hi = 0.693359375f;
   constexpr float kLn2Lo = -2.12194442e-4f;
-  constexpr float kLo = -87.0f;
   constexpr float kHi = 88.0f;
   // 1.5 * 2^23: adding it rounds to an integer, and that integer sits in the low mantissa bits.
   constexpr float kRound = 12582912.0f;
   constexpr uint32_t kRoundBits = 0x4B400000u;
 
-  float xc = x < kLo ? kLo : x;
-  xc = xc > kHi ? kHi : xc;
+  // Clamped so that 2^n below stays a normal float whatever x is.
+  float xc = select(x < kSoftmaxExpFloor, kSoftmaxExpFloor, x);
+  xc = select(xc > kHi, kHi, xc);
   const float shifted = xc * kLog2e + kRound;
   const float n = shifted - kRound;
   const float r = (xc - n * kLn2Hi) - n * kLn2Lo;
@@ -58,13 +75,13 @@ C10_HOST_DEVICE inline float fast_exp(float x) {
   const uint32_t biased = c10::bit_cast<uint32_t>(shifted) - kRoundBits + 127u;
   const float scale = c10::bit_cast<float>(biased << 23);
   float y = p * scale;
-  y = x < kLo ? 0.0f : y;
-  y = x > kHi ? std::numeric_limits<float>::infinity() : y;
+  y = select(x < kSoftmaxExpFloor, 0.0f, y);
+  y = select(x > kHi, std::numeric_limits<float>::infinity(), y);
   return y;
 }
 
 // float64 inputs are for accuracy checks, where speed does not matter.
-C10_HOST_DEVICE inline double fast_exp(double x) {
+C10_HOST_DEVICE inline double softmax_exp(double x) {
   return ::exp(x);
 }
 
@@ -73,7 +90,7 @@ C10_HOST_DEVICE inline double fast_exp(double x) {
 // would give NaN.
 template <typename T>
 C10_HOST_DEVICE inline T rescale(T m_old, T m_new, T inv_temp) {
-  return m_old == m_new ? T(1) : fast_exp((m_old - m_new) * inv_temp);
+  return m_old == m_new ? T(1) : softmax_exp((m_old - m_new) * inv_temp);
 }
 
 // m_new - m_old in raw units, 0 for equal maxima (both -inf included).
@@ -159,19 +176,19 @@ inline double lse_offset(float lse, double temp) {
 }
 
 template <typename T>
-C10_HOST_DEVICE inline T softmax_from_offset(T x, T offset, T inv_temp) {
-  return fast_exp((x - offset) * inv_temp);
+C10_HOST_DEVICE C10_ALWAYS_INLINE T softmax_from_offset(T x, T offset, T inv_temp) {
+  return softmax_exp((x - offset) * inv_temp);
 }
 
 // dir_loss_bwd: alpha * r - (beta_0 * q_0 + beta_1 * q_1).
 template <typename T>
-C10_HOST_DEVICE inline T dir_grad(T alpha, T r, T beta0, T q0, T beta1, T q1) {
+C10_HOST_DEVICE C10_ALWAYS_INLINE T dir_grad(T alpha, T r, T beta0, T q0, T beta1, T q1) {
   return alpha * r - (beta0 * q0 + beta1 * q1);
 }
 
 // dvr_loss_bwd: r * (u_0 * p_0 + u_1 * p_1 - z * r).
 template <typename T>
-C10_HOST_DEVICE inline T dvr_grad(T r, T u0, T p0, T u1, T p1, T z) {
+C10_HOST_DEVICE C10_ALWAYS_INLINE T dvr_grad(T r, T u0, T p0, T u1, T p1, T z) {
   return r * ((u0 * p0 + u1 * p1) - z * r);
 }
 

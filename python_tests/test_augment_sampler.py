@@ -1,0 +1,462 @@
+"""The counter-based generator, the presets and the vectorised parameter sampler."""
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from clever_kernels.augment import (COLUMNS, AugConfig, AugParams, Op, ViewConfig, image_sizes,
+                                    make_config, sample_params, sample_view)
+from clever_kernels.augment import rng as ck_rng
+from clever_kernels.augment.sampler import CROP_LEFT_DRAW, CROP_TOP_DRAW, permutation_from_index
+
+N_STAT = 20000
+# Critical values at alpha = 1e-4 (the draws are deterministic, so this is about a sound
+# threshold, not flakiness): chi-square with 23 dof (scipy.stats.chi2.ppf(0.9999, 23)) and the
+# asymptotic one-sample Kolmogorov-Smirnov bound sqrt(-ln(alpha / 2) / (2 n)).
+CHI2_23_CRIT = 57.07
+KS_CRIT = math.sqrt(-math.log(1e-4 / 2) / (2 * N_STAT))
+
+
+def np_lowbias32(x):
+    x = np.asarray(x, dtype=np.uint32)
+    with np.errstate(over="ignore"):
+        x = x ^ (x >> np.uint32(16))
+        x = x * np.uint32(0x7FEB352D)
+        x = x ^ (x >> np.uint32(15))
+        x = x * np.uint32(0x846CA68B)
+        x = x ^ (x >> np.uint32(16))
+    return x
+
+
+def np_hash32(*words):
+    h = np.uint32(0x9E3779B9)
+    for w in words:
+        h = np_lowbias32(h ^ (np.asarray(w, dtype=np.int64) & 0xFFFFFFFF).astype(np.uint32))
+    return h
+
+
+def ks_uniform(samples, lo, hi):
+    x = np.sort((np.asarray(samples, dtype=np.float64) - lo) / (hi - lo))
+    n = len(x)
+    upper = np.arange(1, n + 1) / n - x
+    lower = x - np.arange(n) / n
+    return max(upper.max(), lower.max())
+
+
+def stat_params(preset="caug+", n=N_STAT, sizes=(427, 640), **kw):
+    return sample_params(torch.tensor([sizes] * n), preset, n_local=1, seed=7, **kw)
+
+
+# ----------------------------------------------------------------------------- generator
+def test_hash_matches_uint32_arithmetic():
+    words = np.random.default_rng(0).integers(-2**40, 2**40, size=(6, 1000))
+    got = ck_rng.hash32(*(torch.from_numpy(w) for w in words))
+    assert np.array_equal(got.numpy(), np_hash32(*words).astype(np.int64))
+    assert ck_rng.hash32(1, 2, 3) == int(np_hash32(1, 2, 3))
+
+
+def test_hash_bits_key_layout():
+    """seed, step and ids enter as (lo, hi) 32-bit halves, then view, op, draw."""
+    seed, step, view, op, draw = -5, 2**33 + 9, 3, int(Op.JITTER), 4
+    ids = torch.tensor([0, 1, 2**40 + 7, -1])
+    got = ck_rng.hash_bits(seed, step, ids, view, op, draw)
+    lo_hi = lambda v: (np.int64(v) & 0xFFFFFFFF, (np.int64(v) >> 32) & 0xFFFFFFFF)
+    want = np_hash32(*lo_hi(seed), *lo_hi(step), ids.numpy() & 0xFFFFFFFF,
+                     (ids.numpy() >> 32) & 0xFFFFFFFF, view, op, draw)
+    assert np.array_equal(got.numpy(), want.astype(np.int64))
+
+
+def test_uniform_is_24_bit_and_in_range():
+    u = ck_rng.uniform(0, 0, torch.arange(100000), 0, 0, 0)
+    assert u.dtype == torch.float32
+    assert 0.0 <= u.min() and u.max() < 1.0
+    scaled = u.double() * 2**24
+    assert torch.equal(scaled, scaled.round())
+    bits = ck_rng.hash_bits(0, 0, torch.arange(100000), 0, 0, 0)
+    assert torch.equal(scaled.long(), bits >> 8)
+    assert ks_uniform(u.numpy()[:N_STAT], 0.0, 1.0) < KS_CRIT
+
+
+def test_hash_uniform_is_two_word_hash():
+    key = torch.tensor([0, 1, 2**32 - 1])[:, None]
+    counter = torch.arange(50)[None, :]
+    want = (np_hash32(key.numpy(), counter.numpy()) >> 8).astype(np.float64) * 2.0**-24
+    assert np.array_equal(ck_rng.hash_uniform(key, counter).double().numpy(), want)
+
+
+def test_to_index_is_uniform_and_bounded():
+    bits = ck_rng.hash_bits(3, 0, torch.arange(N_STAT), 0, 0, 0)
+    k = ck_rng.to_index(bits, 24)
+    assert k.min() == 0 and k.max() == 23
+    counts = torch.bincount(k, minlength=24).double()
+    expected = N_STAT / 24
+    assert ((counts - expected) ** 2 / expected).sum() < CHI2_23_CRIT
+
+
+def test_permutation_from_index_is_lexicographic():
+    got = permutation_from_index(torch.arange(24))
+    assert got.tolist() == [list(p) for p in itertools.permutations(range(4))]
+
+
+# ----------------------------------------------------------------------------- presets
+def test_presets_follow_the_table():
+    for name in ("baug", "caug", "caug+"):
+        cfg = make_config(name)
+        g1, g2, loc = cfg.global1, cfg.global2, cfg.local
+        assert (g1.size, g2.size, loc.size) == (224, 224, 96)
+        assert g1.scale == g2.scale == (0.4, 1.0) and loc.scale == (0.05, 0.4)
+        for v in (g1, g2, loc):
+            assert v.ratio == (3 / 4, 4 / 3) and v.flip_p == 0.5 and v.jitter_p == 0.8
+            assert v.brightness == (0.6, 1.4) and v.contrast == (0.6, 1.4)
+            assert v.saturation == (0.8, 1.2) and v.hue == (-0.1, 0.1)
+            assert v.grayscale_p == 0.2 and v.blur_sigma == (0.1, 2.0) and v.degrees == (-90, 90)
+            assert v.rotation_p == (0.0 if name == "baug" else 1.0)
+            assert v.elastic_p == (0.5 if name == "caug+" else 0.0)
+            assert (v.elastic_alpha, v.elastic_sigma) == (100.0, 5.0)
+        assert (g1.blur_p, g2.blur_p, loc.blur_p) == (1.0, 0.1, 0.5)
+        assert (g1.solarize_p, g2.solarize_p, loc.solarize_p) == (0.0, 0.2, 0.0)
+        assert cfg.n_local == 8 and cfg.mean == (0.485, 0.456, 0.406)
+        assert cfg.std == (0.229, 0.224, 0.225)
+        assert len(cfg.views()) == 10
+
+
+def test_overrides_and_precedence():
+    cfg = make_config("baug", flip_p=0.1, global_flip_p=0.2, global2_flip_p=0.3, local_size=32,
+                      brightness=(0.9, 1.1), hue=0.2, n_local=3)
+    assert [v.flip_p for v in cfg.views()] == [0.2, 0.3, 0.1, 0.1, 0.1]
+    assert cfg.local.size == 32 and cfg.global1.size == 224
+    assert cfg.global1.brightness == (0.9, 1.1) and cfg.local.hue == (-0.2, 0.2)
+    again = make_config(cfg, solarize_p=0.5)
+    assert again.global1.solarize_p == 0.5 and again.global2.flip_p == 0.3
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(flip_p=1.5), "flip_p"),
+    (dict(global2_solarize_p=-0.1), "solarize_p"),
+    (dict(blur_p=float("nan")), "blur_p"),
+    (dict(local_size=0), "size"),
+    (dict(global_scale=(0.8, 0.4)), "scale"),
+    (dict(local_scale=(0.0, 0.4)), "scale"),
+    (dict(global_scale=(0.4, 1.5)), "scale"),
+    (dict(ratio=(-1.0, 2.0)), "ratio"),
+    (dict(degrees=(90, -90)), "degrees"),
+    (dict(brightness=-0.1), "brightness"),
+    (dict(hue=0.7), "hue"),
+    (dict(blur_sigma=(0.0, 2.0)), "blur_sigma"),
+    (dict(elastic_alpha=-1.0), "elastic_alpha"),
+    (dict(n_local=-1), "n_local"),
+    (dict(std=(0.2, 0.0, 0.2)), "std"),
+    (dict(mean=(0.5, 0.5)), "mean"),
+])
+def test_bad_config_raises_naming_the_argument(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_config("caug", **kwargs)
+
+
+def test_unknown_preset_and_override():
+    with pytest.raises(ValueError, match="preset"):
+        make_config("daug")
+    with pytest.raises(TypeError, match="flip_prob"):
+        make_config("baug", flip_prob=0.5)
+    with pytest.raises(ValueError, match="flip_p"):
+        ViewConfig(flip_p=2)
+
+
+# ----------------------------------------------------------------------------- sampling statistics
+def test_flip_rate_and_probabilities():
+    params = stat_params("caug+")
+    sigma = lambda p: 4 * math.sqrt(p * (1 - p) / N_STAT)
+    for view, blur_p, solarize_p in ((0, 1.0, 0.0), (1, 0.1, 0.2), (2, 0.5, 0.0)):
+        p = params[view]
+        for flag, rate in ((p.flip, 0.5), (p.elastic, 0.5), (p.jitter, 0.8), (p.grayscale, 0.2),
+                           (p.blur_sigma > 0, blur_p), (p.solarize, solarize_p)):
+            assert abs(flag.double().mean().item() - rate) <= sigma(rate) + 1e-12
+    baug = stat_params("baug", n=2000)
+    assert all((p.angle == 0).all() and not p.elastic.any() for p in baug)
+
+
+def test_angles_uniform_by_ks():
+    angles = stat_params("caug")[0].angle
+    assert angles.min() >= -90 and angles.max() < 90
+    assert ks_uniform(angles.numpy(), -90.0, 90.0) < KS_CRIT
+    narrow = stat_params("caug", n=2000, degrees=(-10, 30))[2].angle
+    assert narrow.min() >= -10 and narrow.max() < 30 and ks_uniform(narrow.numpy(), -10, 30) < 0.05
+
+
+def test_jitter_factors_and_order():
+    p = stat_params("baug")[1]
+    on = p.jitter
+    for name, (lo, hi) in (("brightness", (0.6, 1.4)), ("contrast", (0.6, 1.4)),
+                           ("saturation", (0.8, 1.2)), ("hue", (-0.1, 0.1))):
+        values = getattr(p, name)[on]
+        assert values.min() >= lo and values.max() < hi
+        assert ks_uniform(values.numpy(), lo, hi) < 2 * KS_CRIT
+        assert (getattr(p, name)[~on] == (0.0 if name == "hue" else 1.0)).all()
+    orders = p.order[on]
+    assert torch.equal(orders.sort(1).values, torch.arange(4).expand_as(orders))
+    codes = orders[:, 0] * 64 + orders[:, 1] * 16 + orders[:, 2] * 4 + orders[:, 3]
+    counts = torch.bincount(codes, minlength=256)
+    counts = counts[counts > 0].double()
+    assert len(counts) == 24
+    expected = on.sum().item() / 24
+    assert ((counts - expected) ** 2 / expected).sum() < CHI2_23_CRIT
+    assert (p.order[~on] == torch.arange(4)).all()
+
+
+def test_blur_sigma_range_and_neutral_values():
+    params = stat_params("caug+")
+    local = params[2]
+    sig = local.blur_sigma[local.blur_sigma > 0]
+    assert sig.min() >= 0.1 and sig.max() < 2.0 and ks_uniform(sig.numpy(), 0.1, 2.0) < 2 * KS_CRIT
+    for p in params:
+        assert (p.elastic_seed[~p.elastic] == 0).all()
+        assert p.elastic_seed.min() >= 0 and p.elastic_seed.max() < 2**32
+        assert (p.elastic_alpha, p.elastic_sigma) == (100.0, 5.0)
+
+
+@pytest.mark.parametrize("sizes", [(427, 640), (640, 427), (50, 50), (12, 900), (3, 2)])
+def test_crop_boxes_inside_and_within_ranges(sizes):
+    H, W = sizes
+    params = stat_params("baug", n=4000, sizes=sizes)
+    for p, (lo, hi) in ((params[0], (0.4, 1.0)), (params[2], (0.05, 0.4))):
+        top, left, h, w = p.top, p.left, p.height, p.width
+        assert (top >= 0).all() and (left >= 0).all() and (h >= 1).all() and (w >= 1).all()
+        assert (top + h <= H).all() and (left + w <= W).all()
+        if min(sizes) >= 50:
+            # Rounding w and h to pixels moves area and ratio by at most half a pixel per side.
+            slack_area = 0.5 * (h + w + 0.5).double() / (h * w).double()
+            frac = (h * w).double() / (H * W)
+            fallback = (top == (H - h) // 2) & (left == (W - w) // 2) & ((h == H) | (w == W))
+            ok = ~fallback
+            assert (frac[ok] >= lo * (1 - slack_area[ok]) - 1e-9).all()
+            assert (frac[ok] <= hi * (1 + slack_area[ok]) + 1e-9).all()
+            ratio = w.double() / h.double()
+            slack_ratio = 0.5 / h.double() + 0.5 / w.double() + 1e-3
+            assert (ratio[ok] >= 3 / 4 * (1 - slack_ratio[ok])).all()
+            assert (ratio[ok] <= 4 / 3 * (1 + slack_ratio[ok])).all()
+
+
+def torchvision_crop(H, W, scale, ratio, draw):
+    """torchvision's RandomResizedCrop.get_params written per sample in Python floats, with the
+    random numbers replaced by our draws (draw(i) is the i-th uniform, draw_int(i, n) an int)."""
+    u, randint = draw
+    area = H * W
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for a in range(10):
+        target_area = area * (scale[0] + (scale[1] - scale[0]) * u(2 * a))
+        aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * u(2 * a + 1))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= W and 0 < h <= H:
+            return randint(CROP_TOP_DRAW, H - h + 1), randint(CROP_LEFT_DRAW, W - w + 1), h, w
+    in_ratio = W / H
+    if in_ratio < min(ratio):
+        w, h = W, int(round(W / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = H, int(round(H * max(ratio)))
+    else:
+        w, h = W, H
+    return (H - h) // 2, (W - w) // 2, h, w
+
+
+def test_crop_matches_scalar_torchvision_algorithm():
+    gen = torch.Generator().manual_seed(0)
+    n = 600
+    heights = torch.randint(1, 400, (n,), generator=gen)
+    widths = torch.randint(1, 400, (n,), generator=gen)
+    widths[::5] = heights[::5] * 7  # very wide images exercise the centre-crop fallback
+    sizes = torch.stack([heights, widths], 1)
+    ids = torch.randint(-2**40, 2**40, (n,), generator=gen)
+    scale, ratio = (0.3, 0.9), (0.5, 2.0)
+    p = sample_view(sizes, ViewConfig(scale=scale, ratio=ratio), view=4, seed=11, step=3, ids=ids)
+    fallbacks = 0
+    for b in range(n):
+        bits = lambda d, b=b: int(ck_rng.hash_bits(11, 3, ids[b:b + 1], 4, int(Op.CROP), d)[0])
+        u = lambda d: (bits(d) >> 8) * 2.0**-24
+        randint = lambda d, m: ((bits(d) >> 8) * m) >> 24
+        H, W = int(heights[b]), int(widths[b])
+        want = torchvision_crop(H, W, scale, ratio, (u, randint))
+        got = (int(p.top[b]), int(p.left[b]), int(p.height[b]), int(p.width[b]))
+        assert got == want, (b, H, W)
+        fallbacks += got[0] == (H - got[2]) // 2 and got[2:] in ((H, int(round(H * 2.0))), (H, W))
+    assert fallbacks > 0
+
+
+def test_draw_layout_as_documented():
+    """Every field recomputed from rng.uniform with the op ids and draw indices of the sampler's
+    docstring: the layout is part of the contract."""
+    ids = torch.arange(-3, 997) * 7919
+    seed, step, view = 21, 5, 3
+    cfg = ViewConfig(rotation_p=0.7, elastic_p=0.5, solarize_p=0.3, blur_p=0.6, degrees=(-20, 50))
+    p = sample_view(torch.tensor([[50, 60]] * len(ids)), cfg, view, seed=seed, step=step, ids=ids)
+    u = lambda op, draw: ck_rng.uniform(seed, step, ids, view, int(op), draw)
+    bits = lambda op, draw: ck_rng.hash_bits(seed, step, ids, view, int(op), draw)
+    within = lambda op, draw, lo, hi: lo + (hi - lo) * u(op, draw)
+    assert torch.equal(p.flip, u(Op.FLIP, 0) < 0.5)
+    rotate = u(Op.ROTATE, 0) < 0.7
+    assert torch.equal(p.angle, torch.where(rotate, within(Op.ROTATE, 1, -20.0, 50.0), 0.0))
+    assert torch.equal(p.elastic, u(Op.ELASTIC, 0) < 0.5)
+    assert torch.equal(p.elastic_seed, torch.where(p.elastic, bits(Op.ELASTIC, 1), 0))
+    jitter = u(Op.JITTER, 0) < 0.8
+    assert torch.equal(p.jitter, jitter)
+    for draw, name, (lo, hi) in ((1, "brightness", (0.6, 1.4)), (2, "contrast", (0.6, 1.4)),
+                                 (3, "saturation", (0.8, 1.2)), (4, "hue", (-0.1, 0.1))):
+        want = torch.where(jitter, within(Op.JITTER, draw, lo, hi), 0.0 if name == "hue" else 1.0)
+        assert torch.equal(getattr(p, name), want)
+    k = ((bits(Op.JITTER, 5) >> 8) * 24) >> 24
+    perms = torch.tensor(list(itertools.permutations(range(4))))
+    assert torch.equal(p.order[jitter], perms[k][jitter])
+    assert torch.equal(p.grayscale, u(Op.GRAYSCALE, 0) < 0.2)
+    blur = u(Op.BLUR, 0) < 0.6
+    assert torch.equal(p.blur_sigma, torch.where(blur, within(Op.BLUR, 1, 0.1, 2.0), 0.0))
+    assert torch.equal(p.solarize, u(Op.SOLARIZE, 0) < 0.3)
+    assert [int(op) for op in Op] == list(range(8))
+
+
+# ----------------------------------------------------------------------------- keys and determinism
+def test_reproducible_and_keyed():
+    sizes = torch.tensor([[300, 400]] * 16)
+    table = lambda **kw: torch.stack([p.to_tensor(torch.float64) for p in
+                                      sample_params(sizes, "caug+", n_local=2, **kw)])
+    base = table(seed=1, step=2)
+    assert torch.equal(base, table(seed=1, step=2))
+    assert not torch.equal(base, table(seed=2, step=2))
+    assert not torch.equal(base, table(seed=1, step=3))
+    # Views with the same config still draw differently (locals 2 and 3).
+    assert not torch.equal(base[2], base[3])
+    # Every random column differs between seeds for most samples.
+    other = table(seed=2, step=2)
+    for col in ("top", "angle", "elastic_seed", "brightness"):
+        i = COLUMNS.index(col)
+        assert (base[..., i] != other[..., i]).double().mean() > 0.5
+
+
+def test_sample_independent_of_batch():
+    big = sample_params(torch.tensor([[200, 300]] * 64), "caug+", n_local=2, seed=5, step=9)
+    for b in (0, 17, 63):
+        alone = sample_params(torch.tensor([[200, 300]]), "caug+", n_local=2, seed=5, step=9,
+                              ids=torch.tensor([b]))
+        for v in range(4):
+            assert torch.equal(alone[v].to_tensor(torch.float64), big[v].index(b).to_tensor(torch.float64))
+    shuffled = torch.randperm(64, generator=torch.Generator().manual_seed(0))
+    again = sample_params(torch.tensor([[200, 300]] * 64), "caug+", n_local=2, seed=5, step=9,
+                          ids=shuffled)
+    for v in range(4):
+        assert torch.equal(again[v].to_tensor(torch.float64), big[v].index(shuffled).to_tensor(torch.float64))
+    listed = sample_params(torch.tensor([[200, 300]] * 3), "caug+", n_local=2, seed=5, step=9,
+                           ids=[63, 0, 17])
+    assert torch.equal(listed[1].to_tensor(), big[1].index([63, 0, 17]).to_tensor())
+
+
+def test_per_sample_sizes():
+    imgs = [torch.zeros(3, 40, 90, dtype=torch.uint8), torch.zeros(1, 300, 20, dtype=torch.uint8),
+            torch.zeros(3, 64, 64, dtype=torch.uint8)]
+    sizes = image_sizes(imgs)
+    assert sizes.tolist() == [[40, 90], [300, 20], [64, 64]]
+    for params in (sample_params(imgs, "caug", seed=s) for s in range(30)):
+        for p in params:
+            assert ((p.top + p.height) <= sizes[:, 0]).all() and ((p.left + p.width) <= sizes[:, 1]).all()
+    from_pairs = sample_params([(40, 90), (300, 20), (64, 64)], "caug", seed=4)
+    from_imgs = sample_params(imgs, "caug", seed=4)
+    assert all(torch.equal(a.to_tensor(), b.to_tensor()) for a, b in zip(from_pairs, from_imgs))
+    batch = sample_params(torch.zeros(5, 3, 64, 64, dtype=torch.uint8), "baug", seed=4)
+    as_sizes = sample_params(torch.tensor([[64, 64]] * 5), "baug", seed=4)
+    assert all(torch.equal(a.to_tensor(), b.to_tensor()) for a, b in zip(batch, as_sizes))
+
+
+def test_no_host_sync(monkeypatch):
+    """On the meta device nothing can be read back, so any data-dependent step would fail;
+    on the CPU, reading a value back to Python is trapped."""
+    meta = sample_params(torch.zeros(8, 2, dtype=torch.int64, device="meta"), "caug+", n_local=0, seed=1,
+                         ids=torch.zeros(8, dtype=torch.int64, device="meta"))
+    assert all(p.device.type == "meta" and p.batch_size == 8 for p in meta)
+
+    def trap(*args, **kwargs):
+        raise AssertionError("host sync in sample_params")
+
+    sizes = torch.tensor([[100, 120]] * 8)
+    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, trap)
+    params = sample_params(sizes, "caug+", seed=torch.tensor(3), step=torch.tensor(4))
+    monkeypatch.undo()
+    want = sample_params(sizes, "caug+", seed=3, step=4)
+    assert all(torch.equal(a.to_tensor(), b.to_tensor()) for a, b in zip(params, want))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_same_draws_on_cuda():
+    sizes = torch.randint(20, 500, (256, 2), generator=torch.Generator().manual_seed(1))
+    cpu = sample_params(sizes, "caug+", seed=3, step=8)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        gpu = sample_params(sizes.cuda(), "caug+", seed=3, step=8)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for a, b in zip(cpu, gpu):
+        assert b.device.type == "cuda"
+        assert torch.equal(a.to_tensor(torch.float64), b.to_tensor(torch.float64).cpu())
+
+
+# ----------------------------------------------------------------------------- AugParams
+def test_aug_params_record():
+    params = sample_params(torch.tensor([[120, 160]] * 6), "caug+", n_local=1, seed=2)
+    assert [p.view for p in params] == [0, 1, 2] and [p.size for p in params] == [224, 224, 96]
+    p = params[1]
+    t = p.to_tensor()
+    assert t.shape == (6, len(COLUMNS)) and list(p.columns) == list(COLUMNS) and len(COLUMNS) == 20
+    assert torch.equal(t[:, COLUMNS.index("angle")], p.angle)
+    assert torch.equal(t[:, COLUMNS.index("order0"):COLUMNS.index("order3") + 1], p.order.float())
+    back = AugParams.from_tensor(p.to_tensor(torch.float64), size=p.size, view=p.view,
+                                 elastic_alpha=p.elastic_alpha, elastic_sigma=p.elastic_sigma)
+    assert torch.equal(back.to_tensor(torch.float64), p.to_tensor(torch.float64))
+    assert torch.equal(back.elastic_seed, p.elastic_seed)
+    sub = p.index(torch.tensor([4, 1]))
+    assert sub.batch_size == 2 and torch.equal(sub.to_tensor(), t[[4, 1]])
+    assert p.index(3).batch_size == 1 and torch.equal(p.index(-1).to_tensor(), t[-1:])
+    assert torch.equal(p.index(slice(1, 3)).to_tensor(), t[1:3])
+    moved = p.to("meta")
+    assert moved.device.type == "meta" and moved.size == p.size and moved.view == p.view
+    assert len(p) == 6 and p.is_global and not params[2].is_global
+
+
+def test_aug_params_validation():
+    p = AugParams.identity(torch.tensor([[10, 20], [30, 40]]), size=8)
+    with pytest.raises(TypeError, match="angle"):
+        AugParams(**{**p.__dict__, "angle": p.angle.double()})
+    with pytest.raises(ValueError, match="order"):
+        AugParams(**{**p.__dict__, "order": p.order[:, :3]})
+    with pytest.raises(ValueError, match="flip"):
+        AugParams(**{**p.__dict__, "flip": p.flip[:1]})
+    with pytest.raises(ValueError, match="size"):
+        AugParams(**{**p.__dict__, "size": 0})
+    with pytest.raises(ValueError, match="table"):
+        AugParams.from_tensor(torch.zeros(2, 5), size=8, view=0)
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda: sample_params([]), ValueError, "sizes_or_images"),
+    (lambda: sample_params(torch.zeros(0, 3, 8, 8, dtype=torch.uint8)), ValueError, "sizes_or_images"),
+    (lambda: sample_params(torch.zeros(3, 8, 8)), ValueError, "sizes_or_images"),
+    (lambda: sample_params([(8, 0)]), ValueError, "sizes_or_images"),
+    (lambda: sample_params(torch.zeros(2, 3, 8, 8), ids=torch.arange(3)), ValueError, "ids"),
+    (lambda: sample_params(torch.zeros(2, 3, 8, 8), ids=torch.arange(2.0)), ValueError, "ids"),
+    (lambda: sample_params(torch.zeros(2, 3, 8, 8), seed=1.5), TypeError, "seed"),
+    (lambda: sample_params(torch.zeros(2, 3, 8, 8), step=2**64), ValueError, "step"),
+    (lambda: sample_params(torch.zeros(2, 3, 8, 8), seed=torch.tensor([1, 2])), ValueError, "seed"),
+    (lambda: sample_params(torch.zeros(2, 3, 8, 8), "caug", n_local=-2), ValueError, "n_local"),
+    (lambda: sample_params(torch.zeros(2, 3, 8, 8), "caug", local_scale=(0.5, 0.1)), ValueError, "scale"),
+])
+def test_sample_params_bad_inputs(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_sample_params_accepts_config():
+    cfg = make_config("caug", n_local=2, local_size=48)
+    assert isinstance(cfg, AugConfig)
+    a = sample_params(torch.tensor([[64, 64]] * 3), cfg, seed=1)
+    b = sample_params(torch.tensor([[64, 64]] * 3), "caug", n_local=2, local_size=48, seed=1)
+    assert [p.size for p in a] == [224, 224, 48, 48]
+    assert all(torch.equal(x.to_tensor(), y.to_tensor()) for x, y in zip(a, b))
