@@ -11,4 +11,5 @@ def sample_photos() -> List[torch.Tensor]:
         from sklearn.datasets import load_sample_images
     except ImportError as exc:
         raise ImportError("sample_photos needs scikit-learn (pip install scikit-learn)") from exc
-    return [torch.from_numpy(image.copy()).permute(2, 0, 1).contiguous() for image in load_sample_images().images]
+    return [torch.from_numpy(image.copy()).permute(2, 0, 1).contiguous()
+            for image in load_sample_images().images]

@@ -127,7 +127,8 @@ def test_rotation_moves_a_dot_counter_clockwise():
     out = render01(img, p)[0, 0]
     y, x = divmod(int(out.argmax()), 33)
     # The dot sits 10 px right of the centre; after 30 degrees CCW it is up and to the right.
-    assert (y, x) == (16 - round(10 * math.sin(math.radians(30))), 16 + round(10 * math.cos(math.radians(30))))
+    a = math.radians(30)
+    assert (y, x) == (16 - round(10 * math.sin(a)), 16 + round(10 * math.cos(a)))
 
 
 def test_rotation_fills_corners_with_zero(photos):

@@ -132,10 +132,17 @@ def test_modules_match_reference_modules_over_steps(rng, backend):
     dino_plain = ref.DINOLossReference(64, 4, 0.02, 0.05, 2, 5)
     for epoch in range(3):
         s1, s2, t1, t2, _, _ = _inputs(rng, 2, 4, 64, 24, torch.float32)
-        got = fused(s1, s2, t1, t2, epoch)
-        want = plain(s1.double(), s2.double(), t1.double(), t2.double(), epoch)
+        a, b = s1.clone().requires_grad_(), s2.clone().requires_grad_()
+        got = fused(a, b, t1, t2, epoch)
+        a64, b64 = s1.double().requires_grad_(), s2.double().requires_grad_()
+        want = plain(a64, b64, t1.double(), t2.double(), epoch)
         for g, w in zip(got, want):
             _assert_close(g, w, torch.float32, f"epoch {epoch}")
+        # backward after the module has updated its centres in place
+        got[0].backward()
+        want[0].backward()
+        _assert_close(a.grad, a64.grad, torch.float32, f"epoch {epoch} grad student_ir")
+        _assert_close(b.grad, b64.grad, torch.float32, f"epoch {epoch} grad student_ef")
         _assert_close(dino_fused(s1, t1, epoch), dino_plain(s1.double(), t1.double(), epoch), torch.float32, "dino")
     for name in ("center", "center2"):
         _assert_close(fused.state_dict()[name], plain.state_dict()[name], torch.float32, name)

@@ -137,7 +137,8 @@ class AugParams:
         fields = {}
         for name in TENSOR_FIELDS:
             if name == "order":
-                fields[name] = table[:, COLUMNS.index("order0"):COLUMNS.index("order3") + 1].round().to(torch.int64)
+                first = COLUMNS.index("order0")
+                fields[name] = table[:, first:first + 4].round().to(torch.int64)
             elif name in _INT_FIELDS:
                 fields[name] = col[name].round().to(torch.int64)
             elif name in _BOOL_FIELDS:

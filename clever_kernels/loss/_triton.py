@@ -36,6 +36,7 @@ _MAX_SPLITS = 128
 # The backward is elementwise on the tile; 8192 logits with 8 warps stay near 64 registers.
 _BWD_TILE = 8192
 _GPU_MAX_BLOCK_K = 2048
+# The interpreter pays per numpy call, not per element: big blocks are cheaper there.
 _INTERPRETER_BLOCK_K = 128
 _SUM_ROWS = 8
 _SUM_BLOCK_K = 256
@@ -242,7 +243,7 @@ def _loss_bwd_kernel(
     # Masked lanes load -inf: their softmax values are exp(-inf) = 0 rather than overflowing.
     t0 = tl.load(teacher_ptr + b.to(tl.int64) * K + k, mask=k_ok, other=float("-inf")).to(tl.float32) - c
     t1 = tl.load(teacher_ptr + (b + B).to(tl.int64) * K + k, mask=k_ok, other=float("-inf")).to(tl.float32) - c
-    q0 = tl.exp(t0 * inv_tt - lse_t0)
+    q0 = tl.exp(tl.fma(t0, inv_tt, -lse_t0))
     q1 = tl.exp(tl.fma(t1, inv_tt, -lse_t1))
 
     offs = rows.to(tl.int64)[:, None] * K + k[None, :]
@@ -287,7 +288,7 @@ def _sm_count(device_index: int) -> int:
 def _processors(device: torch.device) -> int:
     if device.type == "cuda":
         return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-    return 2
+    return 2  # interpreter: a stand-in small enough that default launches stay cheap
 
 
 def _view_pad(ncrops: int) -> int:

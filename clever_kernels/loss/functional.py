@@ -34,7 +34,9 @@ def _prepare(student: Tensor, teacher: Tensor, center: Tensor):
     dtype = torch.promote_types(student.dtype, teacher.dtype)
     student = student.to(dtype).contiguous()
     teacher = teacher.detach().to(dtype).contiguous()
-    center = center.detach().to(torch.float32).reshape(-1).contiguous()
+    # a copy, not a view: the modules update their centre buffers in place right after the
+    # forward, and the backward must see the centre the forward used
+    center = center.detach().to(torch.float32).reshape(-1).clone()
     return student, teacher, center
 
 

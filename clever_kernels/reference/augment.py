@@ -364,10 +364,11 @@ def render(images: Images, params: AugParams, mean: Sequence[float] = IMAGENET_M
     size = params.size
     views = []
     for image, p in zip(images, _sample_values(params)):
-        x = F.interpolate(_crop_to_unit_rgb(image, p).unsqueeze(0), size=(size, size), mode=interpolation, align_corners=False,
+        x = F.interpolate(_crop_to_unit_rgb(image, p).unsqueeze(0), size=(size, size),
+                          mode=interpolation, align_corners=False,
                           antialias=antialias).squeeze(0).clamp(0.0, 1.0)
         if p["flip"]:
-            x = torch.flip(x, dims=[-2])
+            x = torch.flip(x, dims=[-1])
         x = rotate(x, p["angle"], rotation_interpolation)
         if p["elastic"]:
             x = elastic(x, p["elastic_seed"], params.elastic_alpha, params.elastic_sigma)

@@ -199,6 +199,54 @@ CK_SIMD_CLONES void dvr_student_segment(const T* s, const T* e0, const T* e1, in
   p1 = x1;
 }
 
+// Back from acc_t to the logits' dtype.
+template <typename acc_t, typename scalar_t>
+CK_SIMD_CLONES void store(const acc_t* src, int64_t n, scalar_t* dst) {
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) {
+    dst[k] = static_cast<scalar_t>(src[k]);
+  }
+}
+
+// sum_k exp((x_k - offset) * inv_temp)
+template <typename T>
+CK_SIMD_CLONES T sum_exp(const T* x, int64_t n, T offset, T inv_temp) {
+  T l = 0;
+#pragma omp simd reduction(+ : l)
+  for (int64_t k = 0; k < n; ++k) {
+    l += softmax_exp((x[k] - offset) * inv_temp);
+  }
+  return l;
+}
+
+// A teacher segment's probabilities q = softmax_from_offset(t - c) with its row offset (m, off).
+template <typename T>
+CK_SIMD_CLONES void teacher_probs(const T* t, const float* c, int64_t n, T m, T off, T inv_tt,
+                                  T* q) {
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) {
+    q[k] = softmax_from_offset(t[k] - static_cast<T>(c[k]), m, off, inv_tt);
+  }
+}
+
+template <typename T>
+CK_SIMD_CLONES void dir_grad_segment(const T* s, const T* q0, const T* q1, int64_t n, T m, T off,
+                                     T inv_ts, T alpha, T beta0, T beta1, T* g) {
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) {
+    g[k] = dir_grad(alpha, softmax_from_offset(s[k], m, off, inv_ts), beta0, q0[k], beta1, q1[k]);
+  }
+}
+
+template <typename T>
+CK_SIMD_CLONES void dvr_grad_segment(const T* s, const T* p0, const T* p1, int64_t n, T m, T off,
+                                     T inv_ts, T u0, T u1, T z, T* g) {
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) {
+    g[k] = dvr_grad(softmax_from_offset(s[k], m, off, inv_ts), u0, p0[k], u1, p1[k], z);
+  }
+}
+
 // ----------------------------------------------------------------------------------------------
 // Per-image statistics over a range of K. Row statistics: max m (raw units), sum l, and for the
 // cosine head the sum of squares sq. Cross terms are indexed [iq * V + v].
@@ -479,14 +527,66 @@ void dvr_fwd_kernel(const Problem<scalar_t>& pb, double student_temp, double tea
   teacher_column_sum(pb.teacher, 2 * B, pb.K, teacher_sum);
 }
 
+// Per-row softmax offsets for the backward (see softmax_from_offset): m = 0, c = temp * lse from
+// the stored lse, or the row's maximum and temp * log(sum) recomputed from its logits when the
+// float32 lse is too coarse. rows: the logits of nrows rows; center: subtracted first when given.
+template <typename scalar_t, typename T>
+void row_offsets(const scalar_t* rows, const float* center, int64_t nrows, int64_t K,
+                 const float* lse, double temp, T inv_temp, std::vector<T>& m,
+                 std::vector<T>& c) {
+  m.assign(nrows, T(0));
+  c.resize(nrows);
+  std::vector<int64_t> recompute;
+  for (int64_t r = 0; r < nrows; ++r) {
+    c[r] = static_cast<T>(temp * static_cast<double>(lse[r]));
+    if (lse_too_coarse(lse[r])) {
+      recompute.push_back(r);
+    }
+  }
+  at::parallel_for(0, static_cast<int64_t>(recompute.size()), grain_for(2 * K),
+                   [&](int64_t begin, int64_t end) {
+    Scratch<T> ws;
+    // A segment of row r as acc_t, centred when there is a centre. The row is read twice: its
+    // maximum, then the sum relative to it.
+    auto segment = [&](int64_t r, int64_t k0, int64_t n) -> const T* {
+      const T* x = as_acc(rows + r * K + k0, n, ws.row.data());
+      if (center == nullptr) {
+        return x;
+      }
+      centred_max(x, center + k0, n, ws.e0.data());
+      return ws.e0.data();
+    };
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t r = recompute[i];
+      T row_max = -std::numeric_limits<T>::infinity();
+      for (int64_t k0 = 0; k0 < K; k0 += kTile) {
+        const int64_t n = std::min(kTile, K - k0);
+        row_max = nan_max(row_max, segment_max(segment(r, k0, n), n));
+      }
+      T sum = 0;
+      for (int64_t k0 = 0; k0 < K; k0 += kTile) {
+        const int64_t n = std::min(kTile, K - k0);
+        sum += sum_exp(segment(r, k0, n), n, exp_offset(row_max), inv_temp);
+      }
+      m[r] = row_max;
+      c[r] = static_cast<T>(temp * std::log(static_cast<double>(sum)));
+    }
+  });
+}
+
 // Shared backward driver: for every (image b, K tile), the teacher probabilities q0, q1 of the
-// tile, then grad_fn(row, s, q0, q1, n, g) writes the acc_t gradient of a student row's segment
-// into g, which is the output itself for float / double and a buffer converted afterwards
-// otherwise.
+// tile, then grad_fn(row, m, c, s, q0, q1, n, g) writes the acc_t gradient of a student row's
+// segment into g, which is the output itself for float / double and a buffer converted afterwards
+// otherwise; (m, c) is the row's softmax offset.
 template <typename scalar_t, typename GradFn>
-void backward_tiles(const Problem<scalar_t>& pb, const float* lse_teacher, double teacher_temp,
+void backward_tiles(const Problem<scalar_t>& pb, const float* lse_student,
+                    const float* lse_teacher, double student_temp, double teacher_temp,
                     scalar_t* grad, GradFn grad_fn) {
   using T = acc_type<scalar_t>;
+  std::vector<T> ms, cs, mt, ct;
+  row_offsets(pb.student, static_cast<const float*>(nullptr), pb.V * pb.B, pb.K, lse_student,
+              student_temp, pb.inv_ts, ms, cs);
+  row_offsets(pb.teacher, pb.center, 2 * pb.B, pb.K, lse_teacher, teacher_temp, pb.inv_tt, mt, ct);
   const int64_t tiles = (pb.K + kTile - 1) / kTile;
   at::parallel_for(0, pb.B * tiles, grain_for((pb.V + 2) * kTile), [&](int64_t begin, int64_t end) {
     Scratch<T> ws;
@@ -496,28 +596,19 @@ void backward_tiles(const Problem<scalar_t>& pb, const float* lse_teacher, doubl
       const int64_t k0 = (i % tiles) * kTile;
       const int64_t n = std::min(kTile, pb.K - k0);
       for (int iq = 0; iq < 2; ++iq) {
+        const int64_t row = iq * pb.B + b;
         const T* t = as_acc(pb.teacher_row(iq, b) + k0, n, ws.row.data());
-        const float* c = pb.center + k0;
-        const T offset = static_cast<T>(lse_offset(lse_teacher[iq * pb.B + b], teacher_temp));
-        const T inv_tt = pb.inv_tt;
-        T* q = ws.e(iq);
-#pragma omp simd
-        for (int64_t k = 0; k < n; ++k) {
-          q[k] = softmax_from_offset(t[k] - static_cast<T>(c[k]), offset, inv_tt);
-        }
+        teacher_probs(t, pb.center + k0, n, mt[row], ct[row], pb.inv_tt, ws.e(iq));
       }
       for (int64_t v = 0; v < pb.V; ++v) {
         const int64_t row = v * pb.B + b;
         const T* s = as_acc(pb.student_row(v, b) + k0, n, ws.row.data());
         scalar_t* out = grad + row * pb.K + k0;
         if constexpr (std::is_same_v<scalar_t, T>) {
-          grad_fn(row, s, ws.e0.data(), ws.e1.data(), n, out);
+          grad_fn(row, ms[row], cs[row], s, ws.e0.data(), ws.e1.data(), n, out);
         } else {
-          grad_fn(row, s, ws.e0.data(), ws.e1.data(), n, out_buf.data());
-#pragma omp simd
-          for (int64_t k = 0; k < n; ++k) {
-            out[k] = static_cast<scalar_t>(out_buf[k]);
-          }
+          grad_fn(row, ms[row], cs[row], s, ws.e0.data(), ws.e1.data(), n, out_buf.data());
+          store(out_buf.data(), n, out);
         }
       }
     }
@@ -530,16 +621,12 @@ void dir_bwd_kernel(const Problem<scalar_t>& pb, double student_temp, double tea
                     scalar_t* grad) {
   using T = acc_type<scalar_t>;
   const int64_t rows = pb.V * pb.B;
-  backward_tiles(pb, lse_t, teacher_temp, grad,
-                 [&](int64_t row, const T* s, const T* q0, const T* q1, int64_t n, T* g) {
-    const T offset = static_cast<T>(lse_offset(lse_s[row], student_temp));
-    const T inv_ts = pb.inv_ts;
-    const T a = alpha[row], b0 = beta[row], b1 = beta[rows + row];
-#pragma omp simd
-    for (int64_t k = 0; k < n; ++k) {
-      g[k] = dir_grad(a, softmax_from_offset(s[k], offset, inv_ts), b0, q0[k], b1, q1[k]);
-    }
-  });
+  backward_tiles(pb, lse_s, lse_t, student_temp, teacher_temp, grad,
+                 [&](int64_t row, T m, T c, const T* s, const T* q0, const T* q1, int64_t n,
+                     T* g) {
+                   dir_grad_segment(s, q0, q1, n, m, c, pb.inv_ts, static_cast<T>(alpha[row]),
+                                    static_cast<T>(beta[row]), static_cast<T>(beta[rows + row]), g);
+                 });
 }
 
 template <typename scalar_t>
@@ -548,16 +635,12 @@ void dvr_bwd_kernel(const Problem<scalar_t>& pb, double student_temp, double tea
                     scalar_t* grad) {
   using T = acc_type<scalar_t>;
   const int64_t rows = pb.V * pb.B;
-  backward_tiles(pb, lse_t, teacher_temp, grad,
-                 [&](int64_t row, const T* s, const T* p0, const T* p1, int64_t n, T* g) {
-    const T offset = static_cast<T>(lse_offset(lse_s[row], student_temp));
-    const T inv_ts = pb.inv_ts;
-    const T u0 = u[row], u1 = u[rows + row], zr = z[row];
-#pragma omp simd
-    for (int64_t k = 0; k < n; ++k) {
-      g[k] = dvr_grad(softmax_from_offset(s[k], offset, inv_ts), u0, p0[k], u1, p1[k], zr);
-    }
-  });
+  backward_tiles(pb, lse_s, lse_t, student_temp, teacher_temp, grad,
+                 [&](int64_t row, T m, T c, const T* s, const T* p0, const T* p1, int64_t n,
+                     T* g) {
+                   dvr_grad_segment(s, p0, p1, n, m, c, pb.inv_ts, static_cast<T>(u[row]),
+                                    static_cast<T>(u[rows + row]), static_cast<T>(z[row]), g);
+                 });
 }
 
 // ----------------------------------------------------------------------------------------------

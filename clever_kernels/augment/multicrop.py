@@ -1,0 +1,58 @@
+"""MultiCrop: sample every view's parameters, then render them, as one call."""
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from ..reference.augment import _check_images
+from .config import make_config
+from .params import AugParams
+from .render import render
+from .sampler import sample_params
+
+Tensor = torch.Tensor
+
+
+class MultiCrop:
+    """DINO-style multi-crop with parameter capture: 2 global views and n_local local views.
+
+        mc = MultiCrop("caug", n_local=8, global_size=224, local_size=96, seed=0)
+        views, params = mc(images, step=step, ids=dataset_indices)
+
+    images: (B, C, H, W) uint8 or a list of uint8 (C, Hi, Wi) images on one device.
+    views: list of 2 + n_local tensors (B, 3, S, S) in the authors' order (global 1, global 2,
+    locals); views of one size share storage. params: list of per-view AugParams. Draws are
+    keyed by (seed, step, sample id, view, op), so a sample's views do not depend on the batch,
+    device, rank or worker that renders it; `mc(images)` equals
+    `render(images, sample_params(images, ...))` exactly.
+    Every probability and range of SPEC.md's table can be overridden by keyword (see
+    clever_kernels.augment.config, e.g. `flip_p=0.3`, `global2_solarize_p=0.5`).
+    """
+
+    def __init__(self, preset: str = "baug", n_local: int = 8, global_size: int = 224, local_size: int = 96,
+                 global_scale: Tuple[float, float] = (0.4, 1.0), local_scale: Tuple[float, float] = (0.05, 0.4),
+                 antialias: bool = True, out_dtype: torch.dtype = torch.float32, channels_last: bool = False,
+                 seed: int = 0, interpolation: str = "bicubic", rotation_interpolation: str = "nearest",
+                 backend: str = "auto", **overrides):
+        self.config = make_config(preset, n_local=n_local, global_size=global_size, local_size=local_size,
+                                  global_scale=global_scale, local_scale=local_scale, **overrides)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        self.seed = seed
+        self.render_options = dict(mean=self.config.mean, std=self.config.std, antialias=antialias,
+                                   out_dtype=out_dtype, channels_last=channels_last,
+                                   interpolation=interpolation, rotation_interpolation=rotation_interpolation,
+                                   backend=backend)
+
+    def sample_params(self, images, step: int = 0, ids: Optional[Tensor] = None) -> List[AugParams]:
+        return sample_params(images, self.config, seed=self.seed, step=step, ids=ids)
+
+    def render(self, images, params: Sequence[AugParams]) -> List[Tensor]:
+        return render(images, params, **self.render_options)
+
+    def __call__(self, images, step: int = 0, ids: Optional[Tensor] = None):
+        images = _check_images(images)
+        params = self.sample_params(images, step=step, ids=ids)
+        return self.render(images, params), params
+
+    def __repr__(self):
+        return f"MultiCrop(n_views={self.config.n_views}, seed={self.seed}, {self.render_options})"

@@ -1,0 +1,86 @@
+"""render(images, params): every view of a multi-crop draw, views of one size in one tensor.
+
+The fused kernels render all views of one output size in one call (`torch.ops.clever_kernels.
+render_views`, C++ on the CPU, CUDA on GPUs); the reference renders view by view.
+"""
+import warnings
+from collections import OrderedDict
+from typing import List, Sequence, Union
+
+import torch
+
+from .. import _backend
+from ..reference import augment as reference
+from .config import IMAGENET_MEAN, IMAGENET_STD
+from .params import AugParams
+
+Tensor = torch.Tensor
+_warned = set()
+
+
+def _fused_available(device: torch.device) -> bool:
+    ext = _backend.extension()
+    if ext is None or not hasattr(torch.ops.clever_kernels, "render_views"):
+        return False
+    return device.type == "cpu" or (device.type == "cuda" and ext.cuda_built())
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """"fused" or "reference"; "auto" falls back to the reference only with a warning."""
+    if backend == "reference":
+        return "reference"
+    if backend not in ("auto", "fused"):
+        raise ValueError(f"backend must be 'auto', 'fused' or 'reference', got {backend!r}")
+    if _fused_available(device):
+        return "fused"
+    why = (f"no fused augmentation kernel for {device.type} tensors "
+           f"({_backend.backends()['cpu-ext' if device.type == 'cpu' else 'cuda'].reason})")
+    if backend == "fused":
+        raise RuntimeError(f"backend='fused' unavailable: {why}")
+    if why not in _warned:
+        _warned.add(why)
+        warnings.warn(f"clever_kernels.augment: {why}; rendering with the plain-PyTorch reference",
+                      RuntimeWarning, stacklevel=3)
+    return "reference"
+
+
+def render(images, params: Union[AugParams, Sequence[AugParams]], mean: Sequence[float] = IMAGENET_MEAN,
+           std: Sequence[float] = IMAGENET_STD, antialias: bool = True, out_dtype: torch.dtype = torch.float32,
+           channels_last: bool = False, interpolation: str = "bicubic", rotation_interpolation: str = "nearest",
+           backend: str = "auto") -> Union[Tensor, List[Tensor]]:
+    """Renders views from recorded parameters; a pure function of (images, params).
+
+    images: (B, C, H, W) uint8 or a list of B uint8 (C, Hi, Wi) images on one device (C 1 or 3).
+    params: one AugParams (returns a (B, 3, S, S) tensor) or a list of them (returns a list of
+    views in the same order; views of one size are slices of one (n*B, 3, S, S) tensor, so a
+    model can run one forward per resolution on `torch.cat`-free storage).
+    Pixel semantics: clever_kernels.reference.augment. out_dtype float32, float16 or bfloat16;
+    channels_last gives NHWC memory format. backend: "auto", "fused" or "reference".
+    """
+    single = isinstance(params, AugParams)
+    views = [params] if single else list(params)
+    if not views:
+        raise ValueError("params: empty list of views")
+    images = reference._check_images(images)
+    for p in views:
+        reference._check_params(p, images)
+    impl = resolve_backend(backend, images[0].device)
+    groups = OrderedDict()
+    for index, p in enumerate(views):
+        groups.setdefault(p.size, []).append(index)
+    out: List[Tensor] = [None] * len(views)
+    batch = len(images)
+    for size, members in groups.items():
+        group = [views[i] for i in members]
+        if impl == "fused":
+            from . import _fused
+            stacked = _fused.render_views(images, group, mean, std, antialias, out_dtype, channels_last,
+                                          interpolation, rotation_interpolation)
+        else:
+            stacked = torch.cat([reference.render(images, p, mean, std, antialias, out_dtype, interpolation,
+                                                  rotation_interpolation) for p in group])
+            if channels_last:
+                stacked = stacked.contiguous(memory_format=torch.channels_last)
+        for j, i in enumerate(members):
+            out[i] = stacked[j * batch:(j + 1) * batch]
+    return out[0] if single else out

@@ -1,0 +1,466 @@
+"""The DINO / CLeVER training loop (DINO's recipe, CLeVER's split feature and second head).
+
+One step: the loader hands over B uint8 images (decoded, not augmented); MultiCrop renders the
+2 global and n_local local views on the training device, keyed by (seed, step, dataset index);
+the teacher sees the globals, the student every view; the loss module returns the loss parts;
+AdamW steps with DINO's per-parameter clipping and first-epoch freeze of the prototypes; the
+teacher follows the student by EMA. Everything a step depends on is a function of (seed, step),
+so a run resumed from a mid-epoch checkpoint replays the remaining batches exactly.
+"""
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from argparse import Namespace
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from . import checkpoint as ckpt_io
+from .data import EpochSampler, load_split, make_loader
+from .models import build_backbone, build_model, has_batchnorm
+from .schedules import (cancel_last_layer_gradients, clip_gradients, cosine_schedule, ema_update, head_norm_gap,
+                        param_groups, scaled_lr)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+LOG_NAME = "log.jsonl"
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+LOSS_PARTS = ("total", "DIR", "DVR", "reg")
+_DATA_SIZES = {"digits": 32, "fashion-mnist": 28}
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss part (or, after an update, a weight) stopped being finite; the run stops before
+    anything non-finite reaches a checkpoint."""
+
+
+def resolve_sizes(args: Namespace) -> Namespace:
+    """Fills the size-dependent defaults left as None: the global crop follows the data (32 for
+    the digits, 28 for Fashion-MNIST, 224 otherwise), the local crop is 96 at 224 and half the
+    global crop below, the ViT patch is 16 for large crops and 4 for small ones, and ResNet-18
+    gets the small stem below 128 pixels."""
+    args = Namespace(**vars(args))
+    if args.global_size is None:
+        args.global_size = _DATA_SIZES.get(args.data, 224)
+    if args.local_size is None:
+        args.local_size = 96 if args.global_size >= 224 else max(args.global_size // 2, 1)
+    small = args.global_size < 128
+    if args.patch_size is None:
+        args.patch_size = 4 if small else 16
+    if args.small_stem is None:
+        args.small_stem = small
+    return args
+
+
+def build_network(args: Namespace) -> nn.Module:
+    """The student (or teacher) network described by the training arguments."""
+    backbone = build_backbone(args.arch, args.global_size, patch_size=args.patch_size,
+                              small_stem=args.small_stem, width=args.width, depth=args.depth)
+    return build_model(args.method, backbone, args.out_dim, args.dvr_out_dim, args.hp1,
+                       hidden_dim=args.head_hidden, bottleneck_dim=args.head_bottleneck,
+                       norm_last_layer=args.norm_last_layer)
+
+
+def build_multicrop(args: Namespace):
+    from ..augment import MultiCrop
+
+    return MultiCrop(preset=args.aug, n_local=args.n_local, global_size=args.global_size,
+                     local_size=args.local_size, global_scale=tuple(args.global_scale),
+                     local_scale=tuple(args.local_scale), seed=args.seed)
+
+
+def build_loss(args: Namespace) -> nn.Module:
+    from ..loss import CLeVERLoss, DINOLoss
+
+    common = dict(ncrops=2 + args.n_local, warmup_teacher_temp=args.warmup_teacher_temp,
+                  teacher_temp=args.teacher_temp, warmup_teacher_temp_epochs=args.warmup_teacher_temp_epochs,
+                  nepochs=args.epochs, student_temp=args.student_temp, center_momentum=args.center_momentum,
+                  backend=args.loss_backend)
+    if args.method == "clever":
+        return CLeVERLoss(args.out_dim, dvr_out_dim=args.dvr_out_dim, sep_lambd=args.sep_lambd, **common)
+    return DINOLoss(args.out_dim, **common)
+
+
+class _Distributed:
+    """torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) or a single process."""
+
+    def __init__(self, device: str):
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.owns_group = False
+        if device == "cuda" and self.world_size > 1:
+            device = f"cuda:{self.local_rank}"
+        self.device = torch.device(device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        if self.world_size > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            self.owns_group = True
+        self.active = self.world_size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self):
+        if self.active:
+            dist.barrier()
+
+    def close(self):
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _to_device(images: List[torch.Tensor], device: torch.device):
+    if all(im.shape == images[0].shape for im in images):
+        return torch.stack(images).to(device, non_blocking=True)
+    return [im.to(device, non_blocking=True) for im in images]
+
+
+def _autocast(device: torch.device, precision: str):
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _parse_injection(spec: Optional[str]) -> Optional[Tuple[int, str]]:
+    if not spec:
+        return None
+    step, _, part = spec.partition(":")
+    part = part or "total"
+    names = {p.lower(): p for p in LOSS_PARTS}
+    if part.lower() not in names:
+        raise ValueError(f"--inject-nan part must be one of {LOSS_PARTS}, got {part!r}")
+    return int(step), names[part.lower()]
+
+
+def _all_finite(module: nn.Module) -> bool:
+    flags = [torch.isfinite(p).all() for p in module.parameters()]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def _rewrite_log(path: str, keep_before_step: int, keep_before_epoch: int) -> None:
+    """On resume, drop the log records of the steps that will be replayed."""
+    if not os.path.exists(path):
+        return
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("type") == "step" and record["step"] >= keep_before_step:
+                continue
+            if record.get("type") == "epoch" and record["epoch"] >= keep_before_epoch:
+                continue
+            kept.append(line if line.endswith("\n") else line + "\n")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """Builds everything from the argument namespace of `clever-train` and runs it (`run`)."""
+
+    def __init__(self, args: Namespace):
+        args = resolve_sizes(args)
+        self.args = args
+        if args.method not in ("dino", "clever"):
+            raise ValueError(f"--method must be dino or clever, got {args.method!r}")
+        if args.warmup_epochs > args.epochs:
+            raise ValueError(f"--warmup-epochs ({args.warmup_epochs}) exceeds --epochs ({args.epochs})")
+        if args.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.dist = _Distributed(device)
+        self.device = self.dist.device
+        if args.precision == "fp16" and self.device.type == "cpu":
+            print("clever-train: fp16 on the CPU is slow and only emulated; bf16 is the CPU's half type",
+                  file=sys.stderr)
+        self.out = args.out
+        self.ckpt_path = os.path.join(self.out, CHECKPOINT_NAME)
+        self.log_path = os.path.join(self.out, LOG_NAME)
+        if self.dist.main:
+            os.makedirs(self.out, exist_ok=True)
+        self.inject = _parse_injection(getattr(args, "inject_nan", None))
+
+        self.dataset = load_split(args.data, "train")
+        self.sampler = EpochSampler(len(self.dataset), args.batch_size, self.dist.world_size, self.dist.rank,
+                                    seed=args.seed)
+        self.niter = self.sampler.batches_per_epoch
+        # A private generator keeps the loader from drawing on the global RNG at every epoch.
+        self.loader = make_loader(self.dataset, self.sampler, args.batch_size, args.num_workers,
+                                  pin_memory=self.device.type == "cuda")
+        self.loader.generator = torch.Generator().manual_seed(args.seed)
+
+        torch.manual_seed(args.seed)
+        student = build_network(args)
+        teacher = build_network(args)
+        if self.dist.active and has_batchnorm(student) and self.device.type == "cuda":
+            student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+            teacher = nn.SyncBatchNorm.convert_sync_batchnorm(teacher)
+        student.to(self.device)
+        teacher.to(self.device)
+        teacher.load_state_dict(student.state_dict())
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        self.student_module = student
+        self.teacher = teacher
+        self.student = (nn.parallel.DistributedDataParallel(
+            student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if self.dist.active else student)
+
+        self.loss_fn = build_loss(args).to(self.device)
+        self.optimizer = torch.optim.AdamW(param_groups(student), lr=0.0, weight_decay=args.weight_decay)
+        scaler_on = args.precision == "fp16"
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=scaler_on)
+
+        total_lr = scaled_lr(args.lr, args.batch_size, self.dist.world_size)
+        self.lr_schedule = cosine_schedule(total_lr, args.min_lr, args.epochs, self.niter, args.warmup_epochs)
+        self.wd_schedule = cosine_schedule(args.weight_decay, args.weight_decay_end, args.epochs, self.niter)
+        self.momentum_schedule = cosine_schedule(args.momentum_teacher, 1.0, args.epochs, self.niter)
+        self.multicrop = build_multicrop(args)
+
+        self.start_epoch, self.start_iter = 0, 0
+        if args.resume:
+            self._resume(self.ckpt_path if args.resume == "auto" else args.resume)
+        self.last_saved_step = self.start_epoch * self.niter + self.start_iter
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def _state(self, epoch: int, iteration: int) -> Dict:
+        return {
+            "format": 1,
+            "student": self.student_module.state_dict(),
+            "teacher": self.teacher.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "loss": self.loss_fn.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": epoch,
+            "iteration": iteration,
+            "step": epoch * self.niter + iteration,
+            "niter_per_epoch": self.niter,
+            "world_size": self.dist.world_size,
+            "rng": ckpt_io.rng_state(),
+            "args": vars(self.args),
+        }
+
+    def save(self, epoch: int, iteration: int) -> None:
+        """Checkpoint the state after `iteration` batches of `epoch` (iteration == niter is
+        written as the start of the next epoch). Refuses non-finite weights, so the file on disk
+        is always the last good state."""
+        if iteration == self.niter:
+            epoch, iteration = epoch + 1, 0
+        step = epoch * self.niter + iteration
+        if not _all_finite(self.student_module):
+            raise NonFiniteLoss(
+                f"non-finite student weights after step {step - 1}; stopping, the last good checkpoint "
+                f"{self.ckpt_path} (step {self.last_saved_step}) is left as it was")
+        state = self._state(epoch, iteration)
+        if self.dist.main:
+            ckpt_io.atomic_save(state, self.ckpt_path)
+        self.last_saved_step = step
+
+    def _resume(self, path: str) -> None:
+        if not os.path.isfile(path):
+            if self.args.resume == "auto":
+                if self.dist.main:
+                    print(f"clever-train: no checkpoint at {path}, starting from scratch", file=sys.stderr)
+                return
+            raise FileNotFoundError(f"--resume {path}: no such checkpoint")
+        state = ckpt_io.load_checkpoint(path, map_location=self.device)
+        saved = state["args"]
+        for key in ("method", "arch", "out_dim", "dvr_out_dim", "hp1", "n_local", "batch_size", "seed",
+                    "epochs", "data", "aug"):
+            if key in saved and saved[key] != getattr(self.args, key):
+                raise ValueError(f"--resume: checkpoint {path} was trained with {key}={saved[key]!r}, "
+                                 f"this run asks for {getattr(self.args, key)!r}")
+        if state["niter_per_epoch"] != self.niter:
+            raise ValueError(f"--resume: checkpoint has {state['niter_per_epoch']} iterations per epoch, "
+                             f"this run {self.niter} (different world size or dataset?)")
+        self.student_module.load_state_dict(state["student"])
+        self.teacher.load_state_dict(state["teacher"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.loss_fn.load_state_dict(state["loss"])
+        self.scaler.load_state_dict(state["scaler"])
+        ckpt_io.set_rng_state(state["rng"])
+        self.start_epoch, self.start_iter = state["epoch"], state["iteration"]
+        if self.dist.main:
+            _rewrite_log(self.log_path, state["step"], self.start_epoch)
+            print(f"clever-train: resumed from {path} at epoch {self.start_epoch}, iteration "
+                  f"{self.start_iter} (step {state['step']})", file=sys.stderr)
+
+    # -- one step ------------------------------------------------------------------------------
+
+    def _loss(self, views, epoch: int) -> Dict[str, torch.Tensor]:
+        args = self.args
+        with _autocast(self.device, args.precision):
+            with torch.no_grad():
+                teacher_out = self.teacher(views[:2])
+            student_out = self.student(views)
+        teacher_out = [t.float() for t in teacher_out]
+        student_out = [s.float() for s in student_out]
+        if args.method == "clever":
+            total, loss_dir, loss_dvr = self.loss_fn(student_out[0], student_out[1], teacher_out[0],
+                                                     teacher_out[1], epoch)
+            reg = head_norm_gap(self.student_module.heads)
+            return {"total": total + args.reg_lambd * reg, "DIR": loss_dir, "DVR": loss_dvr, "reg": reg}
+        loss = self.loss_fn(student_out[0], teacher_out[0], epoch)
+        return {"total": loss, "DIR": loss}
+
+    def _check_finite(self, parts: Dict[str, torch.Tensor], step: int, epoch: int, iteration: int) -> Dict[str, float]:
+        stacked = torch.stack([p.detach().float() for p in parts.values()])
+        if self.dist.active:
+            # Every rank must see the same verdict, or the healthy ones would hang in the next
+            # collective; the mean over ranks is also the loss worth logging.
+            dist.all_reduce(stacked)
+            stacked /= self.dist.world_size
+        values = dict(zip(parts, stacked.tolist()))
+        bad = [name for name in LOSS_PARTS if name in values and not math.isfinite(values[name])]
+        if bad:
+            parts_text = ", ".join(f"{name} = {values[name]}" for name in bad if name != "total")
+            culprit = parts_text or f"total = {values['total']}"
+            raise NonFiniteLoss(
+                f"non-finite loss at step {step} (epoch {epoch}, iteration {iteration}): {culprit} "
+                f"(total = {values['total']}); stopping, the last good checkpoint {self.ckpt_path} "
+                f"(step {self.last_saved_step}) is left as it was")
+        return values
+
+    def _save_params(self, step: int, epoch: int, ids: torch.Tensor, params) -> None:
+        directory = os.path.join(self.out, "params")
+        os.makedirs(directory, exist_ok=True)
+        suffix = f"_rank{self.dist.rank}" if self.dist.active else ""
+        record = {"step": step, "epoch": epoch, "ids": ids.cpu(), "columns": list(params[0].columns),
+                  "views": [p.to_tensor().cpu() for p in params], "sizes": [p.size for p in params]}
+        ckpt_io.atomic_save(record, os.path.join(directory, f"step{step:08d}{suffix}.pt"))
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def run(self) -> Dict:
+        args = self.args
+        from tqdm import tqdm
+
+        if self.dist.main:
+            with open(os.path.join(self.out, "args.json"), "w") as f:
+                json.dump(vars(args), f, indent=1, sort_keys=True, default=str)
+        log = open(self.log_path, "a") if self.dist.main else None
+        step = self.start_epoch * self.niter + self.start_iter
+        stopped_early = False
+        try:
+            for epoch in range(self.start_epoch, args.epochs):
+                skip = self.start_iter if epoch == self.start_epoch else 0
+                self.sampler.set_epoch(epoch, skip)
+                bar = tqdm(total=self.niter, initial=skip, desc=f"{args.method} {epoch + 1}/{args.epochs}",
+                           disable=not self.dist.main or args.no_progress, dynamic_ncols=True, mininterval=0.5,
+                           file=sys.stderr)
+                sums, count, epoch_start = {}, 0, time.perf_counter()
+                tick = time.perf_counter()
+                for iteration, (images, _, ids) in enumerate(self.loader, start=skip):
+                    step = epoch * self.niter + iteration
+                    record = self._step(images, ids, epoch, iteration, step, tick)
+                    for key in ("total", "DIR", "DVR", "reg"):
+                        if key in record:
+                            sums[key] = sums.get(key, 0.0) + record[key]
+                    count += 1
+                    bar.set_postfix_str(
+                        f"loss {record['total']:.4f} DIR {record['DIR']:.4f}"
+                        + (f" DVR {record['DVR']:.4f}" if "DVR" in record else "")
+                        + f" lr {record['lr']:.2e} {record['img_per_s']:.0f} img/s aug {100 * record['aug_share']:.0f}%",
+                        refresh=False)
+                    bar.update(1)
+                    if log is not None:
+                        log.write(json.dumps({"type": "step", **record}) + "\n")
+                        log.flush()
+                    tick = time.perf_counter()
+                    done = iteration + 1
+                    last = args.max_steps is not None and step + 1 >= args.max_steps
+                    if done < self.niter and (last or (args.ckpt_every and (step + 1) % args.ckpt_every == 0)):
+                        self.save(epoch, done)
+                    if last:
+                        stopped_early = done < self.niter or epoch + 1 < args.epochs
+                        break
+                bar.close()
+                if count and log is not None:
+                    summary = {k: v / count for k, v in sums.items()}
+                    log.write(json.dumps({"type": "epoch", "epoch": epoch, "step": step, **summary,
+                                          "seconds": time.perf_counter() - epoch_start}) + "\n")
+                    log.flush()
+                if count and iteration + 1 == self.niter:
+                    self.save(epoch, self.niter)
+                if stopped_early:
+                    break
+        finally:
+            if log is not None:
+                log.close()
+        self.dist.barrier()
+        return {"out": self.out, "checkpoint": self.ckpt_path, "log": self.log_path, "step": step + 1,
+                "stopped_early": stopped_early, "student": self.student_module, "teacher": self.teacher}
+
+    def _step(self, images, ids, epoch: int, iteration: int, step: int, tick: float) -> Dict:
+        args = self.args
+        for i, group in enumerate(self.optimizer.param_groups):
+            group["lr"] = float(self.lr_schedule[step])
+            if i == 0:
+                group["weight_decay"] = float(self.wd_schedule[step])
+
+        aug_start = time.perf_counter()
+        batch = _to_device(images, self.device)
+        views, params = self.multicrop(batch, step=step, ids=ids.to(self.device))
+        self._sync()
+        aug_time = time.perf_counter() - aug_start
+        if args.save_params:
+            self._save_params(step, epoch, ids, params)
+
+        parts = self._loss(views, epoch)
+        if self.inject is not None and self.inject[0] == step:
+            name = self.inject[1]
+            nan = torch.tensor(float("nan"), device=self.device)
+            parts[name] = parts.get(name, parts["total"]) + nan
+            parts["total"] = parts["total"] + nan
+        values = self._check_finite(parts, step, epoch, iteration)
+
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(parts["total"]).backward()
+        if args.clip_grad:
+            self.scaler.unscale_(self.optimizer)
+            clip_gradients(self.student_module, args.clip_grad)
+        cancel_last_layer_gradients(self.student_module, epoch, args.freeze_last_layer)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+        ema_update(self.teacher, self.student_module, float(self.momentum_schedule[step]))
+        if self.dist.active:
+            # Teacher BatchNorm statistics come from each rank's own batches; rank 0's are kept
+            # everywhere so the teachers stay identical.
+            for buffer in self.teacher.buffers():
+                dist.broadcast(buffer, 0)
+        self._sync()
+        elapsed = time.perf_counter() - tick
+        return {"epoch": epoch, "iteration": iteration, "step": step, **values,
+                "lr": float(self.lr_schedule[step]), "wd": float(self.wd_schedule[step]),
+                "momentum": float(self.momentum_schedule[step]),
+                "teacher_temp": self.loss_fn.teacher_temp(epoch),
+                "img_per_s": len(images) * self.dist.world_size / max(elapsed, 1e-9),
+                "aug_share": aug_time / max(elapsed, 1e-9), "step_time": elapsed}
+
+
+def train(args: Namespace) -> Dict:
+    """Runs `clever-train` with parsed arguments; returns paths and the trained modules.
+    Raises NonFiniteLoss when a loss part goes non-finite."""
+    trainer = Trainer(args)
+    try:
+        return trainer.run()
+    finally:
+        trainer.dist.close()

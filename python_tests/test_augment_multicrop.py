@@ -1,0 +1,73 @@
+"""MultiCrop is exactly render(images, sample_params(...)), views of one size share storage,
+and a sample's views depend on its id, not on its batch."""
+import pytest
+import torch
+
+from clever_kernels.augment import MultiCrop, render, sample_params
+
+
+def _images(rng, sizes):
+    return [torch.randint(0, 256, (3, h, w), generator=rng, dtype=torch.uint8) for h, w in sizes]
+
+
+@pytest.fixture
+def multicrop():
+    return MultiCrop("caug+", n_local=3, global_size=21, local_size=9, seed=7, backend="reference")
+
+
+def test_call_equals_render_of_sample_params(rng, multicrop):
+    images = _images(rng, [(30, 41), (17, 23), (40, 40)])
+    views, params = multicrop(images, step=3)
+    again = render(images, sample_params(images, multicrop.config, seed=7, step=3), mean=multicrop.config.mean,
+                   std=multicrop.config.std, backend="reference")
+    assert len(views) == 5 and [v.shape[-1] for v in views] == [21, 21, 9, 9, 9]
+    for got, want in zip(views, again):
+        assert torch.equal(got, want)
+
+
+def test_views_of_one_size_share_one_tensor(rng, multicrop):
+    views, _ = multicrop(_images(rng, [(25, 25), (31, 19)]))
+    assert views[0].untyped_storage().data_ptr() == views[1].untyped_storage().data_ptr()
+    assert views[2].untyped_storage().data_ptr() == views[4].untyped_storage().data_ptr()
+    assert views[0].untyped_storage().data_ptr() != views[2].untyped_storage().data_ptr()
+
+
+def test_sample_views_follow_its_id_not_its_batch(rng, multicrop):
+    images = _images(rng, [(30, 41), (17, 23), (40, 40)])
+    ids = torch.tensor([10, 11, 12])
+    views, params = multicrop(images, step=1, ids=ids)
+    alone, alone_params = multicrop([images[1]], step=1, ids=ids[1:2])
+    for v, a in zip(views, alone):
+        assert torch.equal(v[1:2], a)
+    for p, a in zip(params, alone_params):
+        torch.testing.assert_close(p.to_tensor()[1:2], a.to_tensor())
+    other_step, _ = multicrop(images, step=2, ids=ids)
+    assert not torch.equal(other_step[0], views[0])
+
+
+def test_channels_last_and_dtype(rng):
+    mc = MultiCrop("baug", n_local=2, global_size=12, local_size=6, out_dtype=torch.bfloat16, channels_last=True,
+                   backend="reference")
+    views, _ = mc(torch.randint(0, 256, (2, 3, 20, 22), generator=rng, dtype=torch.uint8))
+    assert all(v.dtype == torch.bfloat16 and v.is_contiguous(memory_format=torch.channels_last) for v in views)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(n_local=-1), "n_local"),
+    (dict(global_size=0), "size"),
+    (dict(flip_p=1.5), "flip_p"),
+    (dict(seed=1.5), "seed"),
+])
+def test_bad_config_names_the_argument(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        MultiCrop("caug", **kwargs)
+
+
+@pytest.mark.parametrize("images,match", [
+    (torch.zeros(2, 3, 8, 8), "uint8"),
+    ([], "empty"),
+    ([torch.zeros(3, 8, 8, dtype=torch.uint8), torch.zeros(1, 8, 8, dtype=torch.uint8)], "channel"),
+])
+def test_bad_images_name_the_argument(images, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        MultiCrop("caug", n_local=1, global_size=8, local_size=4, backend="reference")(images)

@@ -1,0 +1,430 @@
+"""The C++ CPU kernels of the loss ops (csrc/cpu/loss.cpp) against the formulas their schemas
+state in csrc/ops.cpp, computed here in float64 with plain PyTorch from the same input values."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("clever_kernels._C", reason="the C++ extension is not built")
+ops = torch.ops.clever_kernels
+
+# dtype of the logits: (rtol, atol) for the float32 statistics, (rtol, atol) for the gradient,
+# atol relative to the largest reference value of the tensor.
+TOLERANCES = {
+    # float32 sums over K terms, stored as float32; the backward recomputes softmax from the
+    # float32 lse, a relative error of about |lse| * 2^-24.
+    torch.float32: ((2e-5, 1e-6), (2e-5, 2e-6)),
+    # statistics are float32 by contract and the backward starts from them: float32 bounds.
+    torch.float64: ((2e-5, 1e-6), (2e-5, 2e-6)),
+    # inputs are exact in float32 and accumulate in it; the gradient is rounded to 11 bits.
+    torch.float16: ((2e-5, 1e-6), (2e-3, 1e-5)),
+    # as float16, but the gradient keeps 8 significant bits.
+    torch.bfloat16: ((2e-5, 1e-6), (1.6e-2, 1e-4)),
+}
+
+TS, TT = 0.1, 0.04  # DINO's student and teacher temperatures
+
+
+def assert_close(actual, expected, tol, what):
+    rtol, atol = tol
+    expected = expected.double()
+    scale = expected[torch.isfinite(expected)].abs().max().item() if expected.numel() else 1.0
+    # below the smallest normal, a dtype's values are spaced evenly: float16 keeps ~6e-8 absolute
+    finfo = torch.finfo(actual.dtype)
+    floor = finfo.smallest_normal * finfo.eps
+    torch.testing.assert_close(actual.double(), expected, rtol=rtol, atol=max(atol * scale, floor),
+                               msg=lambda m: f"{what}: {m}")
+
+
+def make_inputs(rng, dtype, batch, ncrops, k, s_scale=1.0, t_scale=0.2):
+    """Logits rounded to dtype; scales give peaked but not one-hot softmaxes at TS, TT."""
+    student = (torch.randn(ncrops * batch, k, generator=rng) * s_scale).to(dtype)
+    teacher = (torch.randn(2 * batch, k, generator=rng) * t_scale).to(dtype)
+    center = torch.randn(k, generator=rng) * 0.05
+    return student, teacher, center
+
+
+def reference(student, teacher, center, ncrops, ts=TS, tt=TT):
+    """Every forward statistic in float64, with the probabilities the backward needs."""
+    s, t, c = student.double(), teacher.double(), center.double()
+    batch, k = t.shape[0] // 2, t.shape[1]
+    y, x = s / ts, (t - c) / tt
+    q, r = F.softmax(x, dim=-1), F.softmax(y, dim=-1)
+    # q[iq, b] broadcast to every student row v*B+b: (2, V*B, K)
+    q_rows = q.view(2, 1, batch, k).expand(2, ncrops, batch, k).reshape(2, ncrops * batch, k)
+    ce = -(q_rows * F.log_softmax(y, dim=-1)).sum(-1)
+    norm_s, norm_t = r.norm(dim=-1), q.norm(dim=-1)
+    norm_t_rows = norm_t.view(2, 1, batch).expand(2, ncrops, batch).reshape(2, -1)
+    cos = (q_rows * r).sum(-1) / (norm_t_rows * norm_s)
+    return dict(lse_student=torch.logsumexp(y, -1), lse_teacher=torch.logsumexp(x, -1), ce=ce,
+                teacher_sum=t.sum(0), norm_student=norm_s, norm_teacher=norm_t, cos=cos,
+                r=r, q_rows=q_rows)
+
+
+def ref_dir_grad(ref, alpha, beta):
+    return alpha.double()[:, None] * ref["r"] - (beta.double()[..., None] * ref["q_rows"]).sum(0)
+
+
+def ref_dvr_grad(ref, u, z):
+    r = ref["r"]
+    return r * ((u.double()[..., None] * ref["q_rows"]).sum(0) - z.double()[:, None] * r)
+
+
+def dir_fwd(student, teacher, center, ncrops, ts=TS, tt=TT):
+    return dict(zip(("lse_student", "lse_teacher", "ce", "teacher_sum"),
+                    ops.dir_loss_fwd(student, teacher, center, ncrops, ts, tt)))
+
+
+def dvr_fwd(student, teacher, center, ncrops, ts=TS, tt=TT):
+    names = ("lse_student", "lse_teacher", "norm_student", "norm_teacher", "cos", "teacher_sum")
+    return dict(zip(names, ops.dvr_loss_fwd(student, teacher, center, ncrops, ts, tt)))
+
+
+def bwd_coefficients(rng, rows):
+    """alpha, beta (dir) and u, z (dvr), float32 as the autograd layer passes them."""
+    alpha = torch.rand(rows, generator=rng) + 0.5
+    beta = torch.rand(2, rows, generator=rng) + 0.5
+    u = torch.randn(2, rows, generator=rng)
+    z = torch.randn(rows, generator=rng)
+    return alpha, beta, u, z
+
+
+def check_all(rng, dtype, batch, ncrops, k, ts=TS, tt=TT, **scales):
+    student, teacher, center = make_inputs(rng, dtype, batch, ncrops, k, **scales)
+    stat_tol, grad_tol = TOLERANCES[dtype]
+    ref = reference(student, teacher, center, ncrops, ts, tt)
+    d = dir_fwd(student, teacher, center, ncrops, ts, tt)
+    v = dvr_fwd(student, teacher, center, ncrops, ts, tt)
+    for out in (d, v):
+        for name, value in out.items():
+            assert value.dtype == torch.float32, name
+            assert_close(value, ref[name], stat_tol, name)
+    alpha, beta, u, z = bwd_coefficients(rng, ncrops * batch)
+    grad = ops.dir_loss_bwd(student, teacher, center, d["lse_student"], d["lse_teacher"], alpha,
+                            beta, ncrops, ts, tt)
+    assert grad.dtype == dtype and grad.shape == student.shape
+    assert_close(grad, ref_dir_grad(ref, alpha, beta), grad_tol, "dir grad")
+    grad = ops.dvr_loss_bwd(student, teacher, center, v["lse_student"], v["lse_teacher"], u, z,
+                            ncrops, ts, tt)
+    assert grad.dtype == dtype and grad.shape == student.shape
+    assert_close(grad, ref_dvr_grad(ref, u, z), grad_tol, "dvr grad")
+
+
+@pytest.mark.parametrize("k", [1, 7, 1000, 4097])
+@pytest.mark.parametrize("ncrops", [2, 4, 10])
+@pytest.mark.parametrize("batch", [1, 3, 8])
+@pytest.mark.parametrize("dtype", list(TOLERANCES))
+def test_ops_match_formulas(rng, dtype, batch, ncrops, k):
+    check_all(rng, dtype, batch, ncrops, k)
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCES))
+@pytest.mark.parametrize("ts, tt, s_scale, t_scale", [(1.0, 0.5, 3.0, 3.0), (0.1, 0.04, 0.02, 0.01)])
+def test_other_temperatures_and_scales(rng, dtype, ts, tt, s_scale, t_scale):
+    check_all(rng, dtype, 3, 4, 1000, ts=ts, tt=tt, s_scale=s_scale, t_scale=t_scale)
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+@pytest.mark.parametrize("k", [8193, 20000])
+def test_k_split_across_threads(rng, threads, k):
+    """One image and more threads than images: the forward splits K and merges the partial
+    statistics."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        check_all(rng, torch.float32, 1, 4, k)
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_deterministic_across_thread_counts(rng):
+    student, teacher, center = make_inputs(rng, torch.float32, 8, 4, 3000)
+    old = torch.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            runs.append(dir_fwd(student, teacher, center, 4) | {"cos": dvr_fwd(student, teacher, center, 4)["cos"]})
+    finally:
+        torch.set_num_threads(old)
+    for other in runs[1:]:
+        for name, value in runs[0].items():
+            assert torch.equal(value, other[name]), name
+
+
+def test_large_offset_small_spread(rng):
+    """Logits near 1e4 that differ by O(1) after the temperature, the centre tracking the teacher
+    as DINO's does. The kernel subtracts the centre and then the row maxima in raw units, exact
+    here, so the forward keeps float32 accuracy where scaling first would lose it (ulp(2.5e5) is
+    0.016). The backward recomputes softmax from the float32 lse, whose rounding at |lse| ~ 1e5
+    (up to 0.004) bounds it to about 0.4%."""
+    student, teacher, center = make_inputs(rng, torch.float32, 3, 4, 1000, s_scale=0.1, t_scale=0.04)
+    student, teacher, center = student + 1e4, teacher + 1e4, center + 1e4
+    ref = reference(student, teacher, center, 4)
+    d = dir_fwd(student, teacher, center, 4)
+    v = dvr_fwd(student, teacher, center, 4)
+    for out in (d, v):
+        for name, value in out.items():
+            assert_close(value, ref[name], (1e-5, 1e-6), name)
+    alpha, beta, u, z = bwd_coefficients(rng, 12)
+    grad = ops.dir_loss_bwd(student, teacher, center, d["lse_student"], d["lse_teacher"], alpha,
+                            beta, 4, TS, TT)
+    assert_close(grad, ref_dir_grad(ref, alpha, beta), (1e-2, 1e-2), "dir grad")
+    grad = ops.dvr_loss_bwd(student, teacher, center, v["lse_student"], v["lse_teacher"], u, z, 4,
+                            TS, TT)
+    assert_close(grad, ref_dvr_grad(ref, u, z), (1e-2, 1e-2), "dvr grad")
+
+
+def test_extreme_logits_finite_and_accurate(rng):
+    """|logits| up to ~4e4 with tt = 0.04: exponent arguments reach 1e6, every softmax is
+    one-hot; all results finite and equal to the float64 reference."""
+    batch, ncrops, k = 4, 6, 1000
+    student = torch.randn(ncrops * batch, k, generator=rng) * 1e4
+    teacher = torch.randn(2 * batch, k, generator=rng) * 1e4
+    center = torch.randn(k, generator=rng) * 1e4
+    ref = reference(student, teacher, center, ncrops)
+    d = dir_fwd(student, teacher, center, ncrops)
+    v = dvr_fwd(student, teacher, center, ncrops)
+    for out in (d, v):
+        for name, value in out.items():
+            assert torch.isfinite(value).all(), name
+            assert_close(value, ref[name], (1e-6, 1e-7), name)
+    alpha, beta, u, z = bwd_coefficients(rng, ncrops * batch)
+    grad = ops.dir_loss_bwd(student, teacher, center, d["lse_student"], d["lse_teacher"], alpha,
+                            beta, ncrops, TS, TT)
+    assert torch.isfinite(grad).all()
+    assert_close(grad, ref_dir_grad(ref, alpha, beta), (1e-6, 1e-7), "dir grad")
+    grad = ops.dvr_loss_bwd(student, teacher, center, v["lse_student"], v["lse_teacher"], u, z,
+                            ncrops, TS, TT)
+    assert torch.isfinite(grad).all()
+    assert_close(grad, ref_dvr_grad(ref, u, z), (1e-6, 1e-7), "dvr grad")
+
+
+# ------------------------------------------------------------------------------------------------
+# Non-finite logits. B = 2, ncrops = 3, K = 4097 (tiles of 1024 and a tail of 1).
+
+BATCH, NCROPS, K = 2, 3, 4097
+
+
+def rows_of_image(b):
+    return [v * BATCH + b for v in range(NCROPS)]
+
+
+def run_all(student, teacher, center, rng):
+    d = dir_fwd(student, teacher, center, NCROPS)
+    v = dvr_fwd(student, teacher, center, NCROPS)
+    alpha, beta, u, z = bwd_coefficients(rng, NCROPS * BATCH)
+    d["grad"] = ops.dir_loss_bwd(student, teacher, center, d["lse_student"], d["lse_teacher"],
+                                 alpha, beta, NCROPS, TS, TT)
+    v["grad"] = ops.dvr_loss_bwd(student, teacher, center, v["lse_student"], v["lse_teacher"], u,
+                                 z, NCROPS, TS, TT)
+    return d, v
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+@pytest.mark.parametrize("col", [0, 1500, K - 1])
+def test_nonfinite_student_logit(rng, value, col):
+    """NaN or +inf in one student logit: that row's statistics, pair terms and gradient are NaN
+    (or inf), never finite; every other row is untouched."""
+    student, teacher, center = make_inputs(rng, torch.float32, BATCH, NCROPS, K)
+    row = 1 * BATCH + 1
+    student[row, col] = value
+    d, v = run_all(student, teacher, center, rng)
+    others = [i for i in range(NCROPS * BATCH) if i != row]
+    for out, names in ((d, ("lse_student", "ce", "grad")),
+                       (v, ("lse_student", "norm_student", "cos", "grad"))):
+        for name in names:
+            x = out[name]
+            # pair terms are (2, V*B): rows are columns there
+            bad, good = (x[:, row], x[:, others]) if name in ("ce", "cos") else (x[row], x[others])
+            assert not torch.isfinite(bad).any(), name
+            if value != value:
+                assert torch.isnan(bad).all(), name
+            assert torch.isfinite(good).all(), name
+        assert torch.isfinite(out["lse_teacher"]).all() and torch.isfinite(out["teacher_sum"]).all()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+@pytest.mark.parametrize("col", [0, 2048, K - 1])
+def test_nonfinite_teacher_logit(rng, value, col):
+    """NaN or +inf in teacher row (iq = 1, b = 0): its lse and every pair term and gradient of
+    image 0 are not finite; teacher_sum is not finite in that column only."""
+    student, teacher, center = make_inputs(rng, torch.float32, BATCH, NCROPS, K)
+    iq, b = 1, 0
+    teacher[iq * BATCH + b, col] = value
+    d, v = run_all(student, teacher, center, rng)
+    image0, image1 = rows_of_image(0), rows_of_image(1)
+    for out, pair in ((d, "ce"), (v, "cos")):
+        assert not torch.isfinite(out["lse_teacher"][iq * BATCH + b])
+        assert torch.isfinite(out["lse_teacher"][[0, 1, 3]]).all()
+        assert not torch.isfinite(out[pair][iq, image0]).any()
+        assert torch.isfinite(out[pair][:, image1]).all() and torch.isfinite(out[pair][1 - iq]).all()
+        assert not torch.isfinite(out["grad"][image0]).any()
+        assert torch.isfinite(out["grad"][image1]).all()
+        assert torch.isfinite(out["lse_student"]).all()
+        ts = out["teacher_sum"]
+        assert not torch.isfinite(ts[col]) and torch.isfinite(ts[torch.arange(K) != col]).all()
+    if value != value:
+        assert torch.isnan(d["ce"][iq, image0]).all() and torch.isnan(v["cos"][iq, image0]).all()
+        assert torch.isnan(v["norm_teacher"][iq * BATCH + b])
+
+
+def test_nan_center_poisons_every_teacher_row(rng):
+    student, teacher, center = make_inputs(rng, torch.float32, BATCH, NCROPS, K)
+    center[17] = float("nan")
+    d, v = run_all(student, teacher, center, rng)
+    assert torch.isnan(d["lse_teacher"]).all() and torch.isnan(d["ce"]).all()
+    assert torch.isnan(v["norm_teacher"]).all() and torch.isnan(v["cos"]).all()
+    assert torch.isfinite(d["teacher_sum"]).all() and torch.isfinite(d["lse_student"]).all()
+
+
+def test_minus_inf_logits_are_zero_probabilities(rng):
+    """-inf logits have probability 0; a whole first tile of -inf (whose maximum is -inf) must not
+    turn the row's statistics into NaN."""
+    student, teacher, center = make_inputs(rng, torch.float32, BATCH, NCROPS, K)
+    teacher[0, :1500] = float("-inf")
+    teacher[3, 2000] = float("-inf")
+    student[5, :1024] = float("-inf")
+    student[1, 7] = float("-inf")
+    ref = reference(student, teacher, center, NCROPS)
+    d, v = run_all(student, teacher, center, rng)
+    tol = TOLERANCES[torch.float32][0]
+    for name in ("lse_student", "lse_teacher", "teacher_sum"):
+        assert_close(d[name], ref[name], tol, name)
+    for name in ("norm_student", "norm_teacher", "cos"):
+        assert_close(v[name], ref[name], tol, name)
+    # A -inf student logit where the teacher probability is > 0 makes the cross-entropy +inf.
+    finite_rows = [0, 2, 3, 4]
+    assert_close(d["ce"][:, finite_rows], ref["ce"][:, finite_rows], tol, "ce")
+    assert (d["ce"][:, [1, 5]] == float("inf")).all()
+    assert torch.isfinite(d["grad"]).all() and torch.isfinite(v["grad"]).all()
+
+
+def test_all_nan_row(rng):
+    student, teacher, center = make_inputs(rng, torch.float32, BATCH, NCROPS, 7)
+    student[2] = float("nan")
+    d = dir_fwd(student, teacher, center, NCROPS)
+    assert torch.isnan(d["lse_student"][2]) and torch.isnan(d["ce"][:, 2]).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# Argument checks: each names the argument and what was expected.
+
+def good_args(batch=2, ncrops=4, k=7):
+    student = torch.randn(ncrops * batch, k)
+    teacher = torch.randn(2 * batch, k)
+    center = torch.randn(k)
+    return dict(student=student, teacher=teacher, center=center, ncrops=ncrops)
+
+
+def call(op, a, ts=TS, tt=TT, **stats):
+    rows = a["student"].shape[0] if a["student"].dim() == 2 else 8
+    batch = max(a["teacher"].shape[0] // 2, 1) if a["teacher"].dim() >= 1 else 2
+    lse_s = stats.get("lse_student", torch.zeros(rows))
+    lse_t = stats.get("lse_teacher", torch.zeros(2 * batch))
+    common = (a["student"], a["teacher"], a["center"])
+    if op == "dir_loss_fwd":
+        return ops.dir_loss_fwd(*common, a["ncrops"], ts, tt)
+    if op == "dvr_loss_fwd":
+        return ops.dvr_loss_fwd(*common, a["ncrops"], ts, tt)
+    if op == "dir_loss_bwd":
+        return ops.dir_loss_bwd(*common, lse_s, lse_t, stats.get("alpha", torch.zeros(rows)),
+                                stats.get("beta", torch.zeros(2, rows)), a["ncrops"], ts, tt)
+    return ops.dvr_loss_bwd(*common, lse_s, lse_t, stats.get("u", torch.zeros(2, rows)),
+                            stats.get("z", torch.zeros(rows)), a["ncrops"], ts, tt)
+
+
+ALL_OPS = ["dir_loss_fwd", "dvr_loss_fwd", "dir_loss_bwd", "dvr_loss_bwd"]
+
+LOGIT_ERRORS = [
+    ("student 1-D", dict(student=torch.randn(56)), r"student must be 2-D \(ncrops\*B, K\)"),
+    ("teacher 3-D", dict(teacher=torch.randn(4, 7, 1)), r"teacher must be 2-D \(2\*B, K\)"),
+    ("odd teacher rows", dict(teacher=torch.randn(3, 7)), r"teacher must have 2\*B rows"),
+    ("student rows", dict(student=torch.randn(9, 7)),
+     r"student must have ncrops\*B = 4\*2 = 8 rows \(B from teacher\), got 9"),
+    ("widths", dict(teacher=torch.randn(4, 6)), r"teacher must have student's width K = 7, got 6"),
+    ("empty K", dict(student=torch.randn(8, 0), teacher=torch.randn(4, 0), center=torch.randn(0)),
+     r"student must have K >= 1 columns"),
+    ("center numel", dict(center=torch.randn(6)), r"center must have K = 7 elements"),
+    ("integer logits", dict(student=torch.zeros(8, 7, dtype=torch.long),
+                            teacher=torch.zeros(4, 7, dtype=torch.long)),
+     r"student must be float32, float64, float16 or bfloat16, got Long"),
+    ("dtype mismatch", dict(teacher=torch.randn(4, 7, dtype=torch.float64)),
+     r"teacher must have student's dtype Float, got Double"),
+    ("center dtype", dict(center=torch.randn(7, dtype=torch.float64)), r"center must be float32, got Double"),
+    ("student strides", dict(student=torch.randn(7, 8).t()), r"student must be contiguous"),
+    ("teacher strides", dict(teacher=torch.randn(7, 4).t()), r"teacher must be contiguous"),
+    ("center strides", dict(center=torch.randn(14)[::2]), r"center must be contiguous"),
+    ("ncrops", dict(ncrops=1, student=torch.randn(2, 7)), r"ncrops must be >= 2"),
+]
+
+
+@pytest.mark.parametrize("op", ALL_OPS)
+@pytest.mark.parametrize("case, change, match", LOGIT_ERRORS, ids=[c[0] for c in LOGIT_ERRORS])
+def test_logit_argument_errors(op, case, change, match):
+    with pytest.raises(RuntimeError, match=match):
+        call(op, good_args() | change)
+
+
+@pytest.mark.parametrize("op", ALL_OPS)
+@pytest.mark.parametrize("ts, tt, match", [
+    (0.0, TT, r"student_temp must be finite and > 0, got 0"),
+    (-0.1, TT, r"student_temp must be finite and > 0"),
+    (float("nan"), TT, r"student_temp must be finite and > 0"),
+    (TS, 0.0, r"teacher_temp must be finite and > 0, got 0"),
+    (TS, float("inf"), r"teacher_temp must be finite and > 0"),
+])
+def test_temperature_errors(op, ts, tt, match):
+    with pytest.raises(RuntimeError, match=match):
+        call(op, good_args(), ts=ts, tt=tt)
+
+
+STAT_ERRORS = [
+    ("dir_loss_bwd", dict(lse_student=torch.zeros(7)), r"lse_student must be a float32 tensor of shape \[8\], got Float \[7\]"),
+    ("dvr_loss_bwd", dict(lse_student=torch.zeros(8, dtype=torch.float64)),
+     r"lse_student must be a float32 tensor of shape \[8\], got Double \[8\]"),
+    ("dir_loss_bwd", dict(lse_teacher=torch.zeros(2, 2)), r"lse_teacher must be a float32 tensor of shape \[4\]"),
+    ("dvr_loss_bwd", dict(lse_teacher=torch.zeros(5)), r"lse_teacher must be a float32 tensor of shape \[4\]"),
+    ("dir_loss_bwd", dict(alpha=torch.zeros(2, 8)), r"alpha must be a float32 tensor of shape \[8\]"),
+    ("dir_loss_bwd", dict(alpha=torch.zeros(8, dtype=torch.float16)), r"alpha must be a float32 tensor"),
+    ("dir_loss_bwd", dict(beta=torch.zeros(8)), r"beta must be a float32 tensor of shape \[2, 8\]"),
+    ("dir_loss_bwd", dict(beta=torch.zeros(8, 2).t()), r"beta must be contiguous"),
+    ("dvr_loss_bwd", dict(u=torch.zeros(2, 4)), r"u must be a float32 tensor of shape \[2, 8\]"),
+    ("dvr_loss_bwd", dict(u=torch.zeros(8, 2).t()), r"u must be contiguous"),
+    ("dvr_loss_bwd", dict(z=torch.zeros(1, 8)), r"z must be a float32 tensor of shape \[8\]"),
+    ("dvr_loss_bwd", dict(z=torch.zeros(16)[::2]), r"z must be contiguous"),
+]
+
+
+@pytest.mark.parametrize("op, stats, match", STAT_ERRORS)
+def test_statistic_argument_errors(op, stats, match):
+    with pytest.raises(RuntimeError, match=match):
+        call(op, good_args(), **stats)
+
+
+@pytest.mark.parametrize("op", ALL_OPS)
+@pytest.mark.parametrize("name", ["teacher", "center"])
+def test_device_mismatch(op, name):
+    """The dispatcher routes mixed devices away from the CPU kernel, so call it directly."""
+    a = good_args()
+    args = [a["student"], a["teacher"], a["center"]]
+    index = {"teacher": 1, "center": 2}[name]
+    args[index] = args[index].to("meta")
+    rows = a["student"].shape[0]
+    if op.endswith("bwd"):
+        extra = [torch.zeros(2, rows), torch.zeros(rows)]
+        if op == "dir_loss_bwd":
+            extra.reverse()
+        args += [torch.zeros(rows), torch.zeros(4)] + extra
+    overload = getattr(ops, op).default
+    with pytest.raises(RuntimeError, match=rf"{name} must be on student's device cpu, got meta"):
+        overload.redispatch(torch._C.DispatchKeySet(torch._C.DispatchKey.CPU), *args, 4, TS, TT)
+
+
+def test_stat_device_mismatch():
+    a = good_args()
+    rows = a["student"].shape[0]
+    with pytest.raises(RuntimeError, match=r"alpha must be on student's device cpu, got meta"):
+        ops.dir_loss_bwd.default.redispatch(
+            torch._C.DispatchKeySet(torch._C.DispatchKey.CPU), a["student"], a["teacher"],
+            a["center"], torch.zeros(rows), torch.zeros(4), torch.zeros(rows, device="meta"),
+            torch.zeros(2, rows), 4, TS, TT)

@@ -1,0 +1,99 @@
+"""Data sources, the per-epoch sampler and the ragged collate."""
+import gzip
+import os
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from clever_kernels.train.data import (EpochSampler, collate_ragged, digits, fashion_mnist, load_split, make_loader,
+                                       read_idx)
+from train_helpers import make_image_folder
+
+
+def test_digits_split():
+    train, test = digits("train"), digits("test")
+    assert len(train) + len(test) == 1797 and abs(len(test) - 360) <= 5
+    image, label, index = train[5]
+    assert image.dtype == torch.uint8 and image.shape == (3, 32, 32) and index == 5 and 0 <= label < 10
+    assert int(image.max()) > 200 and int(image.min()) == 0
+    # stratified: every class keeps about a fifth of its images for the test split
+    counts_train = np.bincount(train.labels.numpy(), minlength=10)
+    counts_test = np.bincount(test.labels.numpy(), minlength=10)
+    np.testing.assert_allclose(counts_test / (counts_train + counts_test), 0.2, atol=0.01)
+    assert torch.equal(digits("train").images, train.images)
+
+
+def test_sampler_is_a_function_of_seed_and_epoch():
+    a = EpochSampler(50, 4, seed=3)
+    a.set_epoch(2)
+    first = a.indices()
+    assert len(first) == 48 and len(set(first)) == 48 and len(a) == 48
+    b = EpochSampler(50, 4, seed=3)
+    b.set_epoch(2)
+    assert b.indices() == first
+    b.set_epoch(3)
+    assert b.indices() != first
+    b.set_epoch(2, skip_batches=5)
+    assert b.indices() == first[20:] and len(b) == 28
+
+
+def test_sampler_partitions_ranks():
+    ranks = [EpochSampler(103, 5, num_replicas=3, rank=r, seed=0) for r in range(3)]
+    for s in ranks:
+        s.set_epoch(1)
+    parts = [set(s.indices()) for s in ranks]
+    assert all(len(p) == 30 for p in parts) and not (parts[0] & parts[1]) and not (parts[1] & parts[2])
+    with pytest.raises(ValueError, match="batch"):
+        EpochSampler(5, 8)
+
+
+def test_ragged_loader(tmp_path):
+    root = make_image_folder(tmp_path / "folder")
+    train = load_split(root, "train")
+    assert len(train) == 20 and train.classes == ("class0", "class1", "class2", "class3")
+    images, labels, ids = next(iter(make_loader(train, None, 6, 0)))
+    assert isinstance(images, list) and len(images) == 6 and labels.shape == ids.shape == (6,)
+    assert {tuple(im.shape) for im in images} == {(3, 32, 32), (3, 40, 36)}
+    assert all(im.dtype == torch.uint8 for im in images)
+    assert not set(load_split(root, "test").paths) & set(train.paths)
+
+
+def test_train_test_folders(tmp_path):
+    for split in ("train", "test"):
+        make_image_folder(tmp_path / split, per_class=2, classes=2, ragged=False)
+    assert len(load_split(str(tmp_path), "train")) == 4 and len(load_split(str(tmp_path), "test")) == 4
+
+
+def _write_idx(path, array):
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(">" + "I" * array.ndim, *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_idx(tmp_path):
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 12), ("t10k", 5)):
+        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, (n,)))
+    assert read_idx(str(tmp_path / "t10k-labels-idx1-ubyte.gz")).shape == (5,)
+    train = load_split(str(tmp_path), "train")
+    image, label, index = train[3]
+    assert len(train) == 12 and image.shape == (3, 28, 28) and train.name == "fashion-mnist"
+    assert torch.equal(image[0], image[2])
+
+
+def test_fashion_mnist_missing_says_how_to_install(tmp_path):
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        fashion_mnist("train", str(tmp_path / "nowhere"))
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        fashion_mnist("train", str(tmp_path / "empty"))
+
+
+def test_collate():
+    images, labels, ids = collate_ragged([(torch.zeros(3, 4, 5, dtype=torch.uint8), 1, 7),
+                                          (torch.zeros(3, 6, 2, dtype=torch.uint8), 0, 2)])
+    assert [im.shape[1:] for im in images] == [(4, 5), (6, 2)]
+    assert labels.tolist() == [1, 0] and ids.tolist() == [7, 2]

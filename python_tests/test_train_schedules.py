@@ -1,0 +1,72 @@
+"""DINO's schedules and optimiser helpers: values at the landmarks."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from clever_kernels.loss import CLeVERLoss
+from clever_kernels.train.schedules import (clip_gradients, cosine_schedule, ema_update, param_groups,
+                                            scaled_lr)
+
+
+def test_lr_schedule_warmup_then_cosine():
+    lr = cosine_schedule(0.01, 1e-5, epochs=10, niter_per_ep=20, warmup_epochs=2)
+    assert lr.shape == (200,)
+    assert lr[0] == 0.0
+    np.testing.assert_allclose(lr[:40], np.arange(40) * 0.01 / 40)
+    assert lr[40] == pytest.approx(0.01)
+    assert np.all(np.diff(lr[40:]) < 0)
+    # the half cosine: halfway through the decay the value is the midpoint
+    assert lr[40 + 80] == pytest.approx((0.01 + 1e-5) / 2)
+    assert lr[-1] == pytest.approx(1e-5 + 0.5 * (0.01 - 1e-5) * (1 + math.cos(math.pi * 159 / 160)))
+
+
+def test_momentum_and_weight_decay_schedules():
+    m = cosine_schedule(0.996, 1.0, epochs=4, niter_per_ep=5)
+    assert m[0] == pytest.approx(0.996) and np.all(np.diff(m) > 0) and 0.9999 < m[-1] < 1.0
+    wd = cosine_schedule(0.04, 0.4, epochs=4, niter_per_ep=5)
+    assert wd[0] == pytest.approx(0.04) and wd[-1] == pytest.approx(0.4, abs=3e-3)
+
+
+def test_warmup_longer_than_training_is_all_ramp():
+    lr = cosine_schedule(1.0, 0.0, epochs=1, niter_per_ep=4, warmup_epochs=3)
+    np.testing.assert_allclose(lr, [0.0, 0.25, 0.5, 0.75])
+
+
+def test_linear_scaling():
+    assert scaled_lr(0.0005, 64, 1) == pytest.approx(0.000125)
+    assert scaled_lr(0.0005, 64, 4) == pytest.approx(0.0005)
+
+
+def test_teacher_temperature_warmup_from_loss_module():
+    loss = CLeVERLoss(8, 4, warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=3, nepochs=5,
+                      dvr_out_dim=8)
+    assert [round(loss.teacher_temp(e), 4) for e in range(5)] == [0.04, 0.055, 0.07, 0.07, 0.07]
+
+
+def test_param_groups_exclude_biases_and_norms():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2, bias=False))
+    model[2].weight.requires_grad_(False)
+    decay, no_decay = param_groups(model)
+    assert [p.shape for p in decay["params"]] == [(4, 3)]
+    assert sorted(p.numel() for p in no_decay["params"]) == [4, 4, 4] and no_decay["weight_decay"] == 0.0
+
+
+def test_clip_gradients_per_parameter():
+    a, b = torch.nn.Parameter(torch.zeros(4)), torch.nn.Parameter(torch.zeros(3))
+    model = torch.nn.Module()
+    model.a, model.b = a, b
+    a.grad = torch.full((4,), 3.0)  # norm 6
+    b.grad = torch.tensor([0.1, 0.2, 0.2])  # norm 0.3, under the cap
+    clip_gradients(model, 2.0)
+    assert float(a.grad.norm()) == pytest.approx(2.0, rel=1e-5)
+    torch.testing.assert_close(b.grad, torch.tensor([0.1, 0.2, 0.2]))
+
+
+def test_ema_update():
+    teacher, student = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    t0 = [p.detach().clone() for p in teacher.parameters()]
+    ema_update(teacher, student, 0.9)
+    for t, s, before in zip(teacher.parameters(), student.parameters(), t0):
+        torch.testing.assert_close(t, 0.9 * before + 0.1 * s.detach())
