@@ -5,7 +5,7 @@ PYTHON_BIN ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
-DEPS := numpy triton ninja pybind11 pytest scikit-learn pillow tqdm matplotlib
+DEPS := numpy triton==3.9.0 ninja pybind11 pytest scikit-learn pillow tqdm matplotlib
 
 .PHONY: setup build demo test test-fast cuda-check bench clean
 

@@ -91,12 +91,13 @@ def test_extreme_logits_match_float64(rng, backend):
     assert all(torch.isfinite(p).all() for p in parts) and torch.isfinite(g1).all() and torch.isfinite(g2).all()
     for got, exp, name in zip(parts[:3], want[:3], ("total", "loss_dir", "loss_dvr")):
         torch.testing.assert_close(got.double(), exp, rtol=1e-4, atol=1e-3, msg=lambda m: f"{name}: {m}")
-    # Near-tied maxima make the gradient ill-conditioned in float32: (t - c) / tt rounds t - c
-    # to ulp(1e4) ~ 1e-3, i.e. an exponent error of ~1e-2 / tt-scaled, so ~1e-2 relative to the
-    # largest gradient is the best any float32 kernel can promise here.
+    # At |x| ~ 1e4 the softmaxes are (near) one-hot and the gradient lives on near-ties, where
+    # float32 is the limit: t - c rounds to ulp(1e4) ~ 1e-3, an exponent error of ~2e-2 at
+    # tt = 0.04, and the stored float32 lse (~2.5e5) carries ~1.6e-2. So gradients are held to
+    # 3e-2 of their natural unit 1 / (n_terms * B * ts), not to the (possibly ~0) largest value.
+    unit = 1.0 / (2 * (4 - 1) * 2 * TS)
     for got, exp, name in ((g1, w1, "grad student_ir"), (g2, w2, "grad student_ef")):
-        scale = exp.abs().max().item()
-        torch.testing.assert_close(got.double(), exp, atol=3e-2 * scale, rtol=0, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(got.double(), exp, atol=3e-2 * unit, rtol=0, msg=lambda m: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

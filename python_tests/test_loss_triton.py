@@ -273,31 +273,32 @@ def _good(rng):
     return _inputs((F32, 2, 3, 10), rng)
 
 
-FWD_ERRORS = [
-    (lambda s, t, c: (s[None], t, c, 3, TS, TT), ValueError, "student must be 2-D"),
-    (lambda s, t, c: (s.t().contiguous().t(), t, c, 3, TS, TT), ValueError, "student must be contiguous"),
-    (lambda s, t, c: (s, t[:3], c, 3, TS, TT), ValueError, "teacher must have 2\\*B rows"),
-    (lambda s, t, c: (s[:5], t, c, 3, TS, TT), ValueError, "student must have ncrops\\*B"),
-    (lambda s, t, c: (s[:, :9].contiguous(), t, c, 3, TS, TT), ValueError, "same width"),
-    (lambda s, t, c: (s.int(), t, c, 3, TS, TT), TypeError, "student must be float32"),
-    (lambda s, t, c: (s, t.double(), c, 3, TS, TT), TypeError, "teacher must be float32"),
-    (lambda s, t, c: (s, t, c.double(), 3, TS, TT), TypeError, "center must be a float32"),
-    (lambda s, t, c: (s, t, c[:9], 3, TS, TT), ValueError, "center must be contiguous with K"),
-    (lambda s, t, c: (s[:4], t[:2], c, 1, TS, TT), ValueError, "ncrops must be"),
-    (lambda s, t, c: (s, t, c, 3, 0.0, TT), ValueError, "student_temp must be > 0"),
-    (lambda s, t, c: (s, t, c, 3, TS, -1.0), ValueError, "teacher_temp must be > 0"),
-]
+FWD_ERRORS = {
+    "student-3d": (lambda s, t, c: (s[None], t, c, 3, TS, TT), ValueError, "student must be 2-D"),
+    "student-strided": (lambda s, t, c: (s.t().contiguous().t(), t, c, 3, TS, TT), ValueError,
+                        "student must be contiguous"),
+    "teacher-odd-rows": (lambda s, t, c: (s, t[:3], c, 3, TS, TT), ValueError, "teacher must have 2\\*B rows"),
+    "student-rows": (lambda s, t, c: (s[:5], t, c, 3, TS, TT), ValueError, "student must have ncrops\\*B"),
+    "width": (lambda s, t, c: (s[:, :9].contiguous(), t, c, 3, TS, TT), ValueError, "same width"),
+    "student-int": (lambda s, t, c: (s.int(), t, c, 3, TS, TT), TypeError, "student must be float32"),
+    "teacher-f64": (lambda s, t, c: (s, t.double(), c, 3, TS, TT), TypeError, "teacher must be float32"),
+    "center-f64": (lambda s, t, c: (s, t, c.double(), 3, TS, TT), TypeError, "center must be a float32"),
+    "center-numel": (lambda s, t, c: (s, t, c[:9], 3, TS, TT), ValueError, "center must be contiguous with K"),
+    "ncrops": (lambda s, t, c: (s[:4], t[:2], c, 1, TS, TT), ValueError, "ncrops must be"),
+    "student_temp": (lambda s, t, c: (s, t, c, 3, 0.0, TT), ValueError, "student_temp must be > 0"),
+    "teacher_temp": (lambda s, t, c: (s, t, c, 3, TS, -1.0), ValueError, "teacher_temp must be > 0"),
+}
 
 
 @pytest.mark.parametrize("fwd", [kt.dir_loss_fwd, kt.dvr_loss_fwd], ids=["dir", "dvr"])
-@pytest.mark.parametrize("make, exc, match", FWD_ERRORS, ids=[e[2].split(" must")[0] + str(i) for i, e in enumerate(FWD_ERRORS)])
+@pytest.mark.parametrize("make, exc, match", FWD_ERRORS.values(), ids=FWD_ERRORS.keys())
 def test_forward_argument_errors(fwd, make, exc, match, rng):
     with pytest.raises(exc, match=match):
         fwd(*make(*_good(rng)))
 
 
 @pytest.mark.parametrize("kwargs, match", [(dict(num_splits=0), "num_splits"), (dict(block_k=24), "block_k"),
-                                           (dict(block_k=1), "block_k")])
+                                           (dict(block_k=1), "block_k")], ids=["splits0", "block24", "block1"])
 def test_forward_keyword_errors(kwargs, match, rng):
     with pytest.raises(ValueError, match=match):
         kt.dir_loss_fwd(*_good(rng), 3, TS, TT, **kwargs)

@@ -12,11 +12,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A network small enough that a step takes milliseconds on a CPU; every code path (two heads,
 # multi-crop at two resolutions, position-embedding interpolation) is still exercised.
-TINY_MODEL = ["--arch", "vit_tiny", "--width", "32", "--depth", "1", "--patch-size", "8", "--out-dim", "48",
-              "--dvr-out-dim", "40", "--head-hidden", "32", "--head-bottleneck", "16"]
-TINY_RUN = TINY_MODEL + ["--aug", "caug", "--global-size", "32", "--local-size", "16", "--n-local", "2",
-                         "--batch-size", "8", "--lr", "0.001", "--warmup-epochs", "1", "--num-workers", "0",
-                         "--no-progress", "--deterministic"]
+_TINY_HEADS = ["--out-dim", "48", "--dvr-out-dim", "40", "--head-hidden", "32", "--head-bottleneck", "16"]
+_TINY_STEPS = ["--aug", "caug", "--global-size", "32", "--local-size", "16", "--n-local", "2", "--batch-size", "8",
+               "--lr", "0.001", "--warmup-epochs", "1", "--num-workers", "0", "--no-progress", "--deterministic"]
+TINY_RUN = ["--arch", "vit_tiny", "--width", "32", "--depth", "1", "--patch-size", "8"] + _TINY_HEADS + _TINY_STEPS
+# The same with a ResNet-18 of 4 channels in its first stage, for the BatchNorm paths.
+TINY_RESNET_RUN = ["--arch", "resnet18", "--width", "4"] + _TINY_HEADS + _TINY_STEPS
 
 
 def make_image_folder(root, per_class=6, classes=4, ragged=True):

@@ -94,7 +94,7 @@ def _loss_fwd_partial_kernel(
     sq_t0 = 0.0
     sq_t1 = 0.0
     # DIR: d = sum_k e_t[k] * (s[k] - m_s) / ts, relative to both running maxima; it is <= 0,
-    # so accumulating it never cancels, and ce = log(l_s) - d / l_t subtracts two terms >= 0.
+    # so accumulating it never cancels, and ce = log(l_s) - d / l_t is a sum of two terms >= 0.
     # DVR: d = sum_k e_t[k] * e_s[k]; the softmax normalisers cancel in the cosine.
     d0 = tl.zeros([V_PAD], tl.float32)
     d1 = tl.zeros([V_PAD], tl.float32)

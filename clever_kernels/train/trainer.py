@@ -333,7 +333,7 @@ class Trainer:
             raise NonFiniteLoss(
                 f"non-finite loss at step {step} (epoch {epoch}, iteration {iteration}): {culprit} "
                 f"(total = {values['total']}); stopping, the last good checkpoint {self.ckpt_path} "
-                f"(step {self.last_saved_step}) is left as it was")
+                f"(written after {self.last_saved_step} steps) is left as it was")
         return values
 
     def _save_params(self, step: int, epoch: int, ids: torch.Tensor, params) -> None:

@@ -1,0 +1,575 @@
+// Per-pixel maths of the render_views op, written once for the CPU and CUDA implementations.
+//
+// The definition is clever_kernels/reference/augment.py; every function here names the reference
+// step it mirrors. Pixels are float32 in [0, 1]. Where the reference decides something by a
+// comparison that float rounding can flip (which source pixel a nearest-neighbour rotation picks),
+// the arithmetic below repeats the reference's own operations and precisions (float64 for the
+// rotation grid, then float32 for grid_sample's unnormalisation), with fused multiply-adds
+// disabled, so that the CPU and the GPU land on the same side of a tie as PyTorch does.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include <c10/macros/Macros.h>
+
+namespace clever_kernels {
+namespace augment {
+
+// ------------------------------------------------------------------------------------------------
+// Parameter tables (one row per output image); the Python layer builds them in this order.
+
+enum IParam : int {
+  kImage = 0,
+  kTop,
+  kLeft,
+  kHeight,
+  kWidth,
+  kFlip,
+  kElastic,
+  kElasticSeed,
+  kJitter,
+  kOrder0,  // kOrder0..kOrder0 + 3: the jitter ops in application order
+  kGrayscale = kOrder0 + 4,
+  kSolarize,
+  kNumIParams
+};
+
+enum FParam : int {
+  kAngle = 0,
+  kBrightness,
+  kContrast,
+  kSaturation,
+  kHue,
+  kBlurSigma,
+  kElasticAlpha,
+  kElasticSigma,
+  kNumFParams
+};
+
+enum Interpolation : int { kBicubic = 0, kBilinear = 1 };
+enum RotationInterpolation : int { kRotNearest = 0, kRotBilinear = 1 };
+enum JitterOp : int { kOpBrightness = 0, kOpContrast = 1, kOpSaturation = 2, kOpHue = 3 };
+
+struct ViewParams {
+  int64_t image, top, left, height, width;
+  bool flip, elastic, jitter, grayscale, solarize;
+  uint32_t elastic_seed;
+  int order[4];
+  // Jitter ops applied before contrast (pass 1) are order[0 .. n_pre); pass 2 does the rest.
+  int n_pre;
+  float angle, factor[4], blur_sigma, elastic_alpha, elastic_sigma;
+};
+
+C10_HOST_DEVICE inline ViewParams load_view(const int64_t* ip, const float* fp) {
+  ViewParams v;
+  v.image = ip[kImage];
+  v.top = ip[kTop];
+  v.left = ip[kLeft];
+  v.height = ip[kHeight];
+  v.width = ip[kWidth];
+  v.flip = ip[kFlip] != 0;
+  v.elastic = ip[kElastic] != 0;
+  v.elastic_seed = static_cast<uint32_t>(ip[kElasticSeed] & 0xffffffffll);
+  v.jitter = ip[kJitter] != 0;
+  v.n_pre = 0;
+  for (int k = 0; k < 4; ++k) {
+    v.order[k] = static_cast<int>(ip[kOrder0 + k]);
+  }
+  if (v.jitter) {
+    while (v.n_pre < 4 && v.order[v.n_pre] != kOpContrast) {
+      ++v.n_pre;
+    }
+  }
+  v.grayscale = ip[kGrayscale] != 0;
+  v.solarize = ip[kSolarize] != 0;
+  v.angle = fp[kAngle];
+  for (int k = 0; k < 4; ++k) {
+    v.factor[k] = fp[kBrightness + k];
+  }
+  v.blur_sigma = fp[kBlurSigma];
+  v.elastic_alpha = fp[kElasticAlpha];
+  v.elastic_sigma = fp[kElasticSigma];
+  return v;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Correctly rounded arithmetic that the compiler may not contract into FMAs (nvcc contracts by
+// default; GCC does whenever FMA instructions are enabled). Used where ties matter.
+
+C10_HOST_DEVICE inline float mul_rn(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fmul_rn(a, b);
+#else
+  volatile float p = a * b;
+  return p;
+#endif
+}
+
+C10_HOST_DEVICE inline float add_rn(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fadd_rn(a, b);
+#else
+  volatile float s = a + b;
+  return s;
+#endif
+}
+
+C10_HOST_DEVICE inline double dmul_rn(double a, double b) {
+#ifdef __CUDA_ARCH__
+  return __dmul_rn(a, b);
+#else
+  volatile double p = a * b;
+  return p;
+#endif
+}
+
+C10_HOST_DEVICE inline double dadd_rn(double a, double b) {
+#ifdef __CUDA_ARCH__
+  return __dadd_rn(a, b);
+#else
+  volatile double s = a + b;
+  return s;
+#endif
+}
+
+// ------------------------------------------------------------------------------------------------
+// Counter-based hash (clever_kernels/augment/rng.py).
+
+C10_HOST_DEVICE inline uint32_t lowbias32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7feb352du;
+  x ^= x >> 15;
+  x *= 0x846ca68bu;
+  x ^= x >> 16;
+  return x;
+}
+
+C10_HOST_DEVICE inline uint32_t hash32(uint32_t w0, uint32_t w1) {
+  return lowbias32(lowbias32(0x9e3779b9u ^ w0) ^ w1);
+}
+
+C10_HOST_DEVICE inline float hash_uniform(uint32_t key, uint32_t counter) {
+  return static_cast<float>(hash32(key, counter) >> 8) * 5.9604644775390625e-08f;  // 2^-24
+}
+
+// Elastic noise n[plane, y, x] in [-1, 1) (reference step 4), plane 0 dx, 1 dy.
+C10_HOST_DEVICE inline float elastic_noise(uint32_t seed, int plane, int y, int x, int size) {
+  const uint32_t s = static_cast<uint32_t>(size);
+  const uint32_t counter = (static_cast<uint32_t>(plane) * s + static_cast<uint32_t>(y)) * s +
+                           static_cast<uint32_t>(x);
+  return 2.0f * hash_uniform(seed, counter) - 1.0f;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Filtering helpers.
+
+// numpy's "reflect" (edge not repeated), periodic so that any radius works on any size.
+C10_HOST_DEVICE inline int reflect_index(int p, int n) {
+  if (n == 1) {
+    return 0;
+  }
+  const int period = 2 * (n - 1);
+  int m = p % period;
+  if (m < 0) {
+    m += period;
+  }
+  return m >= n ? period - m : m;
+}
+
+// Unnormalised Gaussian tap exp(-t^2 / (2 sigma^2)), as reference.gaussian_taps (float32).
+C10_HOST_DEVICE inline float gaussian_tap(int t, float sigma) {
+  const float u = static_cast<float>(t) / sigma;
+  return ::expf(-0.5f * (u * u));
+}
+
+// Sum of the taps at -radius..radius: divide a tap by it to normalise.
+C10_HOST_DEVICE inline float gaussian_norm(int radius, float sigma) {
+  float total = 0.0f;
+  for (int t = -radius; t <= radius; ++t) {
+    total += gaussian_tap(t, sigma);
+  }
+  return total;
+}
+
+// Blur radius ceil(3 sigma) (reference step 7; Python evaluates 3 * sigma in float64).
+C10_HOST_DEVICE inline int blur_radius(float sigma) {
+  return sigma > 0.0f ? static_cast<int>(::ceil(3.0 * static_cast<double>(sigma))) : 0;
+}
+
+// torchvision's ElasticTransform kernel size int(8 sigma + 1), made odd; returns its radius.
+C10_HOST_DEVICE inline int elastic_radius(float sigma) {
+  if (!(sigma > 0.0f)) {
+    return 0;
+  }
+  int k = static_cast<int>(8.0 * static_cast<double>(sigma) + 1.0);
+  if (k % 2 == 0) {
+    ++k;
+  }
+  return (k - 1) / 2;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Resize weights (reference step 1, F.interpolate(align_corners=False)).
+//
+// With antialias, PyTorch's separable kernel: scale = in / out, support = (taps / 2) * max(scale,
+// 1), output i covers source [trunc(c - support + 0.5), trunc(c + support + 0.5)) with c =
+// scale * (i + 0.5), each tap weighted filter((j - c + 0.5) / max(scale, 1)), normalised to sum 1,
+// taps outside the image dropped (not clamped); filter the a = -0.5 cubic or the triangle.
+// Without antialias: source x = scale * (i + 0.5) - 0.5, the a = -0.75 cubic over 4 taps with
+// indices clamped into the image, or linear over 2 (x clamped to >= 0 first).
+
+C10_HOST_DEVICE inline float cubic_filter(float x, float a) {
+  x = ::fabsf(x);
+  if (x < 1.0f) {
+    return ((a + 2.0f) * x - (a + 3.0f)) * x * x + 1.0f;
+  }
+  if (x < 2.0f) {
+    return ((a * x - 5.0f * a) * x + 8.0f * a) * x - 4.0f * a;
+  }
+  return 0.0f;
+}
+
+C10_HOST_DEVICE inline float linear_filter(float x) {
+  x = ::fabsf(x);
+  return x < 1.0f ? 1.0f - x : 0.0f;
+}
+
+struct ResampleSpan {
+  int start;  // source index of tap 0 (non-antialiased cubic: may be out of range, clamped)
+  int count;  // number of taps
+  int in_size;
+  bool antialias;
+  bool bicubic;
+  float center;    // antialias: window centre in source pixels
+  float invscale;  // antialias: 1 / max(scale, 1)
+  float inv_total;
+  float lambda;    // no antialias: fractional source position
+};
+
+C10_HOST_DEVICE inline ResampleSpan resample_span(int i, int in_size, int out_size, bool bicubic,
+                                                  bool antialias) {
+  ResampleSpan s;
+  s.in_size = in_size;
+  s.antialias = antialias;
+  s.bicubic = bicubic;
+  s.center = 0.0f;
+  s.invscale = 1.0f;
+  s.inv_total = 1.0f;
+  s.lambda = 0.0f;
+  const float scale = static_cast<float>(in_size) / static_cast<float>(out_size);
+  if (antialias) {
+    const float half_taps = bicubic ? 2.0f : 1.0f;
+    const float support = scale >= 1.0f ? half_taps * scale : half_taps;
+    s.center = scale * (static_cast<float>(i) + 0.5f);
+    s.invscale = scale >= 1.0f ? 1.0f / scale : 1.0f;
+    int lo = static_cast<int>(s.center - support + 0.5f);
+    lo = lo < 0 ? 0 : lo;
+    int hi = static_cast<int>(s.center + support + 0.5f);
+    hi = hi > in_size ? in_size : hi;
+    const int max_count = static_cast<int>(::ceilf(support)) * 2 + 1;
+    int count = hi - lo;
+    count = count < 0 ? 0 : (count > max_count ? max_count : count);
+    s.start = lo;
+    s.count = count;
+    float total = 0.0f;
+    for (int k = 0; k < count; ++k) {
+      const float x = (static_cast<float>(lo + k) - s.center + 0.5f) * s.invscale;
+      total += bicubic ? cubic_filter(x, -0.5f) : linear_filter(x);
+    }
+    s.inv_total = total != 0.0f ? 1.0f / total : 1.0f;
+    return s;
+  }
+  if (bicubic) {
+    const float x = scale * (static_cast<float>(i) + 0.5f) - 0.5f;
+    const float fl = ::floorf(x);
+    int index = static_cast<int>(fl);
+    index = index > in_size - 1 ? in_size - 1 : index;
+    float t = x - static_cast<float>(index);
+    t = t < 0.0f ? 0.0f : (t > 1.0f ? 1.0f : t);
+    s.start = index - 1;
+    s.count = 4;
+    s.lambda = t;
+    return s;
+  }
+  float x = scale * (static_cast<float>(i) + 0.5f) - 0.5f;
+  x = x < 0.0f ? 0.0f : x;
+  int index = static_cast<int>(::floorf(x));
+  index = index > in_size - 1 ? in_size - 1 : index;
+  float t = x - static_cast<float>(index);
+  t = t < 0.0f ? 0.0f : (t > 1.0f ? 1.0f : t);
+  s.start = index;
+  s.count = index < in_size - 1 ? 2 : 1;
+  s.lambda = t;
+  return s;
+}
+
+// Source index of tap k (always inside [0, in_size)).
+C10_HOST_DEVICE inline int span_index(const ResampleSpan& s, int k) {
+  int j = s.start + k;
+  j = j < 0 ? 0 : (j > s.in_size - 1 ? s.in_size - 1 : j);
+  return j;
+}
+
+C10_HOST_DEVICE inline float span_weight(const ResampleSpan& s, int k) {
+  if (s.antialias) {
+    const float x = (static_cast<float>(s.start + k) - s.center + 0.5f) * s.invscale;
+    const float w = s.bicubic ? cubic_filter(x, -0.5f) : linear_filter(x);
+    return w * s.inv_total;
+  }
+  const float t = s.lambda;
+  if (s.bicubic) {
+    constexpr float a = -0.75f;
+    switch (k) {
+      case 0: return cubic_filter(t + 1.0f, a);
+      case 1: return cubic_filter(t, a);
+      case 2: return cubic_filter(1.0f - t, a);
+      default: return cubic_filter(2.0f - t, a);
+    }
+  }
+  // One tap only at the last source pixel, whose weights 1 - t and t both land on it.
+  return s.count == 1 ? 1.0f : (k == 0 ? 1.0f - t : t);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Geometry: flip, rotation and elastic displacement as inverse maps onto the resized S x S image
+// (reference steps 2 to 4, torchvision's order: the rotation samples the flipped resized image,
+// the elastic displacement samples the rotated one).
+
+// Normalised coordinate (2i + 1) / n - 1 of a pixel centre, float64 (reference.pixel_centres).
+C10_HOST_DEVICE inline double pixel_centre(int i, int n) {
+  return (2.0 * static_cast<double>(i) + 1.0) / static_cast<double>(n) - 1.0;
+}
+
+// grid_sample's unnormalisation on the CPU (align_corners=False): (g + 1) * (n / 2) - 0.5.
+C10_HOST_DEVICE inline float unnormalize(float g, int n) {
+  return add_rn(mul_rn(add_rn(g, 1.0f), static_cast<float>(n) / 2.0f), -0.5f);
+}
+
+struct Rotation {
+  bool active;  // an angle of exactly 0 is the identity, bit for bit
+  double cos_a, sin_a;
+};
+
+C10_HOST_DEVICE inline Rotation make_rotation(float angle) {
+  Rotation r;
+  r.active = angle != 0.0f;
+  // math.radians: degrees * (pi / 180) in float64
+  const double a = static_cast<double>(angle) * (3.141592653589793 / 180.0);
+  r.cos_a = ::cos(a);
+  r.sin_a = ::sin(a);
+  return r;
+}
+
+// Source position (in pixels of the S x S image, grid_sample's convention) that rotated output
+// pixel (y, x) samples: reference.rotation_grid in float64, rounded to float32, unnormalised.
+C10_HOST_DEVICE inline void rotation_source(const Rotation& r, int y, int x, int size, float* sx,
+                                            float* sy) {
+  const double half = static_cast<double>(size) / 2.0;
+  const double xc = dmul_rn(pixel_centre(x, size), half);
+  const double yc = dmul_rn(pixel_centre(y, size), half);
+  const double gx = dadd_rn(dmul_rn(r.cos_a, xc), -dmul_rn(r.sin_a, yc)) / half;
+  const double gy = dadd_rn(dmul_rn(r.sin_a, xc), dmul_rn(r.cos_a, yc)) / half;
+  *sx = unnormalize(static_cast<float>(gx), size);
+  *sy = unnormalize(static_cast<float>(gy), size);
+}
+
+// Bilinear corner weights as grid_sample computes them, order nw, ne, sw, se.
+struct Bilinear {
+  int x0, y0;
+  float w[4];
+};
+
+C10_HOST_DEVICE inline Bilinear bilinear_at(float x, float y) {
+  Bilinear b;
+  const float fx = ::floorf(x);
+  const float fy = ::floorf(y);
+  b.x0 = static_cast<int>(fx);
+  b.y0 = static_cast<int>(fy);
+  const float e = x - fx;
+  const float w_ = 1.0f - e;
+  const float s = y - fy;
+  const float n = 1.0f - s;
+  b.w[0] = n * w_;
+  b.w[1] = n * e;
+  b.w[2] = s * w_;
+  b.w[3] = s * e;
+  return b;
+}
+
+C10_HOST_DEVICE inline bool inside(int y, int x, int size) {
+  return y >= 0 && y < size && x >= 0 && x < size;
+}
+
+// Value of the rotated image at integer pixel (y, x). `resized(y, x, rgb)` must write the
+// flipped resized image's pixel (both indices inside [0, size)).
+template <typename Resized>
+C10_HOST_DEVICE inline void rotated_pixel(const Rotation& r, int rot_interp, int y, int x, int size,
+                                          const Resized& resized, float* rgb) {
+  if (!r.active) {
+    resized(y, x, rgb);
+    return;
+  }
+  float sx, sy;
+  rotation_source(r, y, x, size, &sx, &sy);
+  rgb[0] = rgb[1] = rgb[2] = 0.0f;
+  if (rot_interp == kRotNearest) {
+    // round half to even, as grid_sample's nearest
+    const int ix = static_cast<int>(::nearbyintf(sx));
+    const int iy = static_cast<int>(::nearbyintf(sy));
+    if (inside(iy, ix, size)) {
+      resized(iy, ix, rgb);
+    }
+    return;
+  }
+  const Bilinear b = bilinear_at(sx, sy);
+  for (int k = 0; k < 4; ++k) {
+    const int yy = b.y0 + (k >> 1);
+    const int xx = b.x0 + (k & 1);
+    if (inside(yy, xx, size)) {
+      float v[3];
+      resized(yy, xx, v);
+      rgb[0] += b.w[k] * v[0];
+      rgb[1] += b.w[k] * v[1];
+      rgb[2] += b.w[k] * v[2];
+    }
+  }
+}
+
+// The geometry value of output pixel (y, x): elastic displacement (dx, dy in normalised units,
+// ignored unless `elastic`) sampled bilinearly from the rotated image, zeros outside.
+template <typename Resized>
+C10_HOST_DEVICE inline void geometry_pixel(const Rotation& r, int rot_interp, bool elastic, float dx,
+                                           float dy, int y, int x, int size,
+                                           const Resized& resized, float* rgb) {
+  if (!elastic) {
+    rotated_pixel(r, rot_interp, y, x, size, resized, rgb);
+    return;
+  }
+  const float gx = static_cast<float>(pixel_centre(x, size)) + dx;
+  const float gy = static_cast<float>(pixel_centre(y, size)) + dy;
+  const Bilinear b = bilinear_at(unnormalize(gx, size), unnormalize(gy, size));
+  rgb[0] = rgb[1] = rgb[2] = 0.0f;
+  for (int k = 0; k < 4; ++k) {
+    const int yy = b.y0 + (k >> 1);
+    const int xx = b.x0 + (k & 1);
+    if (inside(yy, xx, size)) {
+      float v[3];
+      rotated_pixel(r, rot_interp, yy, xx, size, resized, v);
+      rgb[0] += b.w[k] * v[0];
+      rgb[1] += b.w[k] * v[1];
+      rgb[2] += b.w[k] * v[2];
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Colour (reference steps 5 to 9), pointwise on one RGB pixel.
+
+C10_HOST_DEVICE inline float clamp01(float x) {
+  return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x);
+}
+
+C10_HOST_DEVICE inline float grayscale(const float* rgb) {
+  return 0.299f * rgb[0] + 0.587f * rgb[1] + 0.114f * rgb[2];
+}
+
+C10_HOST_DEVICE inline void adjust_brightness(float* rgb, float f) {
+  for (int c = 0; c < 3; ++c) {
+    rgb[c] = clamp01(rgb[c] * f);
+  }
+}
+
+// mean: the image's mean grayscale at the point where contrast is applied.
+C10_HOST_DEVICE inline void adjust_contrast(float* rgb, float f, float mean) {
+  for (int c = 0; c < 3; ++c) {
+    rgb[c] = clamp01((rgb[c] - mean) * f + mean);
+  }
+}
+
+C10_HOST_DEVICE inline void adjust_saturation(float* rgb, float f) {
+  const float g = grayscale(rgb);
+  for (int c = 0; c < 3; ++c) {
+    rgb[c] = clamp01(g + f * (rgb[c] - g));
+  }
+}
+
+// torchvision's _rgb2hsv, hue shifted modulo 1, then _hsv2rgb.
+C10_HOST_DEVICE inline void adjust_hue(float* rgb, float shift) {
+  const float r = rgb[0], g = rgb[1], b = rgb[2];
+  const float maxc = ::fmaxf(r, ::fmaxf(g, b));
+  const float minc = ::fminf(r, ::fminf(g, b));
+  const float delta = maxc - minc;
+  const bool flat = delta == 0.0f;
+  const float s = delta / (flat ? 1.0f : maxc);
+  const float d = flat ? 1.0f : delta;
+  const float rc = (maxc - r) / d;
+  const float gc = (maxc - g) / d;
+  const float bc = (maxc - b) / d;
+  float h = maxc == r ? bc - gc : (maxc == g ? 2.0f + rc - bc : 4.0f + gc - rc);
+  h = ::fmodf(h / 6.0f + 1.0f, 1.0f);
+  h += shift;
+  h = h - ::floorf(h);  // torch.remainder(h, 1)
+  const float v = maxc;
+  const float h6 = h * 6.0f;
+  const float i = ::floorf(h6);
+  const float f = h6 - i;
+  int sector = static_cast<int>(i) % 6;
+  sector = sector < 0 ? sector + 6 : sector;
+  const float p = clamp01(v * (1.0f - s));
+  const float q = clamp01(v * (1.0f - s * f));
+  const float t = clamp01(v * (1.0f - s * (1.0f - f)));
+  float out_r, out_g, out_b;
+  switch (sector) {
+    case 0: out_r = v; out_g = t; out_b = p; break;
+    case 1: out_r = q; out_g = v; out_b = p; break;
+    case 2: out_r = p; out_g = v; out_b = t; break;
+    case 3: out_r = p; out_g = q; out_b = v; break;
+    case 4: out_r = t; out_g = p; out_b = v; break;
+    default: out_r = v; out_g = p; out_b = q; break;
+  }
+  rgb[0] = clamp01(out_r);
+  rgb[1] = clamp01(out_g);
+  rgb[2] = clamp01(out_b);
+}
+
+C10_HOST_DEVICE inline void jitter_op(float* rgb, int op, float factor, float mean) {
+  switch (op) {
+    case kOpBrightness: adjust_brightness(rgb, factor); break;
+    case kOpContrast: adjust_contrast(rgb, factor, mean); break;
+    case kOpSaturation: adjust_saturation(rgb, factor); break;
+    default: adjust_hue(rgb, factor); break;
+  }
+}
+
+// Pass 1 colour: the jitter ops before contrast. Returns the grayscale that contrast's mean sums.
+C10_HOST_DEVICE inline float colour_pre(const ViewParams& v, float* rgb) {
+  for (int k = 0; k < v.n_pre; ++k) {
+    jitter_op(rgb, v.order[k], v.factor[v.order[k]], 0.0f);
+  }
+  return grayscale(rgb);
+}
+
+// Pass 2 colour: contrast (with the image mean) and the jitter ops after it, then grayscale.
+C10_HOST_DEVICE inline void colour_post(const ViewParams& v, float mean, float* rgb) {
+  if (v.jitter) {
+    for (int k = v.n_pre; k < 4; ++k) {
+      jitter_op(rgb, v.order[k], v.factor[v.order[k]], mean);
+    }
+  }
+  if (v.grayscale) {
+    const float g = grayscale(rgb);
+    rgb[0] = rgb[1] = rgb[2] = g;
+  }
+}
+
+C10_HOST_DEVICE inline float solarize(float x) {
+  return x >= 0.5f ? 1.0f - x : x;
+}
+
+C10_HOST_DEVICE inline float normalise(float x, float mean, float std) {
+  return (x - mean) / std;
+}
+
+}  // namespace augment
+}  // namespace clever_kernels

@@ -1,0 +1,105 @@
+"""Robustness: a run stopped mid-epoch (by --max-steps or by SIGKILL) and resumed reaches the
+same weights, bit for bit, as an uninterrupted run; a non-finite loss stops the run naming the
+step and the loss part and leaves the last good checkpoint intact."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from clever_kernels.train.checkpoint import load_checkpoint
+from clever_kernels.train.cli import EXIT_NON_FINITE, train_main
+from train_helpers import REPO, TINY_RUN, assert_state_equal, cli_env, make_image_folder
+
+STEPS_PER_EPOCH = 4  # 32 training images, batches of 8
+EPOCHS = 3
+COMPARED = ("student", "teacher", "optimizer", "loss", "scaler")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("digits") / "tree", per_class=10)
+
+
+def _argv(folder, out, *extra):
+    return TINY_RUN + ["--method", "clever", "--data", folder, "--epochs", str(EPOCHS), "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def reference(folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    assert train_main(_argv(folder, out)) == 0
+    return load_checkpoint(str(out / "checkpoint.pt"))
+
+
+def _assert_same_as(reference, out):
+    state = load_checkpoint(str(out / "checkpoint.pt"))
+    assert state["step"] == reference["step"] == EPOCHS * STEPS_PER_EPOCH
+    for key in COMPARED:
+        assert_state_equal(reference[key], state[key], key)
+    steps = [json.loads(line)["step"] for line in open(out / "log.jsonl") if '"type": "step"' in line]
+    assert steps == list(range(EPOCHS * STEPS_PER_EPOCH)), "replayed steps must replace their first records"
+
+
+def test_stop_mid_epoch_then_resume(folder, reference, tmp_path):
+    assert train_main(_argv(folder, tmp_path, "--max-steps", "6", "--ckpt-every", "4")) == 0
+    stopped = load_checkpoint(str(tmp_path / "checkpoint.pt"))
+    assert (stopped["epoch"], stopped["iteration"], stopped["step"]) == (1, 2, 6)
+    assert train_main(_argv(folder, tmp_path, "--resume")) == 0
+    _assert_same_as(reference, tmp_path)
+
+
+def test_kill_then_resume(folder, reference, tmp_path):
+    log = tmp_path / "log.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "clever_kernels.train",
+                             *_argv(folder, tmp_path, "--ckpt-every", "3")],
+                            cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 90
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if log.exists() and sum(1 for line in open(log) if '"type": "step"' in line) >= 7:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.005)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL, f"the run ended on its own before the kill: {proc.stderr.read()}"
+    proc.stderr.close()
+    killed = load_checkpoint(str(tmp_path / "checkpoint.pt"))
+    assert 6 <= killed["step"] < EPOCHS * STEPS_PER_EPOCH
+    assert train_main(_argv(folder, tmp_path, "--resume")) == 0
+    _assert_same_as(reference, tmp_path)
+
+
+def _finite(state):
+    return all(torch.isfinite(t).all() for t in state["student"].values() if t.is_floating_point())
+
+
+def test_nan_stops_and_keeps_last_good_checkpoint(folder, reference, tmp_path, capsys):
+    code = train_main(_argv(folder, tmp_path, "--ckpt-every", "1", "--inject-nan", "5:DVR"))
+    assert code == EXIT_NON_FINITE
+    message = capsys.readouterr().err
+    assert "step 5" in message and "DVR = nan" in message and "checkpoint" in message
+    state = load_checkpoint(str(tmp_path / "checkpoint.pt"))
+    assert state["step"] == 5 and _finite(state)
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "log.jsonl") if '"type": "step"' in line]
+    assert steps == [0, 1, 2, 3, 4]
+    # the kept checkpoint is the true state after step 4: resuming from it finishes the run exactly
+    assert train_main(_argv(folder, tmp_path, "--resume")) == 0
+    _assert_same_as(reference, tmp_path)
+
+
+def test_divergence_is_caught(folder, tmp_path, capsys):
+    code = train_main(_argv(folder, tmp_path, "--ckpt-every", "1", "--lr", "1e37", "--warmup-epochs", "0"))
+    assert code == EXIT_NON_FINITE
+    message = capsys.readouterr().err
+    assert "non-finite" in message and "step" in message
+    assert any(part in message for part in ("total", "DIR", "DVR", "reg", "weights"))
+    state = load_checkpoint(str(tmp_path / "checkpoint.pt"))
+    assert _finite(state)

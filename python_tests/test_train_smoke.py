@@ -1,0 +1,58 @@
+"""A few training steps of each method on a tiny ImageFolder of real digits: the loss is
+finite, and the checkpoint, the log and the captured augmentation parameters are written."""
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from clever_kernels.train.checkpoint import load_checkpoint
+from clever_kernels.train.cli import train_main
+from train_helpers import TINY_RUN, make_image_folder, run_cli
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("digits") / "tree", per_class=10)
+
+
+@pytest.mark.parametrize("method", ["dino", "clever"])
+def test_few_steps(method, folder, tmp_path):
+    out = tmp_path / method
+    code = train_main(TINY_RUN + ["--method", method, "--data", folder, "--epochs", "2", "--max-steps", "3",
+                                  "--save-params", "--out", str(out)])
+    assert code == 0
+    records = [json.loads(line) for line in open(out / "log.jsonl")]
+    steps = [r for r in records if r["type"] == "step"]
+    assert [r["step"] for r in steps] == [0, 1, 2]
+    parts = ("total", "DIR", "DVR", "reg") if method == "clever" else ("total", "DIR")
+    for r in steps:
+        assert all(math.isfinite(r[p]) for p in parts)
+        assert 0 <= r["aug_share"] <= 1 and r["img_per_s"] > 0 and r["lr"] >= 0
+    assert ("DVR" in steps[0]) == (method == "clever")
+
+    state = load_checkpoint(str(out / "checkpoint.pt"))
+    assert state["step"] == 3 and state["epoch"] == 0 and state["iteration"] == 3
+    assert set(state) >= {"student", "teacher", "optimizer", "loss", "scaler", "rng", "args"}
+    assert ("center2" in state["loss"]) == (method == "clever")
+    assert state["args"]["method"] == method
+
+    files = sorted(os.listdir(out / "params"))
+    assert files == ["step00000000.pt", "step00000001.pt", "step00000002.pt"]
+    record = torch.load(out / "params" / files[1])
+    assert record["step"] == 1 and record["ids"].shape == (8,)
+    assert len(record["views"]) == 4 and record["sizes"] == [32, 32, 16, 16]
+    angle = record["columns"].index("angle")
+    assert record["views"][0].shape == (8, len(record["columns"]))
+    # CAug rotates every view by an angle in (-90, 90)
+    angles = torch.cat([v[:, angle] for v in record["views"]])
+    assert angles.abs().max() <= 90 and angles.abs().min() > 0
+
+
+def test_module_entry_point(folder, tmp_path):
+    done = run_cli("clever_kernels.train", TINY_RUN + ["--method", "clever", "--data", folder, "--epochs", "1",
+                                                       "--max-steps", "1", "--out", str(tmp_path / "cli")])
+    assert done.returncode == 0, done.stderr
+    assert os.path.exists(tmp_path / "cli" / "checkpoint.pt")
+    assert "--method" in run_cli("clever_kernels.train", ["--help"]).stdout
