@@ -1,10 +1,10 @@
-"""Runs benchmarks: `python -m bench [loss] [--device cuda|cpu] [--quick]`."""
+"""Runs benchmarks: `python -m bench [loss] [augment] [--device cuda|cpu] [--quick]`."""
 import argparse
 import importlib
 
 import torch
 
-BENCHMARKS = ("loss",)
+BENCHMARKS = ("loss", "augment")
 
 
 def main():

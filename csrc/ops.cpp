@@ -35,6 +35,26 @@ TORCH_LIBRARY(clever_kernels, m) {
       "dvr_loss_bwd(Tensor student, Tensor teacher, Tensor center, Tensor lse_student, "
       "Tensor lse_teacher, Tensor u, Tensor z, int ncrops, float student_temp, "
       "float teacher_temp) -> Tensor");
+
+  // Augmentation: every view of one output size for a batch (clever_kernels/augment/_fused.py
+  // builds the arguments; pixel semantics: clever_kernels/reference/augment.py::render, in every
+  // mode, antialias=False included). All tensors contiguous and on one device.
+  //   pixels     uint8 (P,): the B source images packed back to back, each (C, H_i, W_i)
+  //   offsets    int64 (B,): where image i starts in pixels
+  //   sizes      int64 (B, 2): (H_i, W_i)
+  //   channels   1 or 3 (shared by every image; 1 is replicated to RGB)
+  //   iparams    int64 (N, 15) per output: image index, top, left, height, width, flip, elastic,
+  //              elastic_seed (uint32), jitter, order0..order3, grayscale, solarize
+  //   fparams    float32 (N, 8) per output: angle (degrees), brightness, contrast, saturation,
+  //              hue, blur_sigma (0: no blur), elastic_alpha, elastic_sigma
+  //   size       output side S; mean, std: 3 values each, applied to [0, 1] pixels
+  //   interpolation 0 bicubic, 1 bilinear (resize); rotation_interpolation 0 nearest, 1 bilinear
+  //   out_dtype  float32, float16 or bfloat16; channels_last: NHWC memory format
+  // Returns (N, 3, S, S). Not differentiable: fparams must not require grad.
+  m.def(
+      "render_views(Tensor pixels, Tensor offsets, Tensor sizes, int channels, Tensor iparams, "
+      "Tensor fparams, int size, float[] mean, float[] std, bool antialias, int interpolation, "
+      "int rotation_interpolation, ScalarType out_dtype, bool channels_last) -> Tensor");
 }
 
 namespace {

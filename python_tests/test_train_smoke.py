@@ -50,6 +50,17 @@ def test_few_steps(method, folder, tmp_path):
     assert angles.abs().max() <= 90 and angles.abs().min() > 0
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precision(precision, folder, tmp_path):
+    assert train_main(TINY_RUN + ["--method", "clever", "--data", folder, "--epochs", "1", "--max-steps", "2",
+                                  "--precision", precision, "--num-workers", "1", "--out", str(tmp_path)]) == 0
+    steps = [json.loads(line) for line in open(tmp_path / "log.jsonl") if '"type": "step"' in line]
+    assert len(steps) == 2 and all(math.isfinite(r["total"]) for r in steps)
+    state = load_checkpoint(str(tmp_path / "checkpoint.pt"))
+    assert all(t.dtype == torch.float32 for t in state["student"].values() if t.is_floating_point())
+    assert bool(state["scaler"]) == (precision == "fp16")
+
+
 def test_module_entry_point(folder, tmp_path):
     done = run_cli("clever_kernels.train", TINY_RUN + ["--method", "clever", "--data", folder, "--epochs", "1",
                                                        "--max-steps", "1", "--out", str(tmp_path / "cli")])

@@ -71,12 +71,24 @@ def _rank_worker(rank, world, port, argv, result_dir):
                 "step": result["step"]}, os.path.join(result_dir, f"rank{rank}.pt"))
 
 
-def run_two_ranks(argv, result_dir):
+def run_two_ranks(argv, result_dir, timeout=120):
     """Trains with `argv` on two gloo ranks (spawned processes, as torchrun would start them);
-    returns each rank's final {"teacher", "student", "step"}."""
+    returns each rank's final {"teacher", "student", "step"}. A rank that hangs fails the test
+    after `timeout` seconds instead of blocking the suite."""
+    import time
+
     import torch.multiprocessing as mp
 
-    mp.start_processes(_rank_worker, args=(2, free_port(), argv, str(result_dir)), nprocs=2, start_method="spawn")
+    argv = list(argv) + ["--dist-timeout", str(timeout)]
+    context = mp.start_processes(_rank_worker, args=(2, free_port(), argv, str(result_dir)), nprocs=2,
+                                 start_method="spawn", join=False)
+    deadline = time.time() + timeout
+    while not context.join(timeout=1):
+        if time.time() > deadline:
+            for process in context.processes:
+                if process.is_alive():
+                    process.kill()
+            raise TimeoutError(f"two-rank training did not finish in {timeout} s")
     return [torch.load(os.path.join(result_dir, f"rank{r}.pt")) for r in range(2)]
 
 

@@ -100,6 +100,8 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--ckpt-every", type=int, default=0, help="also checkpoint every N steps (0: per epoch only)")
     g.add_argument("--max-steps", type=_positive_int, default=None, help="stop after this many steps (smoke tests)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--dist-timeout", type=float, default=1800.0,
+                   help="seconds a rank waits for the others in a collective before giving up")
     g.add_argument("--compare", action="store_true",
                    help="run the DINO vs CLeVER comparison instead (python -m clever_kernels.train.compare --help)")
     # A fault injector for the robustness tests: STEP[:PART] makes that loss part NaN at STEP.
@@ -121,7 +123,7 @@ def train_main(argv: Optional[List[str]] = None) -> int:
     except NonFiniteLoss as exc:
         print(f"clever-train: {exc}", file=sys.stderr)
         return EXIT_NON_FINITE
-    if not args.no_progress:
+    if not args.no_progress and result["rank"] == 0:
         print(f"clever-train: {result['step']} steps done, checkpoint {result['checkpoint']}", file=sys.stderr)
     return 0
 
@@ -158,7 +160,8 @@ def eval_main(argv: Optional[List[str]] = None) -> int:
 def plot_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="clever-plot", description="Loss curves of training runs and their evaluation results, to PNG.")
-    p.add_argument("runs", nargs="+", help="run directories (holding log.jsonl and eval_*.json) or comparison JSON files")
+    p.add_argument("runs", nargs="+",
+                   help="run directories (holding log.jsonl and eval_*.json) or comparison JSON files")
     p.add_argument("--out", default="curves.png")
     return p
 

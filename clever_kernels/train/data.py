@@ -203,7 +203,8 @@ class EpochSampler(torch.utils.data.Sampler):
 
     def __init__(self, size: int, batch_size: int, num_replicas: int = 1, rank: int = 0, seed: int = 0):
         if batch_size < 1 or num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise ValueError(f"bad sampler arguments: batch_size={batch_size}, num_replicas={num_replicas}, rank={rank}")
+            raise ValueError(f"bad sampler arguments: batch_size={batch_size}, num_replicas={num_replicas}, "
+                             f"rank={rank}")
         self.size, self.batch_size = size, batch_size
         self.num_replicas, self.rank, self.seed = num_replicas, rank, seed
         self.batches_per_epoch = (size // num_replicas) // batch_size
@@ -231,9 +232,13 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 def make_loader(dataset, sampler: Optional[EpochSampler], batch_size: int, num_workers: int,
-                pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """A loader of ragged uint8 batches (see collate_ragged); sampler None reads in order."""
+                pin_memory: bool = False, seed: int = 0) -> torch.utils.data.DataLoader:
+    """A loader of ragged uint8 batches (see collate_ragged); sampler None reads in order.
+
+    The loader gets a private generator: DataLoader draws a worker base seed at every epoch,
+    and from the global RNG that draw would make the global RNG stream depend on how many
+    epochs (and resumptions) a run has been through."""
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=sampler is not None,
         num_workers=num_workers, collate_fn=collate_ragged, pin_memory=pin_memory,
-        persistent_workers=False)
+        persistent_workers=False, generator=torch.Generator().manual_seed(seed))

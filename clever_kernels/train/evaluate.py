@@ -172,7 +172,8 @@ def markdown_table(result: Dict) -> str:
     """One evaluation as a markdown table: rows full / IR / EF, columns Top1-Ori,
     Top1-Ori+CJ+R and the rotation R^2."""
     nominal = " (nominal split: DINO trains none)" if result.get("split_nominal") else ""
-    lines = [f"{result['method']} {result['arch']} ({result['which']}, {result['data']}, step {result['step']}){nominal}",
+    lines = [f"{result['method']} {result['arch']} ({result['which']}, {result['data']}, "
+             f"step {result['step']}){nominal}",
              "",
              "| feature | dims | Top1-Ori (%) | Top1-Ori+CJ+R (%) | rotation R^2 |",
              "|---|---:|---:|---:|---:|"]

@@ -8,6 +8,7 @@ teacher follows the student by EMA. Everything a step depends on is a function o
 so a run resumed from a mid-epoch checkpoint replays the remaining batches exactly.
 """
 import contextlib
+import datetime
 import json
 import math
 import os
@@ -20,6 +21,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from ..augment import MultiCrop
+from ..loss import CLeVERLoss, DINOLoss
 from . import checkpoint as ckpt_io
 from .data import EpochSampler, load_split, make_loader
 from .models import build_backbone, build_model, has_batchnorm
@@ -65,17 +68,13 @@ def build_network(args: Namespace) -> nn.Module:
                        norm_last_layer=args.norm_last_layer)
 
 
-def build_multicrop(args: Namespace):
-    from ..augment import MultiCrop
-
+def build_multicrop(args: Namespace) -> MultiCrop:
     return MultiCrop(preset=args.aug, n_local=args.n_local, global_size=args.global_size,
                      local_size=args.local_size, global_scale=tuple(args.global_scale),
                      local_scale=tuple(args.local_scale), seed=args.seed)
 
 
 def build_loss(args: Namespace) -> nn.Module:
-    from ..loss import CLeVERLoss, DINOLoss
-
     common = dict(ncrops=2 + args.n_local, warmup_teacher_temp=args.warmup_teacher_temp,
                   teacher_temp=args.teacher_temp, warmup_teacher_temp_epochs=args.warmup_teacher_temp_epochs,
                   nepochs=args.epochs, student_temp=args.student_temp, center_momentum=args.center_momentum,
@@ -88,7 +87,7 @@ def build_loss(args: Namespace) -> nn.Module:
 class _Distributed:
     """torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) or a single process."""
 
-    def __init__(self, device: str):
+    def __init__(self, device: str, timeout_s: float = 1800.0):
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -99,7 +98,8 @@ class _Distributed:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         if self.world_size > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo",
+                                    timeout=datetime.timedelta(seconds=timeout_s))
             self.owns_group = True
         self.active = self.world_size > 1
 
@@ -145,6 +145,12 @@ def _all_finite(module: nn.Module) -> bool:
     return bool(torch.stack(flags).all()) if flags else True
 
 
+def _progress_text(record: Dict) -> str:
+    dvr = f" DVR {record['DVR']:.4f}" if "DVR" in record else ""
+    return (f"loss {record['total']:.4f} DIR {record['DIR']:.4f}{dvr} lr {record['lr']:.2e} "
+            f"{record['img_per_s']:.0f} img/s aug {100 * record['aug_share']:.0f}%")
+
+
 def _rewrite_log(path: str, keep_before_step: int, keep_before_epoch: int) -> None:
     """On resume, drop the log records of the steps that will be replayed."""
     if not os.path.exists(path):
@@ -182,10 +188,10 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.dist = _Distributed(device)
+        self.dist = _Distributed(device, args.dist_timeout)
         self.device = self.dist.device
         if args.precision == "fp16" and self.device.type == "cpu":
-            print("clever-train: fp16 on the CPU is slow and only emulated; bf16 is the CPU's half type",
+            print("clever-train: fp16 autocast on the CPU is usually slower than bf16, the CPU's half type",
                   file=sys.stderr)
         self.out = args.out
         self.ckpt_path = os.path.join(self.out, CHECKPOINT_NAME)
@@ -198,10 +204,8 @@ class Trainer:
         self.sampler = EpochSampler(len(self.dataset), args.batch_size, self.dist.world_size, self.dist.rank,
                                     seed=args.seed)
         self.niter = self.sampler.batches_per_epoch
-        # A private generator keeps the loader from drawing on the global RNG at every epoch.
         self.loader = make_loader(self.dataset, self.sampler, args.batch_size, args.num_workers,
-                                  pin_memory=self.device.type == "cuda")
-        self.loader.generator = torch.Generator().manual_seed(args.seed)
+                                  pin_memory=self.device.type == "cuda", seed=args.seed)
 
         torch.manual_seed(args.seed)
         student = build_network(args)
@@ -356,10 +360,10 @@ class Trainer:
             with open(os.path.join(self.out, "args.json"), "w") as f:
                 json.dump(vars(args), f, indent=1, sort_keys=True, default=str)
         log = open(self.log_path, "a") if self.dist.main else None
-        step = self.start_epoch * self.niter + self.start_iter
-        stopped_early = False
+        steps_done = self.start_epoch * self.niter + self.start_iter
+        stopped_early = args.max_steps is not None and steps_done >= args.max_steps
         try:
-            for epoch in range(self.start_epoch, args.epochs):
+            for epoch in range(self.start_epoch, args.epochs if not stopped_early else 0):
                 skip = self.start_iter if epoch == self.start_epoch else 0
                 self.sampler.set_epoch(epoch, skip)
                 bar = tqdm(total=self.niter, initial=skip, desc=f"{args.method} {epoch + 1}/{args.epochs}",
@@ -370,15 +374,12 @@ class Trainer:
                 for iteration, (images, _, ids) in enumerate(self.loader, start=skip):
                     step = epoch * self.niter + iteration
                     record = self._step(images, ids, epoch, iteration, step, tick)
+                    steps_done = step + 1
                     for key in ("total", "DIR", "DVR", "reg"):
                         if key in record:
                             sums[key] = sums.get(key, 0.0) + record[key]
                     count += 1
-                    bar.set_postfix_str(
-                        f"loss {record['total']:.4f} DIR {record['DIR']:.4f}"
-                        + (f" DVR {record['DVR']:.4f}" if "DVR" in record else "")
-                        + f" lr {record['lr']:.2e} {record['img_per_s']:.0f} img/s aug {100 * record['aug_share']:.0f}%",
-                        refresh=False)
+                    bar.set_postfix_str(_progress_text(record), refresh=False)
                     bar.update(1)
                     if log is not None:
                         log.write(json.dumps({"type": "step", **record}) + "\n")
@@ -394,7 +395,7 @@ class Trainer:
                 bar.close()
                 if count and log is not None:
                     summary = {k: v / count for k, v in sums.items()}
-                    log.write(json.dumps({"type": "epoch", "epoch": epoch, "step": step, **summary,
+                    log.write(json.dumps({"type": "epoch", "epoch": epoch, "step": steps_done, **summary,
                                           "seconds": time.perf_counter() - epoch_start}) + "\n")
                     log.flush()
                 if count and iteration + 1 == self.niter:
@@ -405,7 +406,8 @@ class Trainer:
             if log is not None:
                 log.close()
         self.dist.barrier()
-        return {"out": self.out, "checkpoint": self.ckpt_path, "log": self.log_path, "step": step + 1,
+        return {"out": self.out, "checkpoint": self.ckpt_path, "log": self.log_path, "step": steps_done,
+                "rank": self.dist.rank,
                 "stopped_early": stopped_early, "student": self.student_module, "teacher": self.teacher}
 
     def _step(self, images, ids, epoch: int, iteration: int, step: int, tick: float) -> Dict:

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "clever_kernels/augment_pixel.h"
+#include "clever_kernels/render_views_args.h"
 
 namespace clever_kernels {
 namespace {
@@ -30,55 +31,8 @@ using at::Tensor;
 using namespace augment;
 
 // ----------------------------------------------------------------------------------------------
-// Argument checks shared in spirit with the CUDA side (which cannot read values without a sync).
-
-void check_common(const Tensor& pixels, const Tensor& offsets, const Tensor& sizes, int64_t channels,
-                  const Tensor& iparams, const Tensor& fparams, int64_t size, at::ArrayRef<double> mean,
-                  at::ArrayRef<double> std, int64_t interpolation, int64_t rotation_interpolation,
-                  at::ScalarType out_dtype) {
-  TORCH_CHECK(pixels.scalar_type() == at::kByte && pixels.dim() == 1,
-              "render_views: pixels must be a flat uint8 tensor, got ", pixels.scalar_type(), " of shape ",
-              pixels.sizes());
-  TORCH_CHECK(pixels.is_contiguous(), "render_views: pixels must be contiguous");
-  TORCH_CHECK(offsets.scalar_type() == at::kLong && offsets.dim() == 1 && offsets.size(0) >= 1,
-              "render_views: offsets must be an int64 tensor of shape (B,), B >= 1, got ", offsets.scalar_type(),
-              " of shape ", offsets.sizes());
-  const int64_t batch = offsets.size(0);
-  TORCH_CHECK(sizes.scalar_type() == at::kLong && sizes.dim() == 2 && sizes.size(0) == batch &&
-                  sizes.size(1) == 2,
-              "render_views: sizes must be an int64 tensor of shape (B, 2) = (", batch, ", 2), got ",
-              sizes.scalar_type(), " of shape ", sizes.sizes());
-  TORCH_CHECK(channels == 1 || channels == 3, "render_views: channels must be 1 or 3, got ", channels);
-  TORCH_CHECK(iparams.scalar_type() == at::kLong && iparams.dim() == 2 && iparams.size(1) == kNumIParams,
-              "render_views: iparams must be an int64 tensor of shape (N, ", int(kNumIParams), "), got ",
-              iparams.scalar_type(), " of shape ", iparams.sizes());
-  TORCH_CHECK(fparams.scalar_type() == at::kFloat && fparams.dim() == 2 && fparams.size(1) == kNumFParams &&
-                  fparams.size(0) == iparams.size(0),
-              "render_views: fparams must be a float32 tensor of shape (N, ", int(kNumFParams),
-              ") with N = iparams.size(0) = ", iparams.size(0), ", got ", fparams.scalar_type(), " of shape ",
-              fparams.sizes());
-  TORCH_CHECK(!fparams.requires_grad(),
-              "render_views: fparams requires grad; augmentation is not differentiable (detach the parameters)");
-  for (const auto& t : {&offsets, &sizes, &iparams, &fparams}) {
-    TORCH_CHECK(t->device() == pixels.device(), "render_views: offsets, sizes, iparams and fparams must be on "
-                "pixels' device ", pixels.device(), ", got ", t->device());
-  }
-  TORCH_CHECK(offsets.is_contiguous(), "render_views: offsets must be contiguous");
-  TORCH_CHECK(sizes.is_contiguous(), "render_views: sizes must be contiguous");
-  TORCH_CHECK(iparams.is_contiguous(), "render_views: iparams must be contiguous");
-  TORCH_CHECK(fparams.is_contiguous(), "render_views: fparams must be contiguous");
-  TORCH_CHECK(size >= 1 && size <= 8192, "render_views: size must be in [1, 8192], got ", size);
-  TORCH_CHECK(mean.size() == 3, "render_views: mean must have 3 values, got ", mean.size());
-  TORCH_CHECK(std.size() == 3 && std[0] > 0 && std[1] > 0 && std[2] > 0,
-              "render_views: std must have 3 values > 0, got ", std);
-  TORCH_CHECK(interpolation == kBicubic || interpolation == kBilinear,
-              "render_views: interpolation must be 0 (bicubic) or 1 (bilinear), got ", interpolation);
-  TORCH_CHECK(rotation_interpolation == kRotNearest || rotation_interpolation == kRotBilinear,
-              "render_views: rotation_interpolation must be 0 (nearest) or 1 (bilinear), got ",
-              rotation_interpolation);
-  TORCH_CHECK(out_dtype == at::kFloat || out_dtype == at::kHalf || out_dtype == at::kBFloat16,
-              "render_views: out_dtype must be float32, float16 or bfloat16, got ", out_dtype);
-}
+// Value checks, CPU only: the CUDA side cannot read the tables without a host sync, and the Python
+// layer has already checked the same things.
 
 void check_values(const Tensor& pixels, const Tensor& offsets, const Tensor& sizes, int64_t channels,
                   const Tensor& iparams, const Tensor& fparams) {
@@ -206,13 +160,16 @@ void blur_planes(float* data, int planes, int size, int radius, float sigma, Scr
       for (int p = 0; p < size + 2 * radius; ++p) {
         sc.line[p] = src[sc.pad_index[p]];
       }
+      // taps outermost so that the loop over x vectorises; each dst[x] still sums its taps in
+      // ascending order
       float* dst = sc.tmp.data() + c * plane + static_cast<size_t>(y) * size;
-      for (int x = 0; x < size; ++x) {
-        float acc = 0.0f;
-        for (int t = 0; t < width; ++t) {
-          acc += w[t] * sc.line[x + t];
+      std::fill(dst, dst + size, 0.0f);
+      for (int t = 0; t < width; ++t) {
+        const float wt = w[t];
+        const float* src_t = sc.line.data() + t;
+        for (int x = 0; x < size; ++x) {
+          dst[x] += wt * src_t[x];
         }
-        dst[x] = acc;
       }
     }
     for (int y = 0; y < size; ++y) {
@@ -232,9 +189,7 @@ void blur_planes(float* data, int planes, int size, int radius, float sigma, Scr
 // Reference step 1 (+ flip): the crop resized to S x S, clamped, stored mirrored when flipped.
 void resize_crop(const Job& job, const ViewParams& v, Scratch& sc) {
   const int S = job.size;
-  const int64_t height = job.sizes[2 * v.image + 1 - 1];
   const int64_t width = job.sizes[2 * v.image + 1];
-  (void)height;
   const int ch = static_cast<int>(v.height);
   sc.xs.build(static_cast<int>(v.width), S, job.bicubic, job.antialias);
   sc.ys.build(ch, S, job.bicubic, job.antialias);
@@ -379,7 +334,7 @@ Tensor render_views_cpu(const Tensor& pixels, const Tensor& offsets, const Tenso
                         const Tensor& iparams, const Tensor& fparams, int64_t size, at::ArrayRef<double> mean,
                         at::ArrayRef<double> std, bool antialias, int64_t interpolation,
                         int64_t rotation_interpolation, at::ScalarType out_dtype, bool channels_last) {
-  check_common(pixels, offsets, sizes, channels, iparams, fparams, size, mean, std, interpolation,
+  check_render_views_args(pixels, offsets, sizes, channels, iparams, fparams, size, mean, std, interpolation,
                rotation_interpolation, out_dtype);
   check_values(pixels, offsets, sizes, channels, iparams, fparams);
   const int64_t n = iparams.size(0);

@@ -133,6 +133,34 @@ C10_HOST_DEVICE inline double dadd_rn(double a, double b) {
 #endif
 }
 
+// floor and round-half-to-even without libm: baseline x86-64 (SSE2) has no rounding instruction,
+// so std::floor and std::nearbyint are calls, and they sit in every pixel's inner maths. Both are
+// exact for |x| < 2^22 (pixel coordinates and hue values, far inside that range); larger floats
+// are integers already.
+C10_HOST_DEVICE inline float floor_exact(float x) {
+#ifdef __CUDA_ARCH__
+  return ::floorf(x);
+#else
+  if (!(::fabsf(x) < 4194304.0f)) {
+    return x;
+  }
+  const float t = static_cast<float>(static_cast<int>(x));
+  return t > x ? t - 1.0f : t;
+#endif
+}
+
+C10_HOST_DEVICE inline float round_half_even(float x) {
+#ifdef __CUDA_ARCH__
+  return ::nearbyintf(x);
+#else
+  if (!(::fabsf(x) < 4194304.0f)) {
+    return x;
+  }
+  // 1.5 * 2^23: the sum's last mantissa bit is the units digit, rounded half to even
+  return add_rn(add_rn(x, 12582912.0f), -12582912.0f);
+#endif
+}
+
 // ------------------------------------------------------------------------------------------------
 // Counter-based hash (clever_kernels/augment/rng.py).
 
@@ -382,8 +410,8 @@ struct Bilinear {
 
 C10_HOST_DEVICE inline Bilinear bilinear_at(float x, float y) {
   Bilinear b;
-  const float fx = ::floorf(x);
-  const float fy = ::floorf(y);
+  const float fx = floor_exact(x);
+  const float fy = floor_exact(y);
   b.x0 = static_cast<int>(fx);
   b.y0 = static_cast<int>(fy);
   const float e = x - fx;
@@ -415,8 +443,8 @@ C10_HOST_DEVICE inline void rotated_pixel(const Rotation& r, int rot_interp, int
   rgb[0] = rgb[1] = rgb[2] = 0.0f;
   if (rot_interp == kRotNearest) {
     // round half to even, as grid_sample's nearest
-    const int ix = static_cast<int>(::nearbyintf(sx));
-    const int iy = static_cast<int>(::nearbyintf(sy));
+    const int ix = static_cast<int>(round_half_even(sx));
+    const int iy = static_cast<int>(round_half_even(sy));
     if (inside(iy, ix, size)) {
       resized(iy, ix, rgb);
     }
@@ -507,12 +535,14 @@ C10_HOST_DEVICE inline void adjust_hue(float* rgb, float shift) {
   const float gc = (maxc - g) / d;
   const float bc = (maxc - b) / d;
   float h = maxc == r ? bc - gc : (maxc == g ? 2.0f + rc - bc : 4.0f + gc - rc);
-  h = ::fmodf(h / 6.0f + 1.0f, 1.0f);
+  // fmod(h / 6 + 1, 1): the argument lies in [5/6, 2), where subtracting 1 is exact
+  h = h / 6.0f + 1.0f;
+  h = h >= 1.0f ? h - 1.0f : h;
   h += shift;
-  h = h - ::floorf(h);  // torch.remainder(h, 1)
+  h = h - floor_exact(h);  // torch.remainder(h, 1)
   const float v = maxc;
   const float h6 = h * 6.0f;
-  const float i = ::floorf(h6);
+  const float i = floor_exact(h6);
   const float f = h6 - i;
   int sector = static_cast<int>(i) % 6;
   sector = sector < 0 ? sector + 6 : sector;

@@ -28,7 +28,7 @@ C10_HOST_DEVICE inline T nan_max(T a, T b) {
 // c ? a : b through bit masks. GCC does not if-convert a float comparison feeding ?: under its
 // default -ftrapping-math, which would keep every loop calling softmax_exp scalar; a mask is plain
 // integer arithmetic and vectorises.
-C10_HOST_DEVICE C10_ALWAYS_INLINE float select(bool c, float a, float b) {
+C10_HOST_DEVICE C10_ALWAYS_INLINE float bit_select(bool c, float a, float b) {
   const uint32_t mask = 0u - static_cast<uint32_t>(c);
   return c10::bit_cast<float>((c10::bit_cast<uint32_t>(a) & mask) |
                               (c10::bit_cast<uint32_t>(b) & ~mask));
@@ -44,9 +44,9 @@ constexpr float kSoftmaxExpFloor = -43.0f;
 // A libm call stops loops from vectorising without -ffast-math, so this is the usual range
 // reduction x = n ln2 + r, |r| <= ln2/2, with a degree-6 polynomial for exp(r) (coefficients
 // fitted for minimax relative error, 2e-9 before rounding) and 2^n built in the exponent bits:
-// at most 1.4 ulp from exp on [kSoftmaxExpFloor, 0]. Below the floor the result is 0 (-inf
-// included); NaN stays NaN (comparisons with NaN are false, so the selects pass it through to the
-// polynomial); x > 88 saturates to inf.
+// at most 1.4 ulp from exp on [kSoftmaxExpFloor, 0] (checked on every float there). Below the
+// floor the result is 0 (-inf included); NaN stays NaN (comparisons with NaN are false, so the
+// bit_selects pass it through to the polynomial); x > 88 saturates to inf.
 C10_HOST_DEVICE C10_ALWAYS_INLINE float softmax_exp(float x) {
   constexpr float kLog2e = 1.44269504089f;
   // ln2 split so that n * kLn2Hi is exact for |n| < 2^15 (kLn2Hi has 9 significant bits).
@@ -58,8 +58,8 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE float softmax_exp(float x) {
   constexpr uint32_t kRoundBits = 0x4B400000u;
 
   // Clamped so that 2^n below stays a normal float whatever x is.
-  float xc = select(x < kSoftmaxExpFloor, kSoftmaxExpFloor, x);
-  xc = select(xc > kHi, kHi, xc);
+  float xc = bit_select(x < kSoftmaxExpFloor, kSoftmaxExpFloor, x);
+  xc = bit_select(xc > kHi, kHi, xc);
   const float shifted = xc * kLog2e + kRound;
   const float n = shifted - kRound;
   const float r = (xc - n * kLn2Hi) - n * kLn2Lo;
@@ -75,8 +75,8 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE float softmax_exp(float x) {
   const uint32_t biased = c10::bit_cast<uint32_t>(shifted) - kRoundBits + 127u;
   const float scale = c10::bit_cast<float>(biased << 23);
   float y = p * scale;
-  y = select(x < kSoftmaxExpFloor, 0.0f, y);
-  y = select(x > kHi, std::numeric_limits<float>::infinity(), y);
+  y = bit_select(x < kSoftmaxExpFloor, 0.0f, y);
+  y = bit_select(x > kHi, std::numeric_limits<float>::infinity(), y);
   return y;
 }
 
@@ -177,8 +177,9 @@ C10_HOST_DEVICE inline double cosine(T dot, T sq_t, T sq_s) {
 // instead, where nothing large is ever rounded.
 constexpr double kRecomputeLseAbove = 128.0;
 
-inline bool lse_too_coarse(float lse) {
-  return std::fabs(lse) > kRecomputeLseAbove;  // false for NaN, which then propagates via c
+C10_HOST_DEVICE inline bool lse_too_coarse(float lse) {
+  // false for NaN, which then reaches every exponent through c
+  return lse > kRecomputeLseAbove || lse < -kRecomputeLseAbove;
 }
 
 template <typename T>

@@ -1,0 +1,62 @@
+// Argument checks of render_views (schema in ops.cpp), shared by the CPU and CUDA hosts: dtypes,
+// shapes, devices, contiguity and the scalar options. Values inside the tables are checked by the
+// CPU kernel only (the CUDA host would need a device sync to read them).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "clever_kernels/augment_pixel.h"
+
+namespace clever_kernels {
+
+inline void check_render_views_args(const at::Tensor& pixels, const at::Tensor& offsets,
+                                    const at::Tensor& sizes, int64_t channels, const at::Tensor& iparams,
+                                    const at::Tensor& fparams, int64_t size, at::ArrayRef<double> mean,
+                                    at::ArrayRef<double> std, int64_t interpolation,
+                                    int64_t rotation_interpolation, at::ScalarType out_dtype) {
+  TORCH_CHECK(pixels.scalar_type() == at::kByte && pixels.dim() == 1,
+              "render_views: pixels must be a flat uint8 tensor, got ", pixels.scalar_type(), " of shape ",
+              pixels.sizes());
+  TORCH_CHECK(pixels.is_contiguous(), "render_views: pixels must be contiguous");
+  TORCH_CHECK(offsets.scalar_type() == at::kLong && offsets.dim() == 1 && offsets.size(0) >= 1,
+              "render_views: offsets must be an int64 tensor of shape (B,), B >= 1, got ", offsets.scalar_type(),
+              " of shape ", offsets.sizes());
+  const int64_t batch = offsets.size(0);
+  TORCH_CHECK(sizes.scalar_type() == at::kLong && sizes.dim() == 2 && sizes.size(0) == batch &&
+                  sizes.size(1) == 2,
+              "render_views: sizes must be an int64 tensor of shape (B, 2) = (", batch, ", 2), got ",
+              sizes.scalar_type(), " of shape ", sizes.sizes());
+  TORCH_CHECK(channels == 1 || channels == 3, "render_views: channels must be 1 or 3, got ", channels);
+  TORCH_CHECK(iparams.scalar_type() == at::kLong && iparams.dim() == 2 && iparams.size(1) == augment::kNumIParams,
+              "render_views: iparams must be an int64 tensor of shape (N, ", int(augment::kNumIParams), "), got ",
+              iparams.scalar_type(), " of shape ", iparams.sizes());
+  TORCH_CHECK(fparams.scalar_type() == at::kFloat && fparams.dim() == 2 && fparams.size(1) == augment::kNumFParams &&
+                  fparams.size(0) == iparams.size(0),
+              "render_views: fparams must be a float32 tensor of shape (N, ", int(augment::kNumFParams),
+              ") with N = iparams.size(0) = ", iparams.size(0), ", got ", fparams.scalar_type(), " of shape ",
+              fparams.sizes());
+  TORCH_CHECK(!fparams.requires_grad(),
+              "render_views: fparams requires grad; augmentation is not differentiable (detach the parameters)");
+  for (const auto& t : {&offsets, &sizes, &iparams, &fparams}) {
+    TORCH_CHECK(t->device() == pixels.device(), "render_views: offsets, sizes, iparams and fparams must be on "
+                "pixels' device ", pixels.device(), ", got ", t->device());
+  }
+  TORCH_CHECK(offsets.is_contiguous(), "render_views: offsets must be contiguous");
+  TORCH_CHECK(sizes.is_contiguous(), "render_views: sizes must be contiguous");
+  TORCH_CHECK(iparams.is_contiguous(), "render_views: iparams must be contiguous");
+  TORCH_CHECK(fparams.is_contiguous(), "render_views: fparams must be contiguous");
+  // 4080: the CUDA grid puts one block per 16 x 16 tile in gridDim.y (at most 65535)
+  TORCH_CHECK(size >= 1 && size <= 4080, "render_views: size must be in [1, 4080], got ", size);
+  TORCH_CHECK(mean.size() == 3, "render_views: mean must have 3 values, got ", mean.size());
+  TORCH_CHECK(std.size() == 3 && std[0] > 0 && std[1] > 0 && std[2] > 0,
+              "render_views: std must have 3 values > 0, got ", std);
+  TORCH_CHECK(interpolation == augment::kBicubic || interpolation == augment::kBilinear,
+              "render_views: interpolation must be 0 (bicubic) or 1 (bilinear), got ", interpolation);
+  TORCH_CHECK(rotation_interpolation == augment::kRotNearest || rotation_interpolation == augment::kRotBilinear,
+              "render_views: rotation_interpolation must be 0 (nearest) or 1 (bilinear), got ",
+              rotation_interpolation);
+  TORCH_CHECK(out_dtype == at::kFloat || out_dtype == at::kHalf || out_dtype == at::kBFloat16,
+              "render_views: out_dtype must be float32, float16 or bfloat16, got ", out_dtype);
+}
+
+}  // namespace clever_kernels

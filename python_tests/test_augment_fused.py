@@ -1,0 +1,347 @@
+"""The fused renderer (torch.ops.clever_kernels.render_views, C++ on the CPU) against the
+plain-PyTorch reference on the same parameters: every op alone, the presets, ragged batches,
+grayscale input, output dtypes and layouts, determinism, argument errors.
+
+Tolerance: float32 outputs agree with reference.render within 1e-4 in [0, 1] pixel space (the
+tests render with mean 0 and std 1, or undo the normalisation). The kernel repeats the
+reference's arithmetic where a comparison decides a pixel (the nearest-neighbour rotation picks
+its source pixel from a float64 grid rounded to float32 and unnormalised in float32, with no
+fused multiply-adds), so no pixel is excluded: a tie the reference breaks one way the kernel
+breaks the same way. float16 / bfloat16 outputs are the float32 result rounded to nearest, so
+they are checked bit for bit against the float32 output cast, and against the reference within
+one unit in the last place of the dtype plus the float32 tolerance.
+"""
+import dataclasses
+
+import pytest
+import torch
+
+from clever_kernels import _backend
+from clever_kernels.augment import AugParams, MultiCrop, render, sample_params
+from clever_kernels.reference import augment as ref
+
+if _backend.extension() is None or not hasattr(torch.ops.clever_kernels, "render_views"):
+    pytest.skip("render_views is not built (pip install --no-build-isolation -e .)", allow_module_level=True)
+
+from clever_kernels.augment import _fused  # noqa: E402  (needs the extension)
+
+ZERO, ONE = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+ATOL = 1e-4
+
+
+# ----------------------------------------------------------------------------- inputs
+@pytest.fixture(scope="module")
+def ragged():
+    """Real photographs cropped to odd sizes plus random noise images: four sizes in one batch."""
+    pytest.importorskip("sklearn")
+    from clever_kernels.data import sample_photos
+    china, flower = sample_photos()
+    gen = torch.Generator().manual_seed(7)
+    noise = torch.randint(0, 256, (3, 57, 83), dtype=torch.uint8, generator=gen)
+    small = torch.randint(0, 256, (3, 23, 19), dtype=torch.uint8, generator=gen)
+    return [china[:, 11:312, 5:382].contiguous(), flower[:, 40:281, 100:403].contiguous(), noise, small]
+
+
+def sizes_of(images):
+    return torch.tensor([list(x.shape[-2:]) for x in images])
+
+
+def with_fields(params, **fields):
+    """Copy of params with fields set for every sample (Python values broadcast) or per sample."""
+    out = {}
+    for name, value in fields.items():
+        old = getattr(params, name)
+        if isinstance(value, torch.Tensor):
+            out[name] = value
+        elif isinstance(value, list) and name != "order":
+            out[name] = torch.tensor(value, dtype=old.dtype)
+        else:
+            out[name] = torch.tensor(value, dtype=old.dtype).expand_as(old).clone()
+    return dataclasses.replace(params, **out)
+
+
+def centre_crops(images, size, frac=0.8):
+    """Identity-like params with a central crop box of `frac` of each side."""
+    p = AugParams.identity(sizes_of(images), size)
+    h = (sizes_of(images)[:, 0] * frac).long().clamp(min=1)
+    w = (sizes_of(images)[:, 1] * frac).long().clamp(min=1)
+    return with_fields(p, top=(sizes_of(images)[:, 0] - h) // 2, left=(sizes_of(images)[:, 1] - w) // 2,
+                       height=h, width=w)
+
+
+def fused01(images, params, **kw):
+    return render(images, params, mean=ZERO, std=ONE, backend="fused", **kw)
+
+
+def check(images, params, atol=ATOL, **kw):
+    """Fused vs reference in [0, 1] space, every view of `params` (one AugParams or a list)."""
+    views = [params] if isinstance(params, AugParams) else params
+    got = render(images, views, mean=ZERO, std=ONE, backend="fused", **kw)
+    ref_kw = {k: v for k, v in kw.items() if k != "channels_last"}
+    for p, out in zip(views, got):
+        want = ref.render(images, p, mean=ZERO, std=ONE, **ref_kw)
+        assert out.shape == want.shape and out.dtype == want.dtype
+        err = (out - want).abs().max().item()
+        assert err <= atol, f"max abs error {err:.3g} > {atol} (view {p.view}, size {p.size})"
+    return got
+
+
+# ----------------------------------------------------------------------------- geometry
+@pytest.mark.parametrize("size", [17, 40, 64])
+@pytest.mark.parametrize("interpolation, antialias", [("bicubic", True), ("bicubic", False),
+                                                      ("bilinear", True), ("bilinear", False)])
+def test_resized_crop_down_and_up(ragged, size, interpolation, antialias):
+    """Downscale (large crops to 17) and upscale (crops smaller than the output)."""
+    check(ragged, centre_crops(ragged, size), interpolation=interpolation, antialias=antialias)
+    tiny = with_fields(AugParams.identity(sizes_of(ragged), size), top=[3, 0, 50, 22], left=[5, 7, 0, 18],
+                       height=[9, 1, 7, 1], width=[7, 13, 1, 1])
+    check(ragged, tiny, interpolation=interpolation, antialias=antialias)
+
+
+def test_flip(ragged):
+    p = with_fields(centre_crops(ragged, 33), flip=[True, False, True, True])
+    check(ragged, p)
+
+
+@pytest.mark.parametrize("rotation_interpolation", ["nearest", "bilinear"])
+@pytest.mark.parametrize("size", [17, 40])
+def test_rotation(ragged, rotation_interpolation, size):
+    """Angles where nearest-neighbour ties are everywhere (multiples of 45 and 90 degrees) and
+    generic ones; odd and even sizes."""
+    for angles in ([90.0, -90.0, 180.0, 45.0], [-45.0, 30.5, -89.99, 1e-3], [135.0, -180.0, 270.0, 7.25]):
+        p = with_fields(centre_crops(ragged, size), angle=angles, flip=[True, False, False, True])
+        check(ragged, p, rotation_interpolation=rotation_interpolation)
+
+
+def test_nearest_rotation_near_ties():
+    """Half a million rotated pixels of noise at random angles: a source coordinate within float
+    rounding of a half-pixel boundary is hit thousands of times, and the kernel must pick the
+    reference's neighbour every time (computing the grid in float32, say, flips a few)."""
+    gen = torch.Generator().manual_seed(17)
+    batch = torch.randint(0, 256, (240, 3, 50, 50), dtype=torch.uint8, generator=gen)
+    p = AugParams.identity(sizes_of(batch), 48)
+    p = with_fields(p, angle=torch.rand(240, generator=gen) * 360 - 180)
+    got = fused01(batch, p)
+    want = ref.render(batch, p, mean=ZERO, std=ONE)
+    assert (got - want).abs().max().item() <= ATOL
+
+
+@pytest.mark.parametrize("rotation_interpolation", ["nearest", "bilinear"])
+@pytest.mark.parametrize("sigma, alpha", [(5.0, 100.0), (0.0, 3.0), (1.5, 40.0), (9.0, 200.0)])
+def test_elastic(ragged, sigma, alpha, rotation_interpolation):
+    p = with_fields(centre_crops(ragged, 23), elastic=True, elastic_seed=[0, 12345, 2**32 - 1, 987654321],
+                    angle=[0.0, 33.0, -71.5, 90.0])
+    p = dataclasses.replace(p, elastic_alpha=alpha, elastic_sigma=sigma)
+    check(ragged, p, rotation_interpolation=rotation_interpolation)
+
+
+# ----------------------------------------------------------------------------- colour
+@pytest.mark.parametrize("op, values", [
+    ("brightness", [0.0, 0.6, 1.4, 2.5]),
+    ("contrast", [0.0, 0.6, 1.4, 2.5]),
+    ("saturation", [0.0, 0.8, 1.2, 3.0]),
+    ("hue", [-0.5, -0.1, 0.07, 0.5]),
+])
+def test_each_jitter_op(ragged, op, values):
+    p = with_fields(centre_crops(ragged, 21), jitter=True, **{op: values})
+    check(ragged, p)
+
+
+def test_jitter_in_random_orders(ragged):
+    gen = torch.Generator().manual_seed(3)
+    base = with_fields(centre_crops(ragged, 19), jitter=[True, True, True, False], brightness=[1.3, 0.7, 1.1, 0.6],
+                       contrast=[0.65, 1.35, 1.2, 1.3], saturation=[1.15, 0.85, 0.9, 1.1], hue=[0.08, -0.09, 0.03, 0.1])
+    for _ in range(6):
+        order = torch.stack([torch.randperm(4, generator=gen) for _ in range(len(ragged))])
+        check(ragged, with_fields(base, order=order))
+
+
+def test_grayscale_blur_solarize(ragged):
+    p = centre_crops(ragged, 25)
+    check(ragged, with_fields(p, grayscale=[True, False, True, True]))
+    check(ragged, with_fields(p, blur_sigma=[0.1, 1.3, 2.0, 0.0]))
+    # a radius beyond the image reflects periodically
+    check(ragged, with_fields(p, blur_sigma=[9.5, 3.0, 20.0, 0.5]))
+    check(ragged, with_fields(p, solarize=[True, False, True, True]))
+
+
+# ----------------------------------------------------------------------------- whole pipeline
+@pytest.mark.parametrize("preset", ["baug", "caug", "caug+"])
+@pytest.mark.parametrize("interpolation, antialias", [("bicubic", True), ("bilinear", False)])
+def test_presets(ragged, preset, interpolation, antialias):
+    params = sample_params(ragged, preset, global_size=40, local_size=17, n_local=3, seed=11, step=2,
+                           global2_solarize_p=0.7, jitter_p=1.0)
+    check(ragged, params, interpolation=interpolation, antialias=antialias)
+
+
+def test_many_samples_caug_plus():
+    """A larger random batch, so every op and many parameter draws meet."""
+    gen = torch.Generator().manual_seed(5)
+    images = [torch.randint(0, 256, (3, int(h), int(w)), dtype=torch.uint8, generator=gen)
+              for h, w in torch.randint(20, 70, (12, 2), generator=gen)]
+    params = sample_params(images, "caug+", global_size=29, local_size=15, n_local=2, seed=4,
+                           global_blur_p=0.5, global_solarize_p=0.5)
+    for rot in ("nearest", "bilinear"):
+        check(images, params, rotation_interpolation=rot)
+
+
+def test_grayscale_input(ragged):
+    gray = [x[:1].contiguous() for x in ragged]
+    params = sample_params(gray, "caug+", global_size=27, local_size=13, n_local=1, seed=2)
+    check(gray, params)
+
+
+def test_dense_batch_is_viewed_not_copied():
+    gen = torch.Generator().manual_seed(0)
+    batch = torch.randint(0, 256, (3, 3, 31, 45), dtype=torch.uint8, generator=gen)
+    pixels, offsets, sizes = _fused.pack_images(list(batch.unbind(0)))
+    assert pixels.data_ptr() == batch.data_ptr() and pixels.numel() == batch.numel()
+    assert offsets.tolist() == [0, 3 * 31 * 45, 6 * 31 * 45] and sizes.tolist() == [[31, 45]] * 3
+    check(batch, sample_params(batch, "caug", global_size=20, local_size=11, n_local=1))
+    shuffled = [batch[2], batch[0], batch[1]]
+    pixels, _, _ = _fused.pack_images(shuffled)
+    assert pixels.data_ptr() != batch.data_ptr()
+    check(shuffled, sample_params(shuffled, "caug", global_size=20, local_size=11, n_local=1))
+
+
+# ----------------------------------------------------------------------------- dtypes, layouts
+@pytest.mark.parametrize("out_dtype, ulp", [(torch.float16, 2.0 ** -10), (torch.bfloat16, 2.0 ** -7)])
+def test_half_outputs_are_the_float32_result_rounded(ragged, out_dtype, ulp):
+    params = sample_params(ragged, "caug+", global_size=24, local_size=13, n_local=1, seed=9)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    full = render(ragged, params, mean=mean, std=std, backend="fused")
+    half = render(ragged, params, mean=mean, std=std, out_dtype=out_dtype, backend="fused")
+    for p, f, h in zip(params, full, half):
+        assert h.dtype == out_dtype
+        assert torch.equal(h, f.to(out_dtype))
+        want = ref.render(ragged, p, mean=mean, std=std)
+        # one ulp of the dtype at the value's magnitude, plus the float32 tolerance over std
+        bound = ulp * want.abs().clamp(min=1.0) + ATOL / min(std)
+        assert ((h.float() - want).abs() <= bound).all()
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_channels_last(ragged, out_dtype):
+    params = sample_params(ragged, "caug", global_size=22, local_size=11, n_local=2, seed=1)
+    nchw = render(ragged, params, out_dtype=out_dtype, backend="fused")
+    nhwc = render(ragged, params, out_dtype=out_dtype, channels_last=True, backend="fused")
+    for a, b in zip(nchw, nhwc):
+        assert b.is_contiguous(memory_format=torch.channels_last) and not b.is_contiguous()
+        assert a.is_contiguous()
+        assert torch.equal(a, b)
+
+
+def test_views_of_one_size_share_storage(ragged):
+    params = sample_params(ragged, "baug", global_size=20, local_size=10, n_local=3)
+    views = render(ragged, params, backend="fused")
+    assert views[0].untyped_storage().data_ptr() == views[1].untyped_storage().data_ptr()
+    assert views[2].untyped_storage().data_ptr() == views[4].untyped_storage().data_ptr()
+
+
+def test_rerendering_is_bit_identical(ragged):
+    params = sample_params(ragged, "caug+", global_size=30, local_size=14, n_local=2, seed=8)
+    first = render(ragged, params, backend="fused")
+    again = render(ragged, params, backend="fused")
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = render(ragged, params, backend="fused")
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(first, single))
+
+
+def test_multicrop_fused_matches_reference_backend(ragged):
+    """A full MultiCrop draw through the public API, both backends, normalised output."""
+    mc = dict(n_local=4, global_size=36, local_size=16, seed=21, global_blur_p=0.6)
+    fused_views, fused_params = MultiCrop("caug+", backend="fused", **mc)(ragged, step=3)
+    ref_views, ref_params = MultiCrop("caug+", backend="reference", **mc)(ragged, step=3)
+    std = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
+    assert len(fused_views) == len(ref_views) == 6
+    for a, b in zip(fused_views, ref_views):
+        assert a.shape == b.shape
+        assert ((a - b).abs() * std).max().item() <= ATOL
+
+
+# ----------------------------------------------------------------------------- errors, fake
+def _op_args(ragged):
+    params = sample_params(ragged, "baug", global_size=12, local_size=8, n_local=0)
+    pixels, offsets, sizes = _fused.pack_images(ragged)
+    iparams, fparams = _fused.param_tables(params[:1])
+    return [pixels, offsets, sizes, 3, iparams, fparams, 12, [0.0] * 3, [1.0] * 3, True, 0, 0,
+            torch.float32, False]
+
+
+@pytest.mark.parametrize("index, value, match", [
+    (0, "float", "pixels must be a flat uint8"),
+    (1, "int32", "offsets must be an int64"),
+    (2, "short", "sizes must be an int64"),
+    (3, 2, "channels must be 1 or 3"),
+    (4, "cols", "iparams must be an int64 tensor of shape"),
+    (5, "double", "fparams must be a float32"),
+    (6, 0, "size must be"),
+    (8, [1.0, 0.0, 1.0], "std must have 3 values > 0"),
+    (10, 2, "interpolation must be 0"),
+    (11, 5, "rotation_interpolation must be 0"),
+    (12, torch.float64, "out_dtype must be float32"),
+    (4, "crop", "crop box"),
+    (4, "order", "order is not a permutation"),
+    (4, "image", "image index"),
+    (1, "offset", "runs outside pixels"),
+    (5, "grad", "requires grad"),
+    (5, "noncontig", "fparams must be contiguous"),
+])
+def test_op_argument_errors(ragged, index, value, match):
+    args = _op_args(ragged)
+    x = args[index]
+    if value == "float":
+        x = x.float()
+    elif value in ("int32", "short", "double"):
+        x = x.to(getattr(torch, value))
+    elif value == "cols":
+        x = x[:, :14].contiguous()
+    elif value == "crop":
+        x = x.clone()
+        x[0, 3] = 10_000
+    elif value == "order":
+        x = x.clone()
+        x[0, 9:13] = torch.tensor([0, 0, 1, 2])
+    elif value == "image":
+        x = x.clone()
+        x[0, 0] = 4
+    elif value == "offset":
+        x = x.clone()
+        x[-1] = args[0].numel() - 5
+    elif value == "grad":
+        x = x.clone().requires_grad_()
+    elif value == "noncontig":
+        x = torch.cat([x, x], dim=1)[:, ::2]
+    else:
+        x = value
+    args[index] = x
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.clever_kernels.render_views(*args)
+
+
+def test_python_side_errors(ragged):
+    params = sample_params(ragged, "baug", global_size=12, local_size=8, n_local=1)
+    with pytest.raises(ValueError, match="same size"):
+        _fused.render_views(ragged, params, ZERO, ONE)
+    with pytest.raises(ValueError, match="out_dtype"):
+        _fused.render_views(ragged, params[:1], ZERO, ONE, out_dtype=torch.float64)
+    with pytest.raises(ValueError, match="interpolation"):
+        _fused.render_views(ragged, params[:1], ZERO, ONE, interpolation="lanczos")
+    with pytest.raises(ValueError, match="requires grad"):
+        bad = dataclasses.replace(params[0], angle=params[0].angle.clone().requires_grad_())
+        _fused.render_views(ragged, [bad], ZERO, ONE)
+
+
+def test_fake_impl(ragged):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    args = _op_args(ragged)
+    args[-2], args[-1] = torch.bfloat16, True
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        out = torch.ops.clever_kernels.render_views(*args)
+        assert out.shape == (len(ragged), 3, 12, 12) and out.dtype == torch.bfloat16
+        assert out.is_contiguous(memory_format=torch.channels_last)

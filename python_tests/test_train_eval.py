@@ -1,0 +1,101 @@
+"""clever-eval on a tiny checkpoint, clever-plot on its run, and the comparison command end to
+end at toy size."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from clever_kernels.augment import image_sizes, render, sample_view
+from clever_kernels.train.cli import eval_main, plot_main, train_main
+from clever_kernels.train.compare import main as compare_main
+from clever_kernels.train.evaluate import angle_r2, evaluate, perturbation_config
+from train_helpers import TINY_RUN, make_image_folder
+
+METRICS = ("top1_ori", "top1_ori_cj_r", "rotation_r2")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("digits") / "tree", per_class=10)
+
+
+@pytest.fixture(scope="module")
+def run(folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert train_main(TINY_RUN + ["--method", "clever", "--data", folder, "--epochs", "1", "--out", str(out)]) == 0
+    return out
+
+
+def _check_result(result):
+    for key in METRICS:
+        assert set(result[key]) == {"full", "ir", "ef"}
+    for part in ("full", "ir", "ef"):
+        assert 0 <= result["top1_ori"][part] <= 100 and 0 <= result["top1_ori_cj_r"][part] <= 100
+        assert math.isfinite(result["rotation_r2"][part]) and result["rotation_r2"][part] <= 1
+    dims = result["feature_dims"]
+    assert dims["full"] == dims["ir"] + dims["ef"]
+
+
+def test_eval_checkpoint(run, capsys):
+    assert eval_main([str(run / "checkpoint.pt")]) == 0
+    table = capsys.readouterr().out
+    assert "Top1-Ori+CJ+R" in table and "| IR |" in table
+    result = json.load(open(run / "eval_teacher.json"))
+    _check_result(result)
+    assert result["feature_dims"] == {"full": 32, "ir": 26, "ef": 6}
+    assert result["method"] == "clever" and result["which"] == "teacher" and not result["split_nominal"]
+    assert result["n_train"] == 32 and result["n_test"] == 8
+    assert os.path.getsize(run / "eval_teacher.png") > 0 and os.path.exists(run / "eval_teacher.md")
+
+    student = evaluate(str(run / "checkpoint.pt"), which="student", out=str(run / "student"), plot=False)
+    _check_result(student)
+    assert student["which"] == "student"
+
+
+def test_plot(run, tmp_path):
+    assert plot_main([str(run), "--out", str(tmp_path / "curves.png")]) == 0
+    assert os.path.getsize(tmp_path / "curves.png") > 1000
+
+
+def test_perturbations_rotate_and_jitter_without_cropping():
+    images = torch.randint(0, 256, (6, 3, 20, 20), dtype=torch.uint8)
+    ids = torch.arange(6)
+    clean = sample_view(image_sizes(images), perturbation_config("clean", 20), view=0, ids=ids)
+    assert clean.height.tolist() == [20] * 6 and not clean.flip.any() and not clean.jitter.any()
+    assert (clean.angle == 0).all()
+    perturbed = sample_view(image_sizes(images), perturbation_config("cj_r", 20), view=0, ids=ids)
+    assert perturbed.jitter.all() and (perturbed.angle.abs() > 0).all() and (perturbed.angle.abs() < 90).all()
+    assert (perturbed.saturation.min() >= 0.6) and (perturbed.saturation.max() <= 1.4)
+    assert render(images, perturbed).shape == (6, 3, 20, 20)
+
+
+def test_angle_r2_bounds():
+    rng = np.random.default_rng(0)
+    angles = rng.uniform(-90, 90, 400)
+    rad = np.deg2rad(angles)
+    informative = np.stack([np.cos(rad), np.sin(rad)], 1) + 0.01 * rng.normal(size=(400, 2))
+    noise = rng.normal(size=(400, 5))
+    assert angle_r2(informative[:300], angles[:300], informative[300:], angles[300:]) > 0.95
+    assert angle_r2(noise[:300], angles[:300], noise[300:], angles[300:]) < 0.1
+
+
+def test_compare_end_to_end(folder, tmp_path, capsys):
+    toy = ["--data", folder, "--epochs", "1", "--batch-size", "8", "--arch", "vit_tiny", "--width", "32", "--depth",
+           "1", "--patch-size", "8", "--out-dim", "48", "--dvr-out-dim", "40", "--head-hidden", "32",
+           "--head-bottleneck", "16", "--n-local", "2", "--no-progress"]
+    code = compare_main(["--seeds", "0", "1", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
+                        + toy)
+    assert code == 0
+    table = capsys.readouterr().out
+    assert table.count("| DINO | CLeVER |") == 1 and "rotation R^2, EF" in table and "±" in table
+    stem = tmp_path / "results" / "compare_tree_vit_tiny_seeds0-1"
+    report = json.load(open(f"{stem}.json"))
+    assert report["seeds"] == [0, 1] and len(report["runs"]) == 4
+    assert report["command"].startswith("python -m clever_kernels.train.compare --seeds 0 1")
+    assert report["machine"]["cpu_count"] >= 1
+    assert set(report["summary"]) == {"DINO", "CLeVER"}
+    assert len(report["summary"]["CLeVER"]["top1_ori"]["full"]["values"]) == 2
+    assert "Machine:" in open(f"{stem}.md").read()
