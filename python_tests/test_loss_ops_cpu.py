@@ -7,19 +7,7 @@ import torch.nn.functional as F
 pytest.importorskip("clever_kernels._C", reason="the C++ extension is not built")
 ops = torch.ops.clever_kernels
 
-# dtype of the logits: (rtol, atol) for the float32 statistics, (rtol, atol) for the gradient,
-# atol relative to the largest reference value of the tensor.
-TOLERANCES = {
-    # float32 sums over K terms, stored as float32; the backward recomputes softmax from the
-    # float32 lse, a relative error of about |lse| * 2^-24.
-    torch.float32: ((5e-6, 2e-7), (2e-5, 2e-6)),
-    # statistics are float32 by contract and the backward starts from them: float32 bounds.
-    torch.float64: ((5e-6, 2e-7), (2e-5, 2e-6)),
-    # inputs are exact in float32 and accumulate in it; the gradient is rounded to 11 bits.
-    torch.float16: ((5e-6, 2e-7), (2e-3, 1e-5)),
-    # as float16, but the gradient keeps 8 significant bits.
-    torch.bfloat16: ((5e-6, 2e-7), (1.6e-2, 1e-4)),
-}
+from conftest import OP_TOLERANCES as TOLERANCES
 
 TS, TT = 0.1, 0.04  # DINO's student and teacher temperatures
 

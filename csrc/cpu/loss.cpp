@@ -283,7 +283,7 @@ struct DirStats {
         x = merge_ce_cross(x, lt[iq], t[iq].alpha_a, shift_a, o.d[iq * V + v], o.lt[iq],
                            t[iq].alpha_b, shift_b);
       }
-      ls[v] = ls[v] + s.alpha_b * o.ls[v];
+      ls[v] = s.alpha_a * ls[v] + s.alpha_b * o.ls[v];
       ms[v] = s.m;
     }
     for (int iq = 0; iq < 2; ++iq) {
