@@ -50,6 +50,8 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--dvr-out-dim", type=_positive_int, default=16384, help="head 2 (EF) prototypes K2")
     g.add_argument("--head-hidden", type=_positive_int, default=2048)
     g.add_argument("--head-bottleneck", type=_positive_int, default=256)
+    g.add_argument("--head-bn", action="store_true",
+                   help="BatchNorm in the heads' hidden layers (DINO's use_bn_in_head; needed with ResNets)")
     g.add_argument("--no-norm-last-layer", dest="norm_last_layer", action="store_false",
                    help="learn the norm of the prototypes (DINO's norm_last_layer=False)")
     g.add_argument("--hp1", type=float, default=0.8, help="share of the backbone feature that is IR")

@@ -182,10 +182,17 @@ class WeightNormLinear(nn.Module):
 
 class DINOHead(nn.Module):
     """MLP (in -> hidden -> hidden -> bottleneck, GELU), L2 normalisation, then the
-    weight-normalised `last_layer` (bottleneck -> out_dim, no bias)."""
+    weight-normalised `last_layer` (bottleneck -> out_dim, no bias).
+
+    use_bn puts a BatchNorm after each hidden linear layer (DINO's use_bn_in_head, which its
+    ResNet runs use): pooled ReLU features share a large positive mean direction, and without
+    the normalisation every image lands on nearly the same bottleneck direction at
+    initialisation, so the centred, sharpened teacher targets are uniform from the first steps
+    and training settles in the uniform collapse (loss = ln K).
+    """
 
     def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-                 nlayers: int = 3, norm_last_layer: bool = True):
+                 nlayers: int = 3, norm_last_layer: bool = True, use_bn: bool = False):
         super().__init__()
         if nlayers < 1:
             raise ValueError(f"nlayers must be >= 1, got {nlayers}")
@@ -194,6 +201,8 @@ class DINOHead(nn.Module):
         for i in range(nlayers):
             layers.append(nn.Linear(dims[i], dims[i + 1]))
             if i < nlayers - 1:
+                if use_bn:
+                    layers.append(nn.BatchNorm1d(dims[i + 1]))
                 layers.append(nn.GELU())
         self.mlp = nn.Sequential(*layers)
         self.mlp.apply(_init_linear)
@@ -267,15 +276,17 @@ def feature_split(dim: int, hp1: float) -> Tuple[int, int]:
 
 
 def build_model(method: str, backbone: nn.Module, out_dim: int, dvr_out_dim: int, hp1: float,
-                hidden_dim: int = 2048, bottleneck_dim: int = 256, norm_last_layer: bool = True) -> MultiCropWrapper:
+                hidden_dim: int = 2048, bottleneck_dim: int = 256, norm_last_layer: bool = True,
+                head_bn: bool = False) -> MultiCropWrapper:
     """The student / teacher network of `method` ("dino" or "clever") around `backbone`."""
     dim = backbone.embed_dim
+    head = lambda d_in, d_out: DINOHead(d_in, d_out, hidden_dim, bottleneck_dim, norm_last_layer=norm_last_layer,
+                                        use_bn=head_bn)
     if method == "dino":
-        heads, splits = [DINOHead(dim, out_dim, hidden_dim, bottleneck_dim, norm_last_layer=norm_last_layer)], [dim]
+        heads, splits = [head(dim, out_dim)], [dim]
     elif method == "clever":
         splits = feature_split(dim, hp1)
-        heads = [DINOHead(splits[0], out_dim, hidden_dim, bottleneck_dim, norm_last_layer=norm_last_layer),
-                 DINOHead(splits[1], dvr_out_dim, hidden_dim, bottleneck_dim, norm_last_layer=norm_last_layer)]
+        heads = [head(splits[0], out_dim), head(splits[1], dvr_out_dim)]
     else:
         raise ValueError(f"method must be 'dino' or 'clever', got {method!r}")
     return MultiCropWrapper(backbone, heads, splits)

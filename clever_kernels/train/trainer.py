@@ -65,7 +65,7 @@ def build_network(args: Namespace) -> nn.Module:
                               small_stem=args.small_stem, width=args.width, depth=args.depth)
     return build_model(args.method, backbone, args.out_dim, args.dvr_out_dim, args.hp1,
                        hidden_dim=args.head_hidden, bottleneck_dim=args.head_bottleneck,
-                       norm_last_layer=args.norm_last_layer)
+                       norm_last_layer=args.norm_last_layer, head_bn=args.head_bn)
 
 
 def build_multicrop(args: Namespace) -> MultiCrop:

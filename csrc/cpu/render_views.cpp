@@ -123,6 +123,7 @@ struct Scratch {
   std::vector<float> image;    // (3, S, S) the view in float
   std::vector<float> tmp;      // (3, S, S) blur intermediate; elastic noise
   std::vector<float> line;     // one reflect-padded row
+  std::vector<float> unit_row;  // one crop row converted to [0, 1]
   std::vector<float> taps;
   std::vector<int> pad_index;
   std::array<float, 256> unit;  // uint8 -> [0, 1]
@@ -197,14 +198,21 @@ void resize_crop(const Job& job, const ViewParams& v, Scratch& sc) {
   sc.resized.resize(static_cast<size_t>(3) * S * S);
   const uint8_t* image = job.pixels + job.offsets[v.image];
   const size_t src_plane = static_cast<size_t>(job.sizes[2 * v.image]) * width;
+  const int cw = static_cast<int>(v.width);
+  sc.unit_row.resize(cw);
+  float* unit_row = sc.unit_row.data();
   for (int c = 0; c < job.channels; ++c) {
     for (int r = 0; r < ch; ++r) {
       const uint8_t* row = image + c * src_plane + static_cast<size_t>(v.top + r) * width + v.left;
+      // each source pixel feeds several taps: convert the row once
+      for (int x = 0; x < cw; ++x) {
+        unit_row[x] = sc.unit[row[x]];
+      }
       float* dst = sc.rows.data() + (static_cast<size_t>(c) * ch + r) * S;
       for (int x = 0; x < S; ++x) {
         float acc = 0.0f;
         for (int k = sc.xs.first[x]; k < sc.xs.first[x + 1]; ++k) {
-          acc += sc.xs.weight[k] * sc.unit[row[sc.xs.index[k]]];
+          acc += sc.xs.weight[k] * unit_row[sc.xs.index[k]];
         }
         dst[x] = acc;
       }
