@@ -40,33 +40,37 @@ def time_median(fn: Callable[[], object], device: torch.device, warmup: int = 3,
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "reps": len(times)}
 
 
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} missing from /proc/self/status")
-
-
 def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> Optional[int]:
-    """Peak memory that fn() adds on top of what is allocated before it: the CUDA caching
-    allocator's peak on a GPU, the process's resident-set high-water mark on Linux CPUs
-    (reset through /proc/self/clear_refs); None where neither can be read."""
-    if device.type == "cuda":
-        sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        fn()
-        sync(device)
-        return torch.cuda.max_memory_allocated(device) - base
-    try:
-        with open("/proc/self/clear_refs", "w") as refs:
-            refs.write("5")
-        base = _rss_kib("VmRSS")
-        fn()
-        return (_rss_kib("VmHWM") - base) * 1024
-    except OSError:
+    """Peak memory that fn() allocates on top of what is allocated before it, from the CUDA
+    caching allocator; None on the CPU, where no allocator keeps such a count (see
+    saved_for_backward_bytes for a device-independent measure)."""
+    if device.type != "cuda":
         return None
+    sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    sync(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+def saved_for_backward_bytes(forward: Callable[[], object], inputs) -> int:
+    """Bytes that autograd keeps alive between forward() and its backward, not counting
+    tensors that share storage with `inputs` (those exist anyway): the activation memory
+    a loss costs, on any device."""
+    excluded = {x.untyped_storage().data_ptr() for x in inputs if isinstance(x, torch.Tensor)}
+    kept = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in excluded:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = forward()
+    del out
+    return sum(kept.values())
 
 
 def copy_bandwidth(device: torch.device, nbytes: int = 1 << 28) -> float:
