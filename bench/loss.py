@@ -28,10 +28,10 @@ def torch_best(s1, s2, t1, t2, c1, c2, ncrops, ts, tt, sep_lambd):
         return x.view(views, batch, -1).transpose(0, 1)
 
     ls = per_image(F.log_softmax(s1 / ts, dim=-1), ncrops)
-    q = per_image(F.softmax((t1 - c1) / tt, dim=-1), 2).detach()
+    q = per_image(F.softmax((t1 - c1) / tt, dim=-1).to(s1.dtype), 2).detach()  # the centre is fp32
     ce = -torch.bmm(q, ls.transpose(1, 2))                       # (B, 2, V)
     r = per_image(F.softmax(s2 / ts, dim=-1), ncrops)
-    p = per_image(F.softmax((t2 - c2) / tt, dim=-1), 2).detach()
+    p = per_image(F.softmax((t2 - c2) / tt, dim=-1).to(s2.dtype), 2).detach()
     cos = torch.bmm(p, r.transpose(1, 2)) / (p.norm(dim=-1)[:, :, None] * r.norm(dim=-1)[:, None, :])
     keep = ~torch.eye(2, ncrops, dtype=torch.bool, device=s1.device)
     loss_dir = ce.mean(0)[keep].mean()
