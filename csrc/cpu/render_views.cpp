@@ -267,11 +267,7 @@ struct ResizedFromScratch {
   const float* data;
   int size;
   C10_ALWAYS_INLINE void operator()(int y, int x, float* rgb) const {
-    const size_t plane = static_cast<size_t>(size) * size;
-    const size_t at = static_cast<size_t>(y) * size + x;
-    rgb[0] = data[at];
-    rgb[1] = data[plane + at];
-    rgb[2] = data[2 * plane + at];
+    load_planar_rgb(data, static_cast<int64_t>(size) * size, static_cast<int64_t>(y) * size + x, rgb);
   }
 };
 

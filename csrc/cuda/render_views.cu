@@ -182,11 +182,7 @@ struct ColourLoad {
   const ViewParams* view;
   float mean;
   __device__ void operator()(int y, int x, float* v) const {
-    const int64_t plane = static_cast<int64_t>(size) * size;
-    const int64_t at = static_cast<int64_t>(y) * size + x;
-    v[0] = image[at];
-    v[1] = image[plane + at];
-    v[2] = image[2 * plane + at];
+    load_planar_rgb(image, static_cast<int64_t>(size) * size, static_cast<int64_t>(y) * size + x, v);
     colour_post(*view, mean, v);
   }
 };

@@ -601,5 +601,12 @@ C10_HOST_DEVICE inline float normalise(float x, float mean, float std) {
   return (x - mean) / std;
 }
 
+// Reads pixel `at` of a planar (3, S, S) float image, `plane` = S * S apart per channel.
+C10_HOST_DEVICE inline void load_planar_rgb(const float* image, int64_t plane, int64_t at, float* rgb) {
+  rgb[0] = image[at];
+  rgb[1] = image[plane + at];
+  rgb[2] = image[2 * plane + at];
+}
+
 }  // namespace augment
 }  // namespace clever_kernels
