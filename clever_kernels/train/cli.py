@@ -69,6 +69,12 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--n-local", type=int, default=8, help="local crops per image")
     g.add_argument("--global-scale", type=_pair, default=(0.4, 1.0), help="global crop area range 'min,max'")
     g.add_argument("--local-scale", type=_pair, default=(0.05, 0.4), help="local crop area range 'min,max'")
+    g.add_argument("--aug-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one augmentation setting (repeatable), as clever_kernels.augment.config "
+                        "names them: flip_p=0, degrees=(-45,45), local_scale=(0.2,0.5), global2_solarize_p=0.1")
+    g.add_argument("--blur-sigma", type=_pair, default=None,
+                   help="Gaussian blur sigma range 'min,max' in output pixels (default (0.1, 2.0) at 224, "
+                        "scaled with the global crop below)")
     g.add_argument("--num-workers", type=int, default=2, help="data-loader processes (decode only)")
 
     g = p.add_argument_group("optimisation (DINO's recipe)")

@@ -7,6 +7,7 @@ AdamW steps with DINO's per-parameter clipping and first-epoch freeze of the pro
 teacher follows the student by EMA. Everything a step depends on is a function of (seed, step),
 so a run resumed from a mid-epoch checkpoint replays the remaining batches exactly.
 """
+import ast
 import contextlib
 import datetime
 import json
@@ -45,7 +46,9 @@ def resolve_sizes(args: Namespace) -> Namespace:
     """Fills the size-dependent defaults left as None: the global crop follows the data (32 for
     the digits, 28 for Fashion-MNIST, 224 otherwise), the local crop is 96 at 224 and half the
     global crop below, the ViT patch is 16 for large crops and 4 for small ones, and ResNet-18
-    gets the small stem below 128 pixels."""
+    gets the small stem below 128 pixels. The Gaussian blur's sigma range, (0.1, 2.0) pixels at
+    DINO's 224, shrinks with the global crop so that it blurs the same share of the image (at 16
+    pixels an unscaled sigma of 2 leaves a blob)."""
     args = Namespace(**vars(args))
     if args.global_size is None:
         args.global_size = _DATA_SIZES.get(args.data, 224)
@@ -56,6 +59,9 @@ def resolve_sizes(args: Namespace) -> Namespace:
         args.patch_size = 4 if small else 16
     if args.small_stem is None:
         args.small_stem = small
+    if args.blur_sigma is None:
+        scale = min(1.0, args.global_size / 224)
+        args.blur_sigma = (0.1 * scale, 2.0 * scale)
     return args
 
 
@@ -68,10 +74,26 @@ def build_network(args: Namespace) -> nn.Module:
                        norm_last_layer=args.norm_last_layer, head_bn=args.head_bn)
 
 
+def aug_overrides(settings: List[str]) -> Dict:
+    """["flip_p=0", "degrees=(-45,45)"] -> {"flip_p": 0, "degrees": (-45, 45)} (values are
+    Python literals)."""
+    overrides = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--aug-set expects KEY=VALUE, got {item!r}")
+        try:
+            overrides[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            raise ValueError(f"--aug-set {item!r}: {value!r} is not a Python literal") from None
+    return overrides
+
+
 def build_multicrop(args: Namespace) -> MultiCrop:
+    overrides = {"blur_sigma": tuple(args.blur_sigma), **aug_overrides(args.aug_set)}
     return MultiCrop(preset=args.aug, n_local=args.n_local, global_size=args.global_size,
                      local_size=args.local_size, global_scale=tuple(args.global_scale),
-                     local_scale=tuple(args.local_scale), seed=args.seed)
+                     local_scale=tuple(args.local_scale), seed=args.seed, **overrides)
 
 
 def build_loss(args: Namespace) -> nn.Module:
