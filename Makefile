@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 DEPS := numpy triton==3.9.0 ninja pybind11 pytest scikit-learn pillow tqdm matplotlib
 
-.PHONY: setup build demo test test-fast cuda-check bench clean
+.PHONY: setup build demo augment-demo test test-fast cuda-check bench clean
 
 $(PY):
 	$(PYTHON_BIN) -m venv $(VENV)
@@ -20,7 +20,12 @@ setup: $(PY) build
 build: $(PY)
 	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
 
+# the main job: short DINO and CLeVER trainings on the embedded digits, both evaluations, one table
 demo: setup
+	$(PY) -m clever_kernels.train.compare
+
+# augments the embedded photos, prints every drawn parameter and evaluates the CLeVER loss
+augment-demo: setup
 	$(PY) -m clever_kernels.demo
 
 cuda-check: $(PY)
