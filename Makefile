@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 DEPS := numpy triton==3.9.0 ninja pybind11 pytest scikit-learn pillow tqdm matplotlib
 
-.PHONY: setup build demo augment-demo test test-fast cuda-check bench clean
+.PHONY: setup build demo compare test test-fast cuda-check bench clean
 
 $(PY):
 	$(PYTHON_BIN) -m venv $(VENV)
@@ -20,13 +20,14 @@ setup: $(PY) build
 build: $(PY)
 	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
 
-# the main job: short DINO and CLeVER trainings on the embedded digits, both evaluations, one table
+# the main job: augments the embedded photos with CAug multi-crop, prints every drawn parameter
+# and evaluates the CLeVER loss, forward and backward
 demo: setup
-	$(PY) -m clever_kernels.train.compare
-
-# augments the embedded photos, prints every drawn parameter and evaluates the CLeVER loss
-augment-demo: setup
 	$(PY) -m clever_kernels.demo
+
+# short DINO and CLeVER trainings on the embedded digits, both evaluations, one table
+compare: setup
+	$(PY) -m clever_kernels.train.compare
 
 cuda-check: $(PY)
 	PYTHON=$(abspath $(PY)) bash tools/check_cuda_compile.sh
