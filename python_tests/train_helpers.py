@@ -47,7 +47,7 @@ def cli_env():
     return env
 
 
-def run_cli(module, argv, timeout=120, **kwargs):
+def run_cli(module, argv, timeout=300, **kwargs):
     """Runs `python -m module argv` from the repository root; returns the CompletedProcess."""
     return subprocess.run([sys.executable, "-m", module, *argv], cwd=REPO, env=cli_env(), capture_output=True,
                           text=True, timeout=timeout, **kwargs)
@@ -71,7 +71,7 @@ def _rank_worker(rank, world, port, argv, result_dir):
                 "step": result["step"]}, os.path.join(result_dir, f"rank{rank}.pt"))
 
 
-def run_two_ranks(argv, result_dir, timeout=120):
+def run_two_ranks(argv, result_dir, timeout=300):
     """Trains with `argv` on two gloo ranks (spawned processes, as torchrun would start them);
     returns each rank's final {"teacher", "student", "step"}. A rank that hangs fails the test
     after `timeout` seconds instead of blocking the suite."""
