@@ -97,3 +97,12 @@ def test_collate():
                                           (torch.zeros(3, 6, 2, dtype=torch.uint8), 0, 2)])
     assert [im.shape[1:] for im in images] == [(4, 5), (6, 2)]
     assert labels.tolist() == [1, 0] and ids.tolist() == [7, 2]
+
+
+@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"),
+                    reason="apt-get install dataset-fashion-mnist")
+def test_fashion_mnist_package():
+    train, test = load_split("fashion-mnist", "train"), load_split("fashion-mnist", "test")
+    assert len(train) == 60000 and len(test) == 10000
+    image, label, _ = train[0]
+    assert image.shape == (3, 28, 28) and train.classes[label] == "ankle boot"

@@ -93,9 +93,9 @@ def test_compare_end_to_end(folder, tmp_path, capsys):
     assert table.count("| DINO | CLeVER |") == 1 and "rotation R^2, EF" in table and "±" in table
     stem = tmp_path / "results" / "compare_tree_vit_tiny_seeds0-1"
     report = json.load(open(f"{stem}.json"))
-    assert report["seeds"] == [0, 1] and len(report["runs"]) == 4
+    assert report["seeds"] == [0, 1] and len(report["runs"]) == 6
     assert report["command"].startswith("python -m clever_kernels.train.compare --seeds 0 1")
     assert report["machine"]["cpu_count"] >= 1
-    assert set(report["summary"]) == {"DINO", "CLeVER"}
+    assert set(report["summary"]) == {"untrained", "DINO", "CLeVER"}
     assert len(report["summary"]["CLeVER"]["top1_ori"]["full"]["values"]) == 2
     assert "Machine:" in open(f"{stem}.md").read()

@@ -116,3 +116,13 @@ def test_head_norm_gap():
     assert float(gap.detach()) == pytest.approx(expected, rel=1e-5)
     gap.backward()
     assert a.mlp[0].weight.grad is not None and b.mlp[0].weight.grad is not None
+
+
+def test_head_batchnorm_option():
+    head = DINOHead(12, 20, hidden_dim=16, bottleneck_dim=8, use_bn=True)
+    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in head.mlp) == 2
+    assert head(torch.randn(4, 12)).shape == (4, 20)
+    model = build_model("clever", build_backbone("resnet18", 16, small_stem=True, width=4), 10, 6, 0.8,
+                        hidden_dim=16, bottleneck_dim=8, head_bn=True)
+    ir, ef = model([torch.randn(3, 3, 16, 16), torch.randn(3, 3, 16, 16)])
+    assert ir.shape == (6, 10) and ef.shape == (6, 6)

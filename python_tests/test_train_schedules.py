@@ -70,3 +70,21 @@ def test_ema_update():
     ema_update(teacher, student, 0.9)
     for t, s, before in zip(teacher.parameters(), student.parameters(), t0):
         torch.testing.assert_close(t, 0.9 * before + 0.1 * s.detach())
+
+
+def test_size_defaults_and_augmentation_overrides():
+    from clever_kernels.train.cli import train_parser
+    from clever_kernels.train.trainer import aug_overrides, build_multicrop, resolve_sizes
+
+    args = resolve_sizes(train_parser().parse_args([]))
+    assert (args.global_size, args.local_size, args.patch_size, args.small_stem) == (32, 16, 4, True)
+    assert args.blur_sigma == pytest.approx((0.1 * 32 / 224, 2.0 * 32 / 224))
+    big = resolve_sizes(train_parser().parse_args(["--data", "/some/folder"]))
+    assert (big.global_size, big.local_size, big.patch_size, big.small_stem) == (224, 96, 16, False)
+    assert big.blur_sigma == pytest.approx((0.1, 2.0))
+    assert aug_overrides(["flip_p=0", "degrees=(-45, 45)"]) == {"flip_p": 0, "degrees": (-45, 45)}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        aug_overrides(["flip_p"])
+    args = resolve_sizes(train_parser().parse_args(["--aug-set", "flip_p=0", "--aug-set", "local_degrees=(-5,5)"]))
+    config = build_multicrop(args).config
+    assert config.global1.flip_p == 0 and config.local.degrees == (-5, 5) and config.global1.degrees == (-90, 90)

@@ -109,20 +109,13 @@ def _subsample(n: int, limit: Optional[int], seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
 
 
-def evaluate(checkpoint: str, which: str = "teacher", data: Optional[str] = None, device: Optional[str] = None,
-             batch_size: int = 256, num_workers: int = 0, seed: int = 0, max_train: Optional[int] = None,
-             out: Optional[str] = None, plot: bool = True) -> Dict:
-    """Evaluates the `which` ("teacher" or "student") network of a clever-train checkpoint and
-    writes eval_<which>.json, .md (and .png with plot) next to it or in `out`. Returns the
-    result dict (see markdown_table for the keys)."""
-    if which not in ("teacher", "student"):
-        raise ValueError(f"which must be teacher or student, got {which!r}")
-    start = time.perf_counter()
-    state = load_checkpoint(checkpoint)
-    args = Namespace(**state["args"])
+def evaluate_network(model: torch.nn.Module, args: Namespace, data: Optional[str] = None, device=None,
+                     batch_size: int = 256, num_workers: int = 0, seed: int = 0,
+                     max_train: Optional[int] = None) -> Dict:
+    """The probes of `evaluate` on a network built by build_network(args) (trained or not).
+    Returns the metric part of the result: feature_dims, n_train, n_test, top1_ori,
+    top1_ori_cj_r, rotation_r2."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = build_network(args)
-    model.load_state_dict(state[which])
     model.to(device).eval()
     data = data or args.data
     train_set, test_set = load_split(data, "train"), load_split(data, "test")
@@ -145,15 +138,29 @@ def evaluate(checkpoint: str, which: str = "teacher", data: Optional[str] = None
                            {"ori": (test_clean[:, sl], test_y), "cj_r": (test_cjr[:, sl], test_cjr_y)})
         top1_ori[name], top1_cjr[name] = acc["ori"], acc["cj_r"]
         r2[name] = angle_r2(train_rot[:, sl], train_angle, test_rot[:, sl], test_angle)
+    return {"data": data, "feature_dims": {name: sl.stop - sl.start for name, sl in slices.items()},
+            "n_train": int(len(train_y)), "n_test": int(len(test_y)),
+            "top1_ori": top1_ori, "top1_ori_cj_r": top1_cjr, "rotation_r2": r2}
 
-    result = {
-        "checkpoint": os.path.abspath(checkpoint), "which": which, "method": args.method, "arch": args.arch,
-        "aug": args.aug, "data": data, "epoch": state["epoch"], "step": state["step"],
-        "feature_dims": {name: sl.stop - sl.start for name, sl in slices.items()},
-        "split_nominal": args.method != "clever", "n_train": int(len(train_y)), "n_test": int(len(test_y)),
-        "top1_ori": top1_ori, "top1_ori_cj_r": top1_cjr, "rotation_r2": r2,
-        "seconds": time.perf_counter() - start,
-    }
+
+def evaluate(checkpoint: str, which: str = "teacher", data: Optional[str] = None, device: Optional[str] = None,
+             batch_size: int = 256, num_workers: int = 0, seed: int = 0, max_train: Optional[int] = None,
+             out: Optional[str] = None, plot: bool = True) -> Dict:
+    """Evaluates the `which` ("teacher" or "student") network of a clever-train checkpoint and
+    writes eval_<which>.json, .md (and .png with plot) next to it or in `out`. Returns the
+    result dict (see markdown_table for the keys)."""
+    if which not in ("teacher", "student"):
+        raise ValueError(f"which must be teacher or student, got {which!r}")
+    start = time.perf_counter()
+    state = load_checkpoint(checkpoint)
+    args = Namespace(**state["args"])
+    model = build_network(args)
+    model.load_state_dict(state[which])
+    metrics = evaluate_network(model, args, data=data, device=device, batch_size=batch_size,
+                               num_workers=num_workers, seed=seed, max_train=max_train)
+    result = {"checkpoint": os.path.abspath(checkpoint), "which": which, "method": args.method, "arch": args.arch,
+              "aug": args.aug, "epoch": state["epoch"], "step": state["step"],
+              "split_nominal": args.method != "clever", **metrics, "seconds": time.perf_counter() - start}
     out = out or os.path.dirname(os.path.abspath(checkpoint))
     os.makedirs(out, exist_ok=True)
     stem = os.path.join(out, f"eval_{which}")
