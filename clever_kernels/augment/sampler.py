@@ -59,17 +59,41 @@ CROP_TOP_DRAW = 2 * CROP_ATTEMPTS
 CROP_LEFT_DRAW = 2 * CROP_ATTEMPTS + 1
 
 
+# Draws per op, in op order: a view's draws are one (B, sum) table, column _FIRST[op] + draw.
+_DRAW_COUNTS = {Op.CROP: CROP_LEFT_DRAW + 1, Op.FLIP: 1, Op.ROTATE: 2, Op.ELASTIC: 2, Op.JITTER: 6,
+                Op.GRAYSCALE: 1, Op.BLUR: 2, Op.SOLARIZE: 1}
+_FIRST = {op: sum(n for o, n in _DRAW_COUNTS.items() if o < op) for op in Op}
+_KEY_COLUMNS = {}
+
+
+def _key_columns(device: torch.device) -> Tuple[Tensor, Tensor]:
+    """(op, draw) of every table column as int64 tensors on `device`, built there (no host copy)
+    and kept per device."""
+    if device not in _KEY_COLUMNS:
+        ops = torch.cat([torch.full((n,), int(op), dtype=torch.int64, device=device)
+                         for op, n in _DRAW_COUNTS.items()])
+        draws = torch.cat([torch.arange(n, dtype=torch.int64, device=device) for n in _DRAW_COUNTS.values()])
+        _KEY_COLUMNS[device] = ops, draws
+    return _KEY_COLUMNS[device]
+
+
 class _Stream:
-    """The draws of one view for a batch of sample ids."""
+    """The draws of one view for a batch of sample ids: every (op, draw) of the view hashed in
+    one broadcast call, since a few dozen element-wise ops on (B, 37) cost what they cost on
+    (B,)."""
 
     def __init__(self, seed, step, ids: Tensor, view: int):
-        self.seed, self.step, self.ids, self.view = seed, step, ids, view
+        ops, draws = _key_columns(ids.device)
+        self.table = rng.hash_bits(seed, step, ids[:, None], view, ops, draws)
 
-    def bits(self, op: Op, draw: Union[int, Tensor]) -> Tensor:
-        ids = self.ids if isinstance(draw, int) else self.ids[:, None]
-        return rng.hash_bits(self.seed, self.step, ids, self.view, int(op), draw)
+    def bits(self, op: Op, draw: Union[int, slice]) -> Tensor:
+        """(B,) bits of one draw, or (B, n) for a slice of draw indices."""
+        first = _FIRST[op]
+        if isinstance(draw, slice):
+            return self.table[:, first + draw.start:first + draw.stop:draw.step]
+        return self.table[:, first + draw]
 
-    def unit(self, op: Op, draw: Union[int, Tensor]) -> Tensor:
+    def unit(self, op: Op, draw: Union[int, slice]) -> Tensor:
         return rng.to_unit(self.bits(op, draw))
 
     def happens(self, op: Op, p: float) -> Tensor:
@@ -95,12 +119,10 @@ def permutation_from_index(k: Tensor) -> Tensor:
 def _crop_boxes(stream: _Stream, sizes: Tensor, scale: Tuple[float, float],
                ratio: Tuple[float, float]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """RandomResizedCrop boxes (top, left, height, width), int64 (B,), for image sizes (B, 2)."""
-    device = sizes.device
     height = sizes[:, 0].to(torch.float64)
     width = sizes[:, 1].to(torch.float64)
-    attempts = torch.arange(CROP_ATTEMPTS, device=device, dtype=torch.int64)
-    u_scale = stream.unit(Op.CROP, 2 * attempts).to(torch.float64)
-    u_ratio = stream.unit(Op.CROP, 2 * attempts + 1).to(torch.float64)
+    u_scale = stream.unit(Op.CROP, slice(0, 2 * CROP_ATTEMPTS, 2)).to(torch.float64)
+    u_ratio = stream.unit(Op.CROP, slice(1, 2 * CROP_ATTEMPTS, 2)).to(torch.float64)
     log_r0, log_r1 = math.log(ratio[0]), math.log(ratio[1])
     target_area = (height * width)[:, None] * (scale[0] + (scale[1] - scale[0]) * u_scale)
     aspect = torch.exp(log_r0 + (log_r1 - log_r0) * u_ratio)
