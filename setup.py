@@ -33,8 +33,12 @@ def _extensions():
         return []
     rel = lambda pattern: sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
-    # the C++ standard is left to torch, which picks the one its headers need
-    cxx = ["-O3", "-fopenmp"]
+    # the C++ standard is left to torch, which picks the one its headers need. No FMA contraction:
+    # the augmentation maths repeats PyTorch's float operations one by one where a rounding
+    # decides a nearest-neighbour pick (csrc/include/clever_kernels/augment_pixel.h). No trapping
+    # maths: nothing reads floating-point exception flags, and without the flag GCC keeps the
+    # selects of the per-pixel colour maths as branches, which stops those loops vectorising.
+    cxx = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math"]
     include_dirs = [os.path.join(HERE, "csrc", "include")]
     if _want_cuda():
         return [

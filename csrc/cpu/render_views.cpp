@@ -5,12 +5,14 @@
 // scratch buffers, so the two passes of the op (geometry + the colour ops before contrast, then
 // contrast, the rest of the colour ops, blur, solarize, normalise) meet at a plain per-image
 // reduction instead of a second sweep over the batch:
-//   resize   the crop to S x S, separable (rows, then columns), flip folded into the store, clamp
-//   field    elastic noise regenerated from its seed, blurred once per image (separable)
-//   pass 1   per output pixel: inverse elastic -> inverse rotation -> resized value, the jitter
-//            ops before contrast, and the grayscale sum for contrast's mean
-//   pass 2   contrast and the later jitter ops, grayscale (pointwise, in place), then the
-//            separable blur, solarize, normalise, one write in the output dtype and layout.
+//   resize   the crop to S x S, separable (columns, then rows), flip folded into the store, clamp
+//   geometry inverse elastic -> inverse rotation -> resized value per output pixel (skipped when
+//            neither applies); the elastic noise regenerated from its seed and blurred
+//   pass 1   a row at a time: the jitter ops before contrast, and the grayscale sum for
+//            contrast's mean
+//   pass 2   contrast and the later jitter ops, grayscale, each op a vectorised loop over the
+//            planes, then the separable blur, solarize, normalise, one write in the output dtype
+//            and layout.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -19,6 +21,8 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstddef>
+#include <type_traits>
 #include <vector>
 
 #include "clever_kernels/augment_pixel.h"
@@ -78,6 +82,52 @@ void check_values(const Tensor& pixels, const Tensor& offsets, const Tensor& siz
 }
 
 // ----------------------------------------------------------------------------------------------
+// Vector loops. The build targets baseline x86-64 (SSE2); where GCC can clone functions by target,
+// the loops that carry most of the work get an AVX2 copy chosen at load time. Both compute the
+// same IEEE operations in the same order (no FMA contraction, see setup.py), so the result does
+// not depend on which copy runs.
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define CLEVER_KERNELS_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define CLEVER_KERNELS_VECTOR_CLONES
+#endif
+
+// acc[i] += w * src[i]
+CLEVER_KERNELS_VECTOR_CLONES void axpy(float* __restrict acc, const float* __restrict src, float w, int n) {
+  for (int i = 0; i < n; ++i) {
+    acc[i] += w * src[i];
+  }
+}
+
+CLEVER_KERNELS_VECTOR_CLONES void axpy_u8(float* __restrict acc, const uint8_t* __restrict src, float w, int n) {
+  for (int i = 0; i < n; ++i) {
+    acc[i] += w * static_cast<float>(src[i]);
+  }
+}
+
+// x[i] = clamp01(x[i] * scale)
+CLEVER_KERNELS_VECTOR_CLONES void unit_clamp(float* __restrict x, float scale, int n) {
+  for (int i = 0; i < n; ++i) {
+    x[i] = clamp01(x[i] * scale);
+  }
+}
+
+// dst[i] = normalise(solarize ? solarize(src[i]) : src[i])
+CLEVER_KERNELS_VECTOR_CLONES void normalise_plane(float* __restrict dst, const float* __restrict src, size_t n,
+                                                  bool solarized, float mean, float std) {
+  if (solarized) {
+    for (size_t i = 0; i < n; ++i) {
+      dst[i] = normalise(solarize(src[i]), mean, std);
+    }
+  } else {
+    for (size_t i = 0; i < n; ++i) {
+      dst[i] = normalise(src[i], mean, std);
+    }
+  }
+}
+
+// ----------------------------------------------------------------------------------------------
 // Rendering one output image
 
 struct Job {
@@ -117,22 +167,18 @@ struct AxisTaps {
 
 struct Scratch {
   AxisTaps xs, ys;
-  std::vector<float> rows;     // (3, crop height, S) after the horizontal resize
+  std::vector<float> cols;       // (C, S, crop width) after the vertical resize, in 0..255 units
+  std::vector<float> cols_t;     // (C, crop width, S) its transpose
+  std::vector<float> resized_t;  // (C, S, S) the resized crop, transposed, before the flip
   std::vector<float> resized;  // (3, S, S) flipped resized crop
   std::vector<float> field;    // (2, S, S) elastic displacement
   std::vector<float> image;    // (3, S, S) the view in float
   std::vector<float> tmp;      // (3, S, S) blur intermediate; elastic noise
   std::vector<float> line;     // one reflect-padded row
-  std::vector<float> unit_row;  // one crop row converted to [0, 1]
   std::vector<float> taps;
   std::vector<int> pad_index;
-  std::array<float, 256> unit;  // uint8 -> [0, 1]
-
-  Scratch() {
-    for (int v = 0; v < 256; ++v) {
-      unit[v] = static_cast<float>(v) / 255.0f;
-    }
-  }
+  std::vector<RotationTerms> rot_terms;  // rotation terms of every column (and row)
+  std::vector<int> source;                  // one row's nearest-rotation source indices
 };
 
 void gaussian_taps(int radius, float sigma, std::vector<float>& taps) {
@@ -166,21 +212,32 @@ void blur_planes(float* data, int planes, int size, int radius, float sigma, Scr
       float* dst = sc.tmp.data() + c * plane + static_cast<size_t>(y) * size;
       std::fill(dst, dst + size, 0.0f);
       for (int t = 0; t < width; ++t) {
-        const float wt = w[t];
-        const float* src_t = sc.line.data() + t;
-        for (int x = 0; x < size; ++x) {
-          dst[x] += wt * src_t[x];
-        }
+        axpy(dst, sc.line.data() + t, w[t], size);
       }
     }
     for (int y = 0; y < size; ++y) {
       float* dst = data + c * plane + static_cast<size_t>(y) * size;
       std::fill(dst, dst + size, 0.0f);
       for (int t = 0; t < width; ++t) {
-        const float* src = sc.tmp.data() + c * plane + static_cast<size_t>(sc.pad_index[y + t]) * size;
-        const float wt = w[t];
-        for (int x = 0; x < size; ++x) {
-          dst[x] += wt * src[x];
+        axpy(dst, sc.tmp.data() + c * plane + static_cast<size_t>(sc.pad_index[y + t]) * size, w[t], size);
+      }
+    }
+  }
+}
+
+// dst[j * dst_stride + i] = src[i * src_stride + j] for i < rows, j < cols, in cache-sized tiles;
+// a negative src_stride walks the source rows backwards.
+void transpose(const float* src, int rows, int cols, std::ptrdiff_t src_stride, float* dst,
+               std::ptrdiff_t dst_stride) {
+  constexpr int kTile = 16;
+  for (int i0 = 0; i0 < rows; i0 += kTile) {
+    const int i1 = std::min(i0 + kTile, rows);
+    for (int j0 = 0; j0 < cols; j0 += kTile) {
+      const int j1 = std::min(j0 + kTile, cols);
+      for (int i = i0; i < i1; ++i) {
+        const float* from = src + i * src_stride;
+        for (int j = j0; j < j1; ++j) {
+          dst[j * dst_stride + i] = from[j];
         }
       }
     }
@@ -188,56 +245,55 @@ void blur_planes(float* data, int planes, int size, int radius, float sigma, Scr
 }
 
 // Reference step 1 (+ flip): the crop resized to S x S, clamped, stored mirrored when flipped.
+// Both separable passes are vector loops over contiguous memory: columns first, over the source
+// rows; then the crop is transposed so that the pass over rows also runs along contiguous
+// memory (instead of gathering taps one pixel at a time), and the result transposed back, the
+// flip folded into that copy. Pixels stay in 0..255 units until the last multiply.
 void resize_crop(const Job& job, const ViewParams& v, Scratch& sc) {
   const int S = job.size;
   const int64_t width = job.sizes[2 * v.image + 1];
-  const int ch = static_cast<int>(v.height);
-  sc.xs.build(static_cast<int>(v.width), S, job.bicubic, job.antialias);
-  sc.ys.build(ch, S, job.bicubic, job.antialias);
-  sc.rows.resize(static_cast<size_t>(job.channels) * ch * S);
-  sc.resized.resize(static_cast<size_t>(3) * S * S);
+  const int cw = static_cast<int>(v.width);
+  const int channels = job.channels;
+  sc.xs.build(cw, S, job.bicubic, job.antialias);
+  sc.ys.build(static_cast<int>(v.height), S, job.bicubic, job.antialias);
+  const size_t cols_plane = static_cast<size_t>(S) * cw;
+  const size_t plane = static_cast<size_t>(S) * S;
+  sc.cols.resize(channels * cols_plane);
+  sc.cols_t.resize(channels * cols_plane);
+  sc.resized_t.resize(channels * plane);
+  sc.resized.resize(3 * plane);
   const uint8_t* image = job.pixels + job.offsets[v.image];
   const size_t src_plane = static_cast<size_t>(job.sizes[2 * v.image]) * width;
-  const int cw = static_cast<int>(v.width);
-  sc.unit_row.resize(cw);
-  float* unit_row = sc.unit_row.data();
-  for (int c = 0; c < job.channels; ++c) {
-    for (int r = 0; r < ch; ++r) {
-      const uint8_t* row = image + c * src_plane + static_cast<size_t>(v.top + r) * width + v.left;
-      // each source pixel feeds several taps: convert the row once
-      for (int x = 0; x < cw; ++x) {
-        unit_row[x] = sc.unit[row[x]];
-      }
-      float* dst = sc.rows.data() + (static_cast<size_t>(c) * ch + r) * S;
-      for (int x = 0; x < S; ++x) {
-        float acc = 0.0f;
-        for (int k = sc.xs.first[x]; k < sc.xs.first[x + 1]; ++k) {
-          acc += sc.xs.weight[k] * unit_row[sc.xs.index[k]];
-        }
-        dst[x] = acc;
-      }
-    }
-  }
-  std::vector<float>& acc = sc.line;
-  acc.resize(S);
-  for (int c = 0; c < job.channels; ++c) {
+  const float to_unit = 1.0f / 255.0f;
+  for (int c = 0; c < channels; ++c) {
+    // (S, cw): output rows, source columns
+    float* cols = sc.cols.data() + c * cols_plane;
     for (int y = 0; y < S; ++y) {
-      std::fill(acc.begin(), acc.end(), 0.0f);
+      float* acc = cols + static_cast<size_t>(y) * cw;
+      std::fill(acc, acc + cw, 0.0f);
       for (int k = sc.ys.first[y]; k < sc.ys.first[y + 1]; ++k) {
-        const float* src = sc.rows.data() + (static_cast<size_t>(c) * ch + sc.ys.index[k]) * S;
-        const float w = sc.ys.weight[k];
-        for (int x = 0; x < S; ++x) {
-          acc[x] += w * src[x];
-        }
-      }
-      float* dst = sc.resized.data() + (static_cast<size_t>(c) * S + y) * S;
-      for (int x = 0; x < S; ++x) {
-        dst[v.flip ? S - 1 - x : x] = clamp01(acc[x]);
+        const uint8_t* row = image + c * src_plane + static_cast<size_t>(v.top + sc.ys.index[k]) * width + v.left;
+        axpy_u8(acc, row, sc.ys.weight[k], cw);
       }
     }
+    // (cw, S): source columns, output rows
+    float* cols_t = sc.cols_t.data() + c * cols_plane;
+    transpose(cols, S, cw, cw, cols_t, S);
+    // (S, S) transposed: output columns, output rows
+    float* resized_t = sc.resized_t.data() + c * plane;
+    for (int x = 0; x < S; ++x) {
+      float* acc = resized_t + static_cast<size_t>(x) * S;
+      std::fill(acc, acc + S, 0.0f);
+      for (int k = sc.xs.first[x]; k < sc.xs.first[x + 1]; ++k) {
+        axpy(acc, cols_t + static_cast<size_t>(sc.xs.index[k]) * S, sc.xs.weight[k], S);
+      }
+      unit_clamp(acc, to_unit, S);
+    }
+    // output column x lands at S - 1 - x when flipped: read the columns backwards
+    const float* from = v.flip ? resized_t + (plane - S) : resized_t;
+    transpose(from, S, S, v.flip ? -S : S, sc.resized.data() + c * plane, S);
   }
-  const size_t plane = static_cast<size_t>(S) * S;
-  for (int c = job.channels; c < 3; ++c) {
+  for (int c = channels; c < 3; ++c) {
     std::copy(sc.resized.begin(), sc.resized.begin() + plane, sc.resized.begin() + c * plane);
   }
 }
@@ -271,45 +327,130 @@ struct ResizedFromScratch {
   }
 };
 
-template <typename out_t>
-void render_one(const Job& job, int64_t n, Scratch& sc, out_t* out) {
+// Reference steps 2 to 4 into sc.image. Nearest rotation alone (CAug's default) gathers through
+// tabulated rotation terms a row at a time; bilinear rotation and elastic go pixel by pixel.
+void geometry(const Job& job, const ViewParams& v, Scratch& sc) {
   const int S = job.size;
   const size_t plane = static_cast<size_t>(S) * S;
-  const ViewParams v = load_view(job.iparams + n * kNumIParams, job.fparams + n * kNumFParams);
-  resize_crop(job, v, sc);
+  const Rotation rot = make_rotation(v.angle);
+  float* img = sc.image.data();
+  const float* src = sc.resized.data();
+  if (!v.elastic && rot.active && job.rot_interp == kRotNearest) {
+    // a column's x terms and a row's y terms are the same function of the index
+    sc.rot_terms.resize(S);
+    for (int i = 0; i < S; ++i) {
+      sc.rot_terms[i] = rotation_terms(rot, i, S);
+    }
+    sc.source.resize(S);
+    int* at = sc.source.data();
+    for (int y = 0; y < S; ++y) {
+      const RotationTerms ty = sc.rot_terms[y];
+      for (int x = 0; x < S; ++x) {
+        int iy, ix;
+        at[x] = rotation_nearest(sc.rot_terms[x], ty, S, &iy, &ix) ? iy * S + ix : -1;
+      }
+      const size_t row = static_cast<size_t>(y) * S;
+      for (int c = 0; c < 3; ++c) {
+        const float* from = src + c * plane;
+        float* to = img + c * plane + row;
+        for (int x = 0; x < S; ++x) {
+          to[x] = at[x] >= 0 ? from[at[x]] : 0.0f;
+        }
+      }
+    }
+    return;
+  }
   if (v.elastic) {
     elastic_field(v, S, sc);
   }
-  // Pass 1
-  sc.image.resize(3 * plane);
-  float* img = sc.image.data();
-  const Rotation rot = make_rotation(v.angle);
-  const ResizedFromScratch resized{sc.resized.data(), S};
-  double gray_sum = 0.0;
+  const ResizedFromScratch resized{src, S};
   for (int y = 0; y < S; ++y) {
-    double row_sum = 0.0;
     for (int x = 0; x < S; ++x) {
       const size_t at = static_cast<size_t>(y) * S + x;
       const float dx = v.elastic ? sc.field[at] : 0.0f;
       const float dy = v.elastic ? sc.field[plane + at] : 0.0f;
       float rgb[3];
       geometry_pixel(rot, job.rot_interp, v.elastic, dx, dy, y, x, S, resized, rgb);
-      row_sum += colour_pre(v, rgb);
       img[at] = rgb[0];
       img[plane + at] = rgb[1];
       img[2 * plane + at] = rgb[2];
     }
-    gray_sum += row_sum;
   }
-  const float mean = static_cast<float>(gray_sum / static_cast<double>(plane));
-  // Pass 2
+}
+
+// One jitter op over n planar pixels, the op chosen once so the loop over pixels vectorises.
+// No AVX2 copy: GCC 12 leaves the hue loop scalar under -mavx2 (it vectorises it for SSE2).
+template <typename Op>
+C10_ALWAYS_INLINE void each_pixel(float* __restrict r, float* __restrict g, float* __restrict b, size_t n,
+                                  const Op& op) {
+  for (size_t i = 0; i < n; ++i) {
+    float rgb[3] = {r[i], g[i], b[i]};
+    op(rgb);
+    r[i] = rgb[0];
+    g[i] = rgb[1];
+    b[i] = rgb[2];
+  }
+}
+
+void jitter_planes(float* r, float* g, float* b, size_t n, int op, float factor, float mean) {
+  switch (op) {
+    case kOpBrightness: each_pixel(r, g, b, n, [&](float* rgb) { adjust_brightness(rgb, factor); }); break;
+    case kOpContrast: each_pixel(r, g, b, n, [&](float* rgb) { adjust_contrast(rgb, factor, mean); }); break;
+    case kOpSaturation: each_pixel(r, g, b, n, [&](float* rgb) { adjust_saturation(rgb, factor); }); break;
+    default: each_pixel(r, g, b, n, [&](float* rgb) { adjust_hue(rgb, factor); }); break;
+  }
+}
+
+template <typename out_t>
+void render_one(const Job& job, int64_t n, Scratch& sc, out_t* out) {
+  const int S = job.size;
+  const size_t plane = static_cast<size_t>(S) * S;
+  const ViewParams v = load_view(job.iparams + n * kNumIParams, job.fparams + n * kNumFParams);
+  resize_crop(job, v, sc);
+  float* img;
+  if (!v.elastic && !make_rotation(v.angle).active) {
+    img = sc.resized.data();
+  } else {
+    sc.image.resize(3 * plane);
+    geometry(job, v, sc);
+    img = sc.image.data();
+  }
+  float* r = img;
+  float* g = img + plane;
+  float* b = img + 2 * plane;
+  // Pass 1 ends at contrast, which needs the mean grayscale of the image as it stands then
+  // (colour_pre's order); pass 2 (colour_post's) is the rest. Both run a row at a time, each op a
+  // vector loop over the row while it stays in L1 (a whole global view does not fit in L2).
+  const int rows_pre = v.jitter ? v.n_pre : 0;
+  float mean = 0.0f;
+  if (v.jitter) {
+    double gray_sum = 0.0;
+    for (int y = 0; y < S; ++y) {
+      const size_t row = static_cast<size_t>(y) * S;
+      for (int k = 0; k < rows_pre; ++k) {
+        jitter_planes(r + row, g + row, b + row, S, v.order[k], v.factor[v.order[k]], 0.0f);
+      }
+      double row_sum = 0.0;
+      for (int x = 0; x < S; ++x) {
+        const float rgb[3] = {r[row + x], g[row + x], b[row + x]};
+        row_sum += grayscale(rgb);
+      }
+      gray_sum += row_sum;
+    }
+    mean = static_cast<float>(gray_sum / static_cast<double>(plane));
+  }
   if (v.jitter || v.grayscale) {
-    for (size_t at = 0; at < plane; ++at) {
-      float rgb[3] = {img[at], img[plane + at], img[2 * plane + at]};
-      colour_post(v, mean, rgb);
-      img[at] = rgb[0];
-      img[plane + at] = rgb[1];
-      img[2 * plane + at] = rgb[2];
+    for (int y = 0; y < S; ++y) {
+      const size_t row = static_cast<size_t>(y) * S;
+      for (int k = rows_pre; k < (v.jitter ? 4 : 0); ++k) {
+        jitter_planes(r + row, g + row, b + row, S, v.order[k], v.factor[v.order[k]], mean);
+      }
+      if (v.grayscale) {
+        for (int x = 0; x < S; ++x) {
+          const float rgb[3] = {r[row + x], g[row + x], b[row + x]};
+          r[row + x] = g[row + x] = b[row + x] = grayscale(rgb);
+        }
+      }
     }
   }
   const int radius = blur_radius(v.blur_sigma);
@@ -319,16 +460,17 @@ void render_one(const Job& job, int64_t n, Scratch& sc, out_t* out) {
   for (int c = 0; c < 3; ++c) {
     const float m = job.mean[c], s = job.std[c];
     const float* src = img + c * plane;
-    for (size_t at = 0; at < plane; ++at) {
-      float x = src[at];
-      if (v.solarize) {
-        x = solarize(x);
+    if (job.channels_last) {
+      out_t* dst = out + static_cast<size_t>(n) * plane * 3 + c;
+      for (size_t at = 0; at < plane; ++at) {
+        dst[at * 3] = static_cast<out_t>(normalise(v.solarize ? solarize(src[at]) : src[at], m, s));
       }
-      const out_t value = static_cast<out_t>(normalise(x, m, s));
-      if (job.channels_last) {
-        out[(static_cast<size_t>(n) * plane + at) * 3 + c] = value;
-      } else {
-        out[(static_cast<size_t>(n) * 3 + c) * plane + at] = value;
+    } else if constexpr (std::is_same_v<out_t, float>) {
+      normalise_plane(out + (static_cast<size_t>(n) * 3 + c) * plane, src, plane, v.solarize, m, s);
+    } else {
+      out_t* dst = out + (static_cast<size_t>(n) * 3 + c) * plane;
+      for (size_t at = 0; at < plane; ++at) {
+        dst[at] = static_cast<out_t>(normalise(v.solarize ? solarize(src[at]) : src[at], m, s));
       }
     }
   }

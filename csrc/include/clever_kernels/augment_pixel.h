@@ -94,15 +94,16 @@ C10_HOST_DEVICE inline ViewParams load_view(const int64_t* ip, const float* fp) 
 }
 
 // ------------------------------------------------------------------------------------------------
-// Correctly rounded arithmetic that the compiler may not contract into FMAs (nvcc contracts by
-// default; GCC does whenever FMA instructions are enabled). Used where ties matter.
+// Correctly rounded arithmetic that the compiler may not contract into FMAs. Used where ties
+// matter. nvcc contracts by default, so device code says so with intrinsics; host code is built
+// with -ffp-contract=off (setup.py), so a plain operation is one IEEE operation there and the
+// loops that use these still vectorise.
 
 C10_HOST_DEVICE inline float mul_rn(float a, float b) {
 #ifdef __CUDA_ARCH__
   return __fmul_rn(a, b);
 #else
-  volatile float p = a * b;
-  return p;
+  return a * b;
 #endif
 }
 
@@ -110,8 +111,7 @@ C10_HOST_DEVICE inline float add_rn(float a, float b) {
 #ifdef __CUDA_ARCH__
   return __fadd_rn(a, b);
 #else
-  volatile float s = a + b;
-  return s;
+  return a + b;
 #endif
 }
 
@@ -119,8 +119,7 @@ C10_HOST_DEVICE inline double dmul_rn(double a, double b) {
 #ifdef __CUDA_ARCH__
   return __dmul_rn(a, b);
 #else
-  volatile double p = a * b;
-  return p;
+  return a * b;
 #endif
 }
 
@@ -128,24 +127,34 @@ C10_HOST_DEVICE inline double dadd_rn(double a, double b) {
 #ifdef __CUDA_ARCH__
   return __dadd_rn(a, b);
 #else
-  volatile double s = a + b;
-  return s;
+  return a + b;
 #endif
+}
+
+// min and max for values that are never NaN here: fminf / fmaxf are library calls on the host
+// (their NaN rules), these compile to one instruction and let loops vectorise.
+C10_HOST_DEVICE inline float min_f(float a, float b) {
+  return b < a ? b : a;
+}
+
+C10_HOST_DEVICE inline float max_f(float a, float b) {
+  return a < b ? b : a;
 }
 
 // floor and round-half-to-even without libm: baseline x86-64 (SSE2) has no rounding instruction,
 // so std::floor and std::nearbyint are calls, and they sit in every pixel's inner maths. Both are
 // exact for |x| < 2^22 (pixel coordinates and hue values, far inside that range); larger floats
-// are integers already.
+// are integers already. Written with selects and no branch, so loops over pixels vectorise.
 C10_HOST_DEVICE inline float floor_exact(float x) {
 #ifdef __CUDA_ARCH__
   return ::floorf(x);
 #else
-  if (!(::fabsf(x) < 4194304.0f)) {
-    return x;
-  }
-  const float t = static_cast<float>(static_cast<int>(x));
-  return t > x ? t - 1.0f : t;
+  constexpr float kExact = 4194304.0f;  // 2^22
+  const float bounded = x < -kExact ? -kExact : (x > kExact ? kExact : x);  // NaN stays NaN
+  const float t = static_cast<float>(static_cast<int>(bounded == bounded ? bounded : 0.0f));
+  const float t_minus_1 = t - 1.0f;
+  const float down = t > bounded ? t_minus_1 : t;
+  return ::fabsf(x) < kExact ? down : x;
 #endif
 }
 
@@ -153,11 +162,9 @@ C10_HOST_DEVICE inline float round_half_even(float x) {
 #ifdef __CUDA_ARCH__
   return ::nearbyintf(x);
 #else
-  if (!(::fabsf(x) < 4194304.0f)) {
-    return x;
-  }
   // 1.5 * 2^23: the sum's last mantissa bit is the units digit, rounded half to even
-  return add_rn(add_rn(x, 12582912.0f), -12582912.0f);
+  const float rounded = add_rn(add_rn(x, 12582912.0f), -12582912.0f);
+  return ::fabsf(x) < 4194304.0f ? rounded : x;
 #endif
 }
 
@@ -374,6 +381,10 @@ C10_HOST_DEVICE inline float unnormalize(float g, int n) {
   return add_rn(mul_rn(add_rn(g, 1.0f), static_cast<float>(n) / 2.0f), -0.5f);
 }
 
+C10_HOST_DEVICE inline bool inside(int y, int x, int size) {
+  return y >= 0 && y < size && x >= 0 && x < size;
+}
+
 struct Rotation {
   bool active;  // an angle of exactly 0 is the identity, bit for bit
   double cos_a, sin_a;
@@ -389,17 +400,42 @@ C10_HOST_DEVICE inline Rotation make_rotation(float angle) {
   return r;
 }
 
+// The rotation's per-axis terms for pixel i: cos(a) * c and sin(a) * c, with c the pixel
+// centre's offset from the image centre in pixels (reference.rotation_grid, float64). A row of
+// output pixels shares its y terms, a column its x terms, so a CPU pass can tabulate them.
+struct RotationTerms {
+  double cos_c, sin_c;
+};
+
+C10_HOST_DEVICE inline RotationTerms rotation_terms(const Rotation& r, int i, int size) {
+  const double c = dmul_rn(pixel_centre(i, size), static_cast<double>(size) / 2.0);
+  return {dmul_rn(r.cos_a, c), dmul_rn(r.sin_a, c)};
+}
+
 // Source position (in pixels of the S x S image, grid_sample's convention) that rotated output
-// pixel (y, x) samples: reference.rotation_grid in float64, rounded to float32, unnormalised.
-C10_HOST_DEVICE inline void rotation_source(const Rotation& r, int y, int x, int size, float* sx,
-                                            float* sy) {
+// pixel (y, x) samples, from its terms: the grid in float64, rounded to float32, unnormalised.
+C10_HOST_DEVICE inline void rotation_source_from(RotationTerms tx, RotationTerms ty, int size, float* sx,
+                                                 float* sy) {
   const double half = static_cast<double>(size) / 2.0;
-  const double xc = dmul_rn(pixel_centre(x, size), half);
-  const double yc = dmul_rn(pixel_centre(y, size), half);
-  const double gx = dadd_rn(dmul_rn(r.cos_a, xc), -dmul_rn(r.sin_a, yc)) / half;
-  const double gy = dadd_rn(dmul_rn(r.sin_a, xc), dmul_rn(r.cos_a, yc)) / half;
+  const double gx = dadd_rn(tx.cos_c, -ty.sin_c) / half;
+  const double gy = dadd_rn(tx.sin_c, ty.cos_c) / half;
   *sx = unnormalize(static_cast<float>(gx), size);
   *sy = unnormalize(static_cast<float>(gy), size);
+}
+
+C10_HOST_DEVICE inline void rotation_source(const Rotation& r, int y, int x, int size, float* sx,
+                                            float* sy) {
+  rotation_source_from(rotation_terms(r, x, size), rotation_terms(r, y, size), size, sx, sy);
+}
+
+// grid_sample's nearest pick (round half to even) of a rotated output pixel: its source pixel
+// (*iy, *ix); false when that falls outside (fill).
+C10_HOST_DEVICE inline bool rotation_nearest(RotationTerms tx, RotationTerms ty, int size, int* iy, int* ix) {
+  float sx, sy;
+  rotation_source_from(tx, ty, size, &sx, &sy);
+  *ix = static_cast<int>(round_half_even(sx));
+  *iy = static_cast<int>(round_half_even(sy));
+  return inside(*iy, *ix, size);
 }
 
 // Bilinear corner weights as grid_sample computes them, order nw, ne, sw, se.
@@ -425,10 +461,6 @@ C10_HOST_DEVICE inline Bilinear bilinear_at(float x, float y) {
   return b;
 }
 
-C10_HOST_DEVICE inline bool inside(int y, int x, int size) {
-  return y >= 0 && y < size && x >= 0 && x < size;
-}
-
 // Value of the rotated image at integer pixel (y, x). `resized(y, x, rgb)` must write the
 // flipped resized image's pixel (both indices inside [0, size)).
 template <typename Resized>
@@ -438,18 +470,16 @@ C10_HOST_DEVICE inline void rotated_pixel(const Rotation& r, int rot_interp, int
     resized(y, x, rgb);
     return;
   }
-  float sx, sy;
-  rotation_source(r, y, x, size, &sx, &sy);
   rgb[0] = rgb[1] = rgb[2] = 0.0f;
   if (rot_interp == kRotNearest) {
-    // round half to even, as grid_sample's nearest
-    const int ix = static_cast<int>(round_half_even(sx));
-    const int iy = static_cast<int>(round_half_even(sy));
-    if (inside(iy, ix, size)) {
+    int iy, ix;
+    if (rotation_nearest(rotation_terms(r, x, size), rotation_terms(r, y, size), size, &iy, &ix)) {
       resized(iy, ix, rgb);
     }
     return;
   }
+  float sx, sy;
+  rotation_source(r, y, x, size, &sx, &sy);
   const Bilinear b = bilinear_at(sx, sy);
   for (int k = 0; k < 4; ++k) {
     const int yy = b.y0 + (k >> 1);
@@ -494,8 +524,10 @@ C10_HOST_DEVICE inline void geometry_pixel(const Rotation& r, int rot_interp, bo
 // ------------------------------------------------------------------------------------------------
 // Colour (reference steps 5 to 9), pointwise on one RGB pixel.
 
+// As x < 0 ? 0 : (x > 1 ? 1 : x), NaN passed through, in the min/max form compilers turn into
+// two instructions (and vector ones in a loop).
 C10_HOST_DEVICE inline float clamp01(float x) {
-  return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x);
+  return min_f(max_f(x, 0.0f), 1.0f);
 }
 
 C10_HOST_DEVICE inline float grayscale(const float* rgb) {
@@ -522,11 +554,19 @@ C10_HOST_DEVICE inline void adjust_saturation(float* rgb, float f) {
   }
 }
 
+// Channel n of HSV -> RGB (n = 5 red, 3 green, 1 blue) at h6 = 6 h, vs = v s.
+C10_HOST_DEVICE inline float hsv_channel(float v, float vs, float h6, float n) {
+  const float k_raw = n + h6;
+  const float k_wrapped = k_raw - 6.0f;
+  const float k = k_raw >= 6.0f ? k_wrapped : k_raw;
+  return clamp01(v - vs * clamp01(min_f(k, 4.0f - k)));
+}
+
 // torchvision's _rgb2hsv, hue shifted modulo 1, then _hsv2rgb.
 C10_HOST_DEVICE inline void adjust_hue(float* rgb, float shift) {
   const float r = rgb[0], g = rgb[1], b = rgb[2];
-  const float maxc = ::fmaxf(r, ::fmaxf(g, b));
-  const float minc = ::fminf(r, ::fminf(g, b));
+  const float maxc = max_f(r, max_f(g, b));
+  const float minc = min_f(r, min_f(g, b));
   const float delta = maxc - minc;
   const bool flat = delta == 0.0f;
   const float s = delta / (flat ? 1.0f : maxc);
@@ -534,33 +574,28 @@ C10_HOST_DEVICE inline void adjust_hue(float* rgb, float shift) {
   const float rc = (maxc - r) / d;
   const float gc = (maxc - g) / d;
   const float bc = (maxc - b) / d;
-  float h = maxc == r ? bc - gc : (maxc == g ? 2.0f + rc - bc : 4.0f + gc - rc);
+  // every candidate computed, then selected: arithmetic inside a conditional would keep the loop
+  // over pixels from vectorising (it might raise a floating-point flag the branch would not)
+  const float h_r = bc - gc;
+  const float h_g = 2.0f + rc - bc;
+  const float h_b = 4.0f + gc - rc;
+  float h = maxc == r ? h_r : (maxc == g ? h_g : h_b);
   // fmod(h / 6 + 1, 1): the argument lies in [5/6, 2), where subtracting 1 is exact
   h = h / 6.0f + 1.0f;
-  h = h >= 1.0f ? h - 1.0f : h;
+  const float h_wrapped = h - 1.0f;
+  h = h >= 1.0f ? h_wrapped : h;
   h += shift;
   h = h - floor_exact(h);  // torch.remainder(h, 1)
+  // HSV back to RGB in the sector-free form: channel n (5 red, 3 green, 1 blue) is
+  // v - v s clamp(min(k, 4 - k), 0, 1) with k = (n + 6 h) mod 6. It equals torchvision's
+  // per-sector (v, p, q, t) table up to rounding (within 1 ulp of v), and has no data-dependent
+  // choice of formula, so a loop over pixels vectorises.
   const float v = maxc;
   const float h6 = h * 6.0f;
-  const float i = floor_exact(h6);
-  const float f = h6 - i;
-  int sector = static_cast<int>(i) % 6;
-  sector = sector < 0 ? sector + 6 : sector;
-  const float p = clamp01(v * (1.0f - s));
-  const float q = clamp01(v * (1.0f - s * f));
-  const float t = clamp01(v * (1.0f - s * (1.0f - f)));
-  float out_r, out_g, out_b;
-  switch (sector) {
-    case 0: out_r = v; out_g = t; out_b = p; break;
-    case 1: out_r = q; out_g = v; out_b = p; break;
-    case 2: out_r = p; out_g = v; out_b = t; break;
-    case 3: out_r = p; out_g = q; out_b = v; break;
-    case 4: out_r = t; out_g = p; out_b = v; break;
-    default: out_r = v; out_g = p; out_b = q; break;
-  }
-  rgb[0] = clamp01(out_r);
-  rgb[1] = clamp01(out_g);
-  rgb[2] = clamp01(out_b);
+  const float vs = v * s;
+  rgb[0] = hsv_channel(v, vs, h6, 5.0f);
+  rgb[1] = hsv_channel(v, vs, h6, 3.0f);
+  rgb[2] = hsv_channel(v, vs, h6, 1.0f);
 }
 
 C10_HOST_DEVICE inline void jitter_op(float* rgb, int op, float factor, float mean) {
