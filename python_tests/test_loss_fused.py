@@ -45,10 +45,12 @@ def _reference(s1, s2, t1, t2, c1, c2, ncrops, tt):
     return _run(ref.clever_loss, *up, ncrops, tt)
 
 
-def _assert_close(got, want, dtype, what):
+def _assert_close(got, want, dtype, what, unit=1.0):
+    """atol scales with the largest reference value, or with `unit` (the natural size of the
+    terms the result is a difference of) when that is larger."""
     atol, rtol = tolerance(dtype)
     want = want.double()
-    scale = max(1.0, want.abs().max().item()) if want.numel() else 1.0
+    scale = max(1.0, unit, want.abs().max().item()) if want.numel() else 1.0
     torch.testing.assert_close(got.double(), want, atol=atol * scale, rtol=rtol, msg=lambda m: f"{what}: {m}")
 
 
@@ -59,8 +61,13 @@ def _check_against_reference(backend, batch, ncrops, k1, k2, dtype, rng, tt=0.04
     for name, got, want in zip(("total", "loss_dir", "loss_dvr", "center_ir", "center_ef"), parts, want_parts):
         _assert_close(got, want, torch.float32 if dtype == torch.float64 else dtype, name)
     assert g1.dtype == dtype and g2.dtype == dtype
-    _assert_close(g1, w1, dtype, "grad student_ir")
-    _assert_close(g2, w2, dtype, "grad student_ef")
+    # A gradient row is a difference of softmax terms of size 1 / (n_terms * B * ts) each (SPEC.md),
+    # which cancel where student and teacher are both near one-hot on one index (likely with
+    # B = 1 and tt = 0.04): there the reference is ~0 and the float32 statistics the kernels
+    # start from leave ~|lse| * 2^-24 of that size, so the tolerance is relative to it.
+    unit = 1.0 / (2 * (ncrops - 1) * batch * TS)
+    _assert_close(g1, w1, dtype, "grad student_ir", unit)
+    _assert_close(g2, w2, dtype, "grad student_ef", unit)
 
 
 CPP_CASES = [(b, v, k1, k2, dt)
