@@ -67,6 +67,29 @@ def param_tables(group: Sequence[AugParams]) -> Tuple[Tensor, Tensor]:
     return torch.cat(ints).contiguous(), torch.cat(floats).contiguous()
 
 
+def check_options(mean, std, interpolation: str, rotation_interpolation: str, out_dtype: torch.dtype):
+    """The rendering options as the op takes them; raises naming a bad one."""
+    mean, std = reference._check_norm(mean, std)
+    reference._check_choice("interpolation", interpolation, tuple(_INTERPOLATION))
+    reference._check_choice("rotation_interpolation", rotation_interpolation, tuple(_ROTATION_INTERPOLATION))
+    if out_dtype not in OUT_DTYPES:
+        raise ValueError(f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype!r}")
+    return mean, std
+
+
+def render_packed(packed: Tuple[Tensor, Tensor, Tensor], channels: int, group: Sequence[AugParams], mean, std,
+                  antialias: bool, out_dtype: torch.dtype, channels_last: bool, interpolation: str,
+                  rotation_interpolation: str) -> Tensor:
+    """render_views on images already packed (pack_images) and checked, with checked options:
+    what render() calls once per output size, packing the images once for all sizes."""
+    pixels, offsets, image_sizes = packed
+    iparams, fparams = param_tables(group)
+    return torch.ops.clever_kernels.render_views(
+        pixels, offsets, image_sizes, channels, iparams, fparams, group[0].size, list(mean), list(std),
+        bool(antialias), _INTERPOLATION[interpolation], _ROTATION_INTERPOLATION[rotation_interpolation],
+        out_dtype, bool(channels_last))
+
+
 def render_views(images, group: Sequence[AugParams], mean: Sequence[float], std: Sequence[float],
                  antialias: bool = True, out_dtype: torch.dtype = torch.float32, channels_last: bool = False,
                  interpolation: str = "bicubic", rotation_interpolation: str = "nearest") -> Tensor:
@@ -86,17 +109,9 @@ def render_views(images, group: Sequence[AugParams], mean: Sequence[float], std:
         raise ValueError(f"group: every view must have the same size, got sizes {sorted(sizes)}")
     for p in group:
         reference._check_params(p, images)
-    mean, std = reference._check_norm(mean, std)
-    reference._check_choice("interpolation", interpolation, tuple(_INTERPOLATION))
-    reference._check_choice("rotation_interpolation", rotation_interpolation, tuple(_ROTATION_INTERPOLATION))
-    if out_dtype not in OUT_DTYPES:
-        raise ValueError(f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype!r}")
-    pixels, offsets, image_sizes = pack_images(images)
-    iparams, fparams = param_tables(group)
-    return torch.ops.clever_kernels.render_views(
-        pixels, offsets, image_sizes, images[0].shape[0], iparams, fparams, group[0].size, list(mean),
-        list(std), bool(antialias), _INTERPOLATION[interpolation], _ROTATION_INTERPOLATION[rotation_interpolation],
-        out_dtype, bool(channels_last))
+    mean, std = check_options(mean, std, interpolation, rotation_interpolation, out_dtype)
+    return render_packed(pack_images(images), images[0].shape[0], group, mean, std, antialias, out_dtype,
+                         channels_last, interpolation, rotation_interpolation)
 
 
 def _register_fake():

@@ -70,12 +70,15 @@ def render(images, params: Union[AugParams, Sequence[AugParams]], mean: Sequence
         groups.setdefault(p.size, []).append(index)
     out: List[Tensor] = [None] * len(views)
     batch = len(images)
+    if impl == "fused":
+        from . import _fused
+        mean, std = _fused.check_options(mean, std, interpolation, rotation_interpolation, out_dtype)
+        packed = _fused.pack_images(images)
     for size, members in groups.items():
         group = [views[i] for i in members]
         if impl == "fused":
-            from . import _fused
-            stacked = _fused.render_views(images, group, mean, std, antialias, out_dtype, channels_last,
-                                          interpolation, rotation_interpolation)
+            stacked = _fused.render_packed(packed, images[0].shape[0], group, mean, std, antialias, out_dtype,
+                                           channels_last, interpolation, rotation_interpolation)
         else:
             stacked = torch.cat([reference.render(images, p, mean, std, antialias, out_dtype, interpolation,
                                                   rotation_interpolation) for p in group])
