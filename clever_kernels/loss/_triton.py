@@ -11,7 +11,8 @@ chunk of K with online softmax, keeping per row a running maximum and the sums r
 and per (teacher row, student row) pair a running dot product. Each program writes these partial
 statistics, relative to its own maxima, to small float32 workspaces; a second kernel merges the
 chunks like flash-attention's LSE merge. The backward recomputes both softmaxes from the logits
-and the stored log-sum-exps and writes every gradient element once.
+and the stored log-sum-exps (re-deriving a row's offsets from its logits only where its |lse| is
+too large for float32 to pin the exponent) and writes every gradient element once.
 """
 import contextlib
 import functools
@@ -40,6 +41,12 @@ _GPU_MAX_BLOCK_K = 2048
 _INTERPRETER_BLOCK_K = 128
 _SUM_ROWS = 8
 _SUM_BLOCK_K = 256
+# The backward's softmaxes start from the stored float32 log-sum-exps, which pin an exponent only
+# to about |lse| * 2^-24 (a relative error of 8e-6 in the softmax at |lse| = 128, 0.4% at 1e5).
+# Rows with a larger |lse| get their offsets recomputed from the logits, as in the C++ kernels
+# (csrc/include/clever_kernels/online_softmax.h, kRecomputeLseAbove).
+_RECOMPUTE_LSE_ABOVE = 128.0
+_OFFSET_BLOCK_K = 1024
 
 
 # --------------------------------------------------------------------------------------------
@@ -219,8 +226,42 @@ def _loss_fwd_merge_kernel(
 
 
 @triton.jit
+def _row_offsets_kernel(x_ptr, center_ptr, lse_ptr, m_ptr, c_ptr, K, inv_temp,
+                        HAS_CENTER: tl.constexpr, LIMIT: tl.constexpr, BLOCK_K: tl.constexpr):
+    # Per row, (m, c) with softmax((x - center) / T) = exp((x - center - m) / T - c): m = 0 and
+    # c = lse as stored, or, where |lse| > LIMIT, m = the row's maximum and c the log of the sum
+    # relative to it, recomputed from the logits, so that nothing large is rounded. NaN lse
+    # stays as it is and reaches every exponent.
+    row = tl.program_id(0)
+    lse = tl.load(lse_ptr + row)
+    m_out = lse * 0.0
+    c_out = lse
+    if tl.abs(lse) > LIMIT:
+        base = x_ptr + row.to(tl.int64) * K
+        k = tl.arange(0, BLOCK_K)
+        run_max = tl.full([BLOCK_K], float("-inf"), tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            ok = k0 + k < K
+            x = tl.load(base + k0 + k, mask=ok, other=float("-inf")).to(tl.float32)
+            if HAS_CENTER:
+                x = x - tl.load(center_ptr + k0 + k, mask=ok, other=0.0)
+            run_max = tl.maximum(run_max, x)
+        m_out = tl.max(run_max, axis=0)
+        total = tl.zeros([BLOCK_K], tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            ok = k0 + k < K
+            x = tl.load(base + k0 + k, mask=ok, other=float("-inf")).to(tl.float32)
+            if HAS_CENTER:
+                x = x - tl.load(center_ptr + k0 + k, mask=ok, other=0.0)
+            total += tl.exp((x - m_out) * inv_temp)
+        c_out = tl.log(tl.sum(total, axis=0))
+    tl.store(m_ptr + row, m_out)
+    tl.store(c_ptr + row, c_out)
+
+
+@triton.jit
 def _loss_bwd_kernel(
-    student_ptr, teacher_ptr, center_ptr, lse_s_ptr, lse_t_ptr, pair_coef_ptr, row_coef_ptr,
+    student_ptr, teacher_ptr, center_ptr, m_s_ptr, c_s_ptr, m_t_ptr, c_t_ptr, pair_coef_ptr, row_coef_ptr,
     grad_ptr, B, K, inv_ts, inv_tt,
     V: tl.constexpr, V_PAD: tl.constexpr, BLOCK_K: tl.constexpr, COSINE: tl.constexpr,
 ):
@@ -235,21 +276,23 @@ def _loss_bwd_kernel(
     k_ok = k < K
     tile_ok = view_ok[:, None] & k_ok[None, :]
 
-    # exp(x / T - lse) as one fma: x / T and lse can both be ~1e5 for extreme logits, and
-    # rounding either before the subtraction would cost percent-level errors in the softmax.
+    # exp((x - m) / T - c) as one fma, with (m, c) from _row_offsets_kernel: x / T and c can
+    # both be large, and rounding either before the subtraction would cost up to percent-level
+    # errors in the softmax for extreme logits.
     c = tl.load(center_ptr + k, mask=k_ok, other=0.0)
-    lse_t0 = tl.load(lse_t_ptr + b)
-    lse_t1 = tl.load(lse_t_ptr + B + b)
+    m_t0, m_t1 = tl.load(m_t_ptr + b), tl.load(m_t_ptr + B + b)
+    c_t0, c_t1 = tl.load(c_t_ptr + b), tl.load(c_t_ptr + B + b)
     # Masked lanes load -inf: their softmax values are exp(-inf) = 0 rather than overflowing.
     t0 = tl.load(teacher_ptr + b.to(tl.int64) * K + k, mask=k_ok, other=float("-inf")).to(tl.float32) - c
     t1 = tl.load(teacher_ptr + (b + B).to(tl.int64) * K + k, mask=k_ok, other=float("-inf")).to(tl.float32) - c
-    q0 = tl.exp(tl.fma(t0, inv_tt, -lse_t0))
-    q1 = tl.exp(tl.fma(t1, inv_tt, -lse_t1))
+    q0 = tl.exp(tl.fma(t0 - m_t0, inv_tt, -c_t0))
+    q1 = tl.exp(tl.fma(t1 - m_t1, inv_tt, -c_t1))
 
     offs = rows.to(tl.int64)[:, None] * K + k[None, :]
     s = tl.load(student_ptr + offs, mask=tile_ok, other=float("-inf")).to(tl.float32)
-    lse_s = tl.load(lse_s_ptr + rows, mask=view_ok, other=0.0)
-    r = tl.exp(tl.fma(s, inv_ts, -lse_s[:, None]))
+    m_s = tl.load(m_s_ptr + rows, mask=view_ok, other=0.0)
+    c_s = tl.load(c_s_ptr + rows, mask=view_ok, other=0.0)
+    r = tl.exp(tl.fma(s - m_s[:, None], inv_ts, -c_s[:, None]))
 
     w0 = tl.load(pair_coef_ptr + rows, mask=view_ok, other=0.0)
     w1 = tl.load(pair_coef_ptr + V * B + rows, mask=view_ok, other=0.0)
@@ -444,9 +487,19 @@ def _backward(student, teacher, center, lse_student, lse_teacher, pair_coef, row
     v_pad = _view_pad(ncrops)
     block = _block_k(K, v_pad, device, block_k, _BWD_TILE)
     grad = torch.empty_like(student)
+    f32 = dict(dtype=torch.float32, device=device)
+    m_s, c_s = torch.empty(rows, **f32), torch.empty(rows, **f32)
+    m_t, c_t = torch.empty(2 * batch, **f32), torch.empty(2 * batch, **f32)
+    offset_block = min(_OFFSET_BLOCK_K, triton.next_power_of_2(K)) if device.type == "cuda" else block
     with _device_guard(student):
+        for x, shift, lse, m, c, inv_temp in ((student, None, lse_student, m_s, c_s, 1.0 / student_temp),
+                                              (teacher, center, lse_teacher, m_t, c_t, 1.0 / teacher_temp)):
+            _row_offsets_kernel[(x.shape[0],)](
+                x, center if shift is None else shift, lse, m, c, K, inv_temp,
+                HAS_CENTER=shift is not None, LIMIT=_RECOMPUTE_LSE_ABOVE, BLOCK_K=offset_block, num_warps=4,
+            )
         _loss_bwd_kernel[(batch, triton.cdiv(K, block))](
-            student, teacher, center, lse_student, lse_teacher, pair_coef, row_coef, grad,
+            student, teacher, center, m_s, c_s, m_t, c_t, pair_coef, row_coef, grad,
             batch, K, 1.0 / student_temp, 1.0 / teacher_temp,
             V=ncrops, V_PAD=v_pad, BLOCK_K=block, COSINE=cosine,
             num_warps=_num_warps(v_pad, block),
