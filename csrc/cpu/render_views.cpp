@@ -378,8 +378,6 @@ void geometry(const Job& job, const ViewParams& v, Scratch& sc) {
   }
 }
 
-// One jitter op over n planar pixels, the op chosen once so the loop over pixels vectorises.
-// No AVX2 copy: GCC 12 leaves the hue loop scalar under -mavx2 (it vectorises it for SSE2).
 template <typename Op>
 C10_ALWAYS_INLINE void each_pixel(float* __restrict r, float* __restrict g, float* __restrict b, size_t n,
                                   const Op& op) {
@@ -392,7 +390,9 @@ C10_ALWAYS_INLINE void each_pixel(float* __restrict r, float* __restrict g, floa
   }
 }
 
-void jitter_planes(float* r, float* g, float* b, size_t n, int op, float factor, float mean) {
+// One jitter op over n planar pixels, the op chosen once so the loop over pixels vectorises.
+CLEVER_KERNELS_VECTOR_CLONES void jitter_planes(float* r, float* g, float* b, size_t n, int op, float factor,
+                                                float mean) {
   switch (op) {
     case kOpBrightness: each_pixel(r, g, b, n, [&](float* rgb) { adjust_brightness(rgb, factor); }); break;
     case kOpContrast: each_pixel(r, g, b, n, [&](float* rgb) { adjust_contrast(rgb, factor, mean); }); break;

@@ -145,19 +145,6 @@ C10_HOST_DEVICE inline float max_f(float a, float b) {
 // so std::floor and std::nearbyint are calls, and they sit in every pixel's inner maths. Both are
 // exact for |x| < 2^22 (pixel coordinates and hue values, far inside that range); larger floats
 // are integers already. Written with selects and no branch, so loops over pixels vectorise.
-C10_HOST_DEVICE inline float floor_exact(float x) {
-#ifdef __CUDA_ARCH__
-  return ::floorf(x);
-#else
-  constexpr float kExact = 4194304.0f;  // 2^22
-  const float bounded = x < -kExact ? -kExact : (x > kExact ? kExact : x);  // NaN stays NaN
-  const float t = static_cast<float>(static_cast<int>(bounded == bounded ? bounded : 0.0f));
-  const float t_minus_1 = t - 1.0f;
-  const float down = t > bounded ? t_minus_1 : t;
-  return ::fabsf(x) < kExact ? down : x;
-#endif
-}
-
 C10_HOST_DEVICE inline float round_half_even(float x) {
 #ifdef __CUDA_ARCH__
   return ::nearbyintf(x);
@@ -165,6 +152,18 @@ C10_HOST_DEVICE inline float round_half_even(float x) {
   // 1.5 * 2^23: the sum's last mantissa bit is the units digit, rounded half to even
   const float rounded = add_rn(add_rn(x, 12582912.0f), -12582912.0f);
   return ::fabsf(x) < 4194304.0f ? rounded : x;
+#endif
+}
+
+// From the rounding rather than through an int conversion: GCC vectorises this form for AVX2
+// as well as SSE2.
+C10_HOST_DEVICE inline float floor_exact(float x) {
+#ifdef __CUDA_ARCH__
+  return ::floorf(x);
+#else
+  const float rounded = round_half_even(x);
+  const float below = rounded - 1.0f;
+  return rounded > x ? below : rounded;
 #endif
 }
 
@@ -554,7 +553,8 @@ C10_HOST_DEVICE inline void adjust_saturation(float* rgb, float f) {
   }
 }
 
-// Channel n of HSV -> RGB (n = 5 red, 3 green, 1 blue) at h6 = 6 h, vs = v s.
+// Channel n of HSV -> RGB (n = 5 red, 3 green, 1 blue) at hue h6 = 6 h in [0, 6), with v the
+// value and vs = v * s the chroma (max - min).
 C10_HOST_DEVICE inline float hsv_channel(float v, float vs, float h6, float n) {
   const float k_raw = n + h6;
   const float k_wrapped = k_raw - 6.0f;
@@ -562,40 +562,28 @@ C10_HOST_DEVICE inline float hsv_channel(float v, float vs, float h6, float n) {
   return clamp01(v - vs * clamp01(min_f(k, 4.0f - k)));
 }
 
-// torchvision's _rgb2hsv, hue shifted modulo 1, then _hsv2rgb.
+// torchvision's adjust_hue (_rgb2hsv, hue shifted modulo 1, _hsv2rgb), rearranged: the hue is
+// kept in sixths, (g - b) / chroma and its two siblings in one division instead of torchvision's
+// five, and the chroma v * s is max - min itself. Equal to torchvision's up to float rounding; no
+// data-dependent choice of formula, so a loop over pixels vectorises.
 C10_HOST_DEVICE inline void adjust_hue(float* rgb, float shift) {
   const float r = rgb[0], g = rgb[1], b = rgb[2];
   const float maxc = max_f(r, max_f(g, b));
   const float minc = min_f(r, min_f(g, b));
-  const float delta = maxc - minc;
-  const bool flat = delta == 0.0f;
-  const float s = delta / (flat ? 1.0f : maxc);
-  const float d = flat ? 1.0f : delta;
-  const float rc = (maxc - r) / d;
-  const float gc = (maxc - g) / d;
-  const float bc = (maxc - b) / d;
+  const float chroma = maxc - minc;
+  const float d = chroma == 0.0f ? 1.0f : chroma;  // grey: every numerator below is 0
   // every candidate computed, then selected: arithmetic inside a conditional would keep the loop
   // over pixels from vectorising (it might raise a floating-point flag the branch would not)
-  const float h_r = bc - gc;
-  const float h_g = 2.0f + rc - bc;
-  const float h_b = 4.0f + gc - rc;
-  float h = maxc == r ? h_r : (maxc == g ? h_g : h_b);
-  // fmod(h / 6 + 1, 1): the argument lies in [5/6, 2), where subtracting 1 is exact
-  h = h / 6.0f + 1.0f;
-  const float h_wrapped = h - 1.0f;
-  h = h >= 1.0f ? h_wrapped : h;
-  h += shift;
-  h = h - floor_exact(h);  // torch.remainder(h, 1)
-  // HSV back to RGB in the sector-free form: channel n (5 red, 3 green, 1 blue) is
-  // v - v s clamp(min(k, 4 - k), 0, 1) with k = (n + 6 h) mod 6. It equals torchvision's
-  // per-sector (v, p, q, t) table up to rounding (within 1 ulp of v), and has no data-dependent
-  // choice of formula, so a loop over pixels vectorises.
-  const float v = maxc;
-  const float h6 = h * 6.0f;
-  const float vs = v * s;
-  rgb[0] = hsv_channel(v, vs, h6, 5.0f);
-  rgb[1] = hsv_channel(v, vs, h6, 3.0f);
-  rgb[2] = hsv_channel(v, vs, h6, 1.0f);
+  const float num_r = g - b, num_g = b - r, num_b = r - g;
+  const float num = maxc == r ? num_r : (maxc == g ? num_g : num_b);
+  const float sector = maxc == r ? 0.0f : (maxc == g ? 2.0f : 4.0f);
+  // modulo 6 (torch.remainder(h, 1) in sixths) for any shift; a result a rounding off 0 or 6
+  // lands on the same colour, which hsv_channel's wrap takes care of
+  const float h6_raw = sector + num / d + 6.0f * shift;
+  const float h6 = h6_raw - 6.0f * floor_exact(h6_raw * (1.0f / 6.0f));
+  rgb[0] = hsv_channel(maxc, chroma, h6, 5.0f);
+  rgb[1] = hsv_channel(maxc, chroma, h6, 3.0f);
+  rgb[2] = hsv_channel(maxc, chroma, h6, 1.0f);
 }
 
 C10_HOST_DEVICE inline void jitter_op(float* rgb, int op, float factor, float mean) {
