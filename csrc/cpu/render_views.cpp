@@ -106,6 +106,27 @@ CLEVER_KERNELS_VECTOR_CLONES void axpy_u8(float* __restrict acc, const uint8_t* 
   }
 }
 
+// at[x] = linear source index of rotated pixel (y, x) of an S x S image, or -1 (fill); terms[x]
+// are the column terms, ty the row's.
+CLEVER_KERNELS_VECTOR_CLONES void nearest_sources(const RotationTerms* __restrict terms, RotationTerms ty, int S,
+                                                  int* __restrict at) {
+  for (int x = 0; x < S; ++x) {
+    int iy, ix;
+    at[x] = rotation_nearest(terms[x], ty, S, &iy, &ix) ? iy * S + ix : -1;
+  }
+}
+
+// to[x] = at[x] < 0 ? 0 : from[at[x]]; the load is made unconditional (index 0 for a fill) so
+// that the loop becomes a vector gather.
+CLEVER_KERNELS_VECTOR_CLONES void gather_or_zero(const float* __restrict from, const int* __restrict at, int n,
+                                                 float* __restrict to) {
+  for (int x = 0; x < n; ++x) {
+    const int i = at[x];
+    const float v = from[i < 0 ? 0 : i];
+    to[x] = i < 0 ? 0.0f : v;
+  }
+}
+
 // x[i] = clamp01(x[i] * scale)
 CLEVER_KERNELS_VECTOR_CLONES void unit_clamp(float* __restrict x, float scale, int n) {
   for (int i = 0; i < n; ++i) {
@@ -344,18 +365,10 @@ void geometry(const Job& job, const ViewParams& v, Scratch& sc) {
     sc.source.resize(S);
     int* at = sc.source.data();
     for (int y = 0; y < S; ++y) {
-      const RotationTerms ty = sc.rot_terms[y];
-      for (int x = 0; x < S; ++x) {
-        int iy, ix;
-        at[x] = rotation_nearest(sc.rot_terms[x], ty, S, &iy, &ix) ? iy * S + ix : -1;
-      }
+      nearest_sources(sc.rot_terms.data(), sc.rot_terms[y], S, at);
       const size_t row = static_cast<size_t>(y) * S;
       for (int c = 0; c < 3; ++c) {
-        const float* from = src + c * plane;
-        float* to = img + c * plane + row;
-        for (int x = 0; x < S; ++x) {
-          to[x] = at[x] >= 0 ? from[at[x]] : 0.0f;
-        }
+        gather_or_zero(src + c * plane, at, S, img + c * plane + row);
       }
     }
     return;
