@@ -139,8 +139,13 @@ def _loss_fwd_partial_kernel(
             # Moving the student reference from m_s to m_s_new adds (m_s - m_s_new)/ts per unit
             # of teacher mass seen so far, l_t (still relative to the old teacher maximum).
             shift = tl.where(m_s == float("-inf"), 0.0, (m_s - ref_s) * inv_ts)
-            d0 = a_t0 * (d0 + shift * l_t0) + tl.sum(e_t0[None, :] * x_s, axis=1)
-            d1 = a_t1 * (d1 + shift * l_t1) + tl.sum(e_t1[None, :] * x_s, axis=1)
+            # A -inf student logit where the teacher weight has underflowed to 0 adds 0 (0 log 0 in
+            # the cross-entropy), not 0 * -inf = NaN; NaN and +inf still reach the sums.
+            zero_log_zero = x_s == float("-inf")
+            c0 = tl.where(zero_log_zero & (e_t0[None, :] == 0.0), 0.0, e_t0[None, :] * x_s)
+            c1 = tl.where(zero_log_zero & (e_t1[None, :] == 0.0), 0.0, e_t1[None, :] * x_s)
+            d0 = a_t0 * (d0 + shift * l_t0) + tl.sum(c0, axis=1)
+            d1 = a_t1 * (d1 + shift * l_t1) + tl.sum(c1, axis=1)
 
         l_s = l_s * a_s + tl.sum(e_s, axis=1)
         l_t0 = l_t0 * a_t0 + tl.sum(e_t0, axis=0)

@@ -169,16 +169,20 @@ CK_SIMD_CLONES void exp_in_place(T* a, int64_t n, T offset, T inv_temp, T& sum, 
 
 // One student segment against the image's two teacher segments e0, e1 (weights relative to the
 // teacher maxima): sum of exp((s - offset) * inv_ts) and the cross terms sum e_t * (s - offset).
+// A -inf student logit (probability 0) where the teacher weight has underflowed to 0 adds 0, as
+// 0 log 0 does in the cross-entropy, not 0 * -inf = NaN; NaN and +inf still reach the sums.
 template <typename T>
 CK_SIMD_CLONES void dir_student_segment(const T* s, const T* e0, const T* e1, int64_t n, T offset,
                                         T inv_ts, T& sum, T& d0, T& d1) {
   T l = 0, x0 = 0, x1 = 0;
+  constexpr T minus_inf = -std::numeric_limits<T>::infinity();
 #pragma omp simd reduction(+ : l, x0, x1)
   for (int64_t k = 0; k < n; ++k) {
     const T x = s[k] - offset;
     l += softmax_exp(x * inv_ts);
-    x0 += e0[k] * x;
-    x1 += e1[k] * x;
+    const T c0 = e0[k] * x, c1 = e1[k] * x;
+    x0 += (x == minus_inf && e0[k] == T(0)) ? T(0) : c0;
+    x1 += (x == minus_inf && e1[k] == T(0)) ? T(0) : c1;
   }
   sum = l;
   d0 = x0;
