@@ -497,11 +497,11 @@ def _backward(student, teacher, center, lse_student, lse_teacher, pair_coef, row
     m_t, c_t = torch.empty(2 * batch, **f32), torch.empty(2 * batch, **f32)
     offset_block = min(_OFFSET_BLOCK_K, triton.next_power_of_2(K)) if device.type == "cuda" else block
     with _device_guard(student):
-        for x, shift, lse, m, c, inv_temp in ((student, None, lse_student, m_s, c_s, 1.0 / student_temp),
-                                              (teacher, center, lse_teacher, m_t, c_t, 1.0 / teacher_temp)):
+        for x, centred, lse, m, c, inv_temp in ((student, False, lse_student, m_s, c_s, 1.0 / student_temp),
+                                                (teacher, True, lse_teacher, m_t, c_t, 1.0 / teacher_temp)):
             _row_offsets_kernel[(x.shape[0],)](
-                x, center if shift is None else shift, lse, m, c, K, inv_temp,
-                HAS_CENTER=shift is not None, LIMIT=_RECOMPUTE_LSE_ABOVE, BLOCK_K=offset_block, num_warps=4,
+                x, center, lse, m, c, K, inv_temp,
+                HAS_CENTER=centred, LIMIT=_RECOMPUTE_LSE_ABOVE, BLOCK_K=offset_block, num_warps=4,
             )
         _loss_bwd_kernel[(batch, triton.cdiv(K, block))](
             student, teacher, center, m_s, c_s, m_t, c_t, pair_coef, row_coef, grad,
