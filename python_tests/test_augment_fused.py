@@ -1,6 +1,12 @@
-"""The fused renderer (torch.ops.clever_kernels.render_views, C++ on the CPU) against the
-plain-PyTorch reference on the same parameters: every op alone, the presets, ragged batches,
-grayscale input, output dtypes and layouts, determinism, argument errors.
+"""The fused renderer (torch.ops.clever_kernels.render_views) against the plain-PyTorch reference
+on the same parameters: every op alone, the presets, ragged batches, grayscale input, output
+dtypes and layouts, determinism, argument errors.
+
+Every test runs twice: with the C++ CPU kernel, and with the CUDA kernels compiled for the CPU
+and run block by block with a fiber per thread (cuda_emulation.py, csrc/testing/simt.h), so the
+GPU code's tiling, shared-memory blurs, barriers, block reductions and output indexing are
+checked here too. Only the CPU kernel checks values inside the parameter tables (the CUDA host
+would need a device sync to read them), so those error tests run for it alone.
 
 Tolerance: float32 outputs agree with reference.render within 1e-4 in [0, 1] pixel space (the
 tests render with mean 0 and std 1, or undo the normalisation). No pixel is excluded anywhere,
@@ -24,9 +30,26 @@ if _backend.extension() is None or not hasattr(torch.ops.clever_kernels, "render
     pytest.skip("render_views is not built (pip install --no-build-isolation -e .)", allow_module_level=True)
 
 from clever_kernels.augment import _fused  # noqa: E402  (needs the extension)
+import cuda_emulation  # noqa: E402
 
 ZERO, ONE = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
 ATOL = 1e-4
+
+
+# ----------------------------------------------------------------------------- renderers
+@pytest.fixture(autouse=True, params=["cpu-kernel", "cuda-kernels-emulated"])
+def renderer(request, monkeypatch):
+    """Which implementation torch.ops.clever_kernels.render_views runs for the test."""
+    if request.param == "cuda-kernels-emulated":
+        emulated = cuda_emulation.render_views_op()
+        torch.ops.clever_kernels.render_views  # resolve the op before replacing it
+        monkeypatch.setattr(torch.ops.clever_kernels, "render_views", emulated)
+    return request.param
+
+
+def cpu_kernel_only(renderer, why):
+    if renderer != "cpu-kernel":
+        pytest.skip(why)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -127,7 +150,8 @@ def test_nearest_rotation_many_angles():
 
 
 @pytest.mark.parametrize("rotation_interpolation", ["nearest", "bilinear"])
-@pytest.mark.parametrize("sigma, alpha", [(5.0, 100.0), (0.0, 3.0), (1.5, 40.0), (9.0, 200.0)])
+# sigma 35: a field blur radius of 140, beyond the 127 taps the CUDA kernels cache in shared memory
+@pytest.mark.parametrize("sigma, alpha", [(5.0, 100.0), (0.0, 3.0), (1.5, 40.0), (9.0, 200.0), (35.0, 300.0)])
 def test_elastic(ragged, sigma, alpha, rotation_interpolation):
     p = with_fields(centre_crops(ragged, 23), elastic=True, elastic_seed=[0, 12345, 2**32 - 1, 987654321],
                     angle=[0.0, 33.0, -71.5, 90.0])
@@ -162,6 +186,8 @@ def test_grayscale_blur_solarize(ragged):
     check(ragged, with_fields(p, blur_sigma=[0.1, 1.3, 2.0, 0.0]))
     # a radius beyond the image reflects periodically
     check(ragged, with_fields(p, blur_sigma=[9.5, 3.0, 20.0, 0.5]))
+    # radii 135 and 180: beyond the taps the CUDA kernels cache in shared memory (127)
+    check(ragged, with_fields(p, blur_sigma=[45.0, 0.0, 60.0, 1.0]))
     check(ragged, with_fields(p, solarize=[True, False, True, True]))
 
 
@@ -292,7 +318,9 @@ def _op_args(ragged):
     (5, "grad", "requires grad"),
     (5, "noncontig", "fparams must be contiguous"),
 ])
-def test_op_argument_errors(ragged, index, value, match):
+def test_op_argument_errors(ragged, index, value, match, renderer):
+    if value in ("crop", "order", "image", "offset"):
+        cpu_kernel_only(renderer, "the CUDA host does not read the parameter tables")
     args = _op_args(ragged)
     x = args[index]
     if value == "float":
@@ -337,7 +365,8 @@ def test_python_side_errors(ragged):
         _fused.render_views(ragged, [bad], ZERO, ONE)
 
 
-def test_fake_impl(ragged):
+def test_fake_impl(ragged, renderer):
+    cpu_kernel_only(renderer, "the fake implementation belongs to clever_kernels::render_views")
     from torch._subclasses.fake_tensor import FakeTensorMode
     args = _op_args(ragged)
     args[-2], args[-1] = torch.bfloat16, True

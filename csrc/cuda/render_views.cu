@@ -1,5 +1,6 @@
-// CUDA kernels of render_views (schema and contract in ops.cpp; pixel semantics in
-// clever_kernels/reference/augment.py, per-pixel maths in augment_pixel.h, shared with the CPU).
+// CUDA build of render_views (schema and contract in ops.cpp; pixel semantics in
+// clever_kernels/reference/augment.py; kernels in render_views_kernels.cuh, per-pixel maths in
+// augment_pixel.h, shared with the CPU).
 //
 // Two launches per call (one output size), each a grid of 16 x 16 output tiles x N images:
 //   pass 1  per output pixel: the elastic field (noise regenerated from its seed and blurred in
@@ -18,7 +19,6 @@
 // a time, so any radius works with a fixed 2-3 KiB per chunk buffer; each halo value is computed
 // once per chunk that covers it.
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
@@ -26,343 +26,41 @@
 
 #include <cuda_fp16.h>
 
-#include <cstdint>
-
-#include "clever_kernels/augment_pixel.h"
-#include "clever_kernels/render_views_args.h"
+#include "render_views_kernels.cuh"
 
 namespace clever_kernels {
 namespace {
 
 using at::Tensor;
-using namespace augment;
+using namespace render_views_kernels;
 
-constexpr int kTile = 16;
-constexpr int kThreads = kTile * kTile;
-// Gaussian taps are cached in shared memory up to this radius and recomputed beyond it.
-constexpr int kMaxCachedRadius = 127;
+struct StreamLaunch {
+  cudaStream_t stream;
 
-struct Geometry {
-  const uint8_t* pixels;
-  const int64_t* offsets;
-  const int64_t* sizes;
-  const int64_t* iparams;
-  const float* fparams;
-  int channels;
-  int size;
-  bool bicubic;
-  bool antialias;
-  int rot_interp;
-};
+  void prepare(const Tensor&, const Tensor&, const Tensor&) const {}
 
-// The flipped, resized, clamped crop at pixel (y, x), straight from the uint8 source:
-// sum over rows of w_row * (sum over columns of w_col * pixel), the order of the CPU's
-// rows-then-columns pass.
-struct DirectResized {
-  const uint8_t* image;
-  int64_t height, width;
-  int channels;
-  int64_t top, left;
-  int crop_h, crop_w;
-  int size;
-  bool bicubic, antialias, flip;
+  void pass1(dim3 grid, dim3 block, const Geometry& g, float* inter, float* partial) const {
+    render_pass1_kernel<<<grid, block, 0, stream>>>(g, inter, partial);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
 
-  __device__ void operator()(int y, int x, float* rgb) const {
-    const int xs = flip ? size - 1 - x : x;
-    const ResampleSpan sy = resample_span(y, crop_h, size, bicubic, antialias);
-    const ResampleSpan sx = resample_span(xs, crop_w, size, bicubic, antialias);
-    const int64_t plane = height * width;
-    float acc[3] = {0.0f, 0.0f, 0.0f};
-    for (int ky = 0; ky < sy.count; ++ky) {
-      const float wy = span_weight(sy, ky);
-      const uint8_t* row = image + (top + span_index(sy, ky)) * width + left;
-      float line[3] = {0.0f, 0.0f, 0.0f};
-      for (int kx = 0; kx < sx.count; ++kx) {
-        const float wx = span_weight(sx, kx);
-        const int col = span_index(sx, kx);
-        for (int c = 0; c < channels; ++c) {
-          line[c] += wx * (static_cast<float>(row[c * plane + col]) / 255.0f);
-        }
-      }
-      for (int c = 0; c < channels; ++c) {
-        acc[c] += wy * line[c];
-      }
-    }
-    for (int c = 0; c < 3; ++c) {
-      rgb[c] = clamp01(acc[channels == 1 ? 0 : c]);
-    }
+  template <typename scalar_t>
+  void pass2(dim3 grid, dim3 block, const float* inter, const float* partial, const int64_t* iparams,
+             const float* fparams, int size, float3 mean, float3 std, bool channels_last, scalar_t* out) const {
+    render_pass2_kernel<scalar_t><<<grid, block, 0, stream>>>(inter, partial, iparams, fparams, size, mean, std,
+                                                              channels_last, out);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 };
-
-// Normalised Gaussian taps for a block, cached in shared memory when the radius allows.
-struct Taps {
-  const float* cache;
-  int radius;
-  float sigma, norm;
-
-  __device__ float operator()(int t) const {
-    return radius <= kMaxCachedRadius ? cache[t + radius] : gaussian_tap(t, sigma) / norm;
-  }
-};
-
-__device__ Taps make_taps(float* cache, int radius, float sigma) {
-  Taps taps{cache, radius, sigma, gaussian_norm(radius, sigma)};
-  if (radius <= kMaxCachedRadius) {
-    const int tid = threadIdx.y * kTile + threadIdx.x;
-    for (int k = tid; k <= 2 * radius; k += kThreads) {
-      cache[k] = gaussian_tap(k - radius, sigma) / taps.norm;
-    }
-  }
-  __syncthreads();
-  return taps;
-}
-
-// Separable blur of a P-plane field over the block's tile with reflect padding, through 16 x 16
-// shared-memory chunks. `load(y, x, v)` writes the P planes at image pixel (y, x) (already
-// reflected into the image). Returns this thread's blurred values in out[P]. Rows first, then
-// columns, taps in ascending order: the CPU's order.
-template <int P, typename Load>
-__device__ void chunked_blur(const Taps& taps, int i0, int j0, int size, const Load& load,
-                             float (*chunk)[kTile][kTile], float (*rows)[kTile][kTile], float* out) {
-  const int ly = threadIdx.y, lx = threadIdx.x;
-  const int r = taps.radius;
-  for (int p = 0; p < P; ++p) {
-    out[p] = 0.0f;
-  }
-  for (int rc = -r; rc < kTile + r; rc += kTile) {
-    const int yy = reflect_index(i0 + rc + ly, size);
-    float row_acc[P];
-    for (int p = 0; p < P; ++p) {
-      row_acc[p] = 0.0f;
-    }
-    for (int cc = -r; cc < kTile + r; cc += kTile) {
-      float v[P];
-      load(yy, reflect_index(j0 + cc + lx, size), v);
-      for (int p = 0; p < P; ++p) {
-        chunk[p][ly][lx] = v[p];
-      }
-      __syncthreads();
-      const int s_lo = max(0, -r - cc + lx), s_hi = min(kTile - 1, r - cc + lx);
-      for (int s = s_lo; s <= s_hi; ++s) {
-        const float w = taps(cc + s - lx);
-        for (int p = 0; p < P; ++p) {
-          row_acc[p] += w * chunk[p][ly][s];
-        }
-      }
-      __syncthreads();
-    }
-    for (int p = 0; p < P; ++p) {
-      rows[p][ly][lx] = row_acc[p];
-    }
-    __syncthreads();
-    const int s_lo = max(0, -r - rc + ly), s_hi = min(kTile - 1, r - rc + ly);
-    for (int s = s_lo; s <= s_hi; ++s) {
-      const float w = taps(rc + s - ly);
-      for (int p = 0; p < P; ++p) {
-        out[p] += w * rows[p][s][lx];
-      }
-    }
-    __syncthreads();
-  }
-}
-
-struct NoiseLoad {
-  uint32_t seed;
-  int size;
-  __device__ void operator()(int y, int x, float* v) const {
-    v[0] = elastic_noise(seed, 0, y, x, size);
-    v[1] = elastic_noise(seed, 1, y, x, size);
-  }
-};
-
-// Pass 2's neighbour load: the pass-1 value with the remaining colour ops applied.
-struct ColourLoad {
-  const float* image;  // (3, S, S) of this output
-  int size;
-  const ViewParams* view;
-  float mean;
-  __device__ void operator()(int y, int x, float* v) const {
-    load_planar_rgb(image, static_cast<int64_t>(size) * size, static_cast<int64_t>(y) * size + x, v);
-    colour_post(*view, mean, v);
-  }
-};
-
-__global__ void __launch_bounds__(kThreads) render_pass1_kernel(Geometry g, float* __restrict__ inter,
-                                                                 float* __restrict__ partial) {
-  __shared__ float taps_cache[2 * kMaxCachedRadius + 1];
-  __shared__ float chunk[2][kTile][kTile];
-  __shared__ float rows[2][kTile][kTile];
-  __shared__ float red[kThreads];
-  const int n = blockIdx.x;
-  const int tile = blockIdx.y;
-  const int S = g.size;
-  const int tiles_x = (S + kTile - 1) / kTile;
-  const int i0 = (tile / tiles_x) * kTile, j0 = (tile % tiles_x) * kTile;
-  const int y = i0 + threadIdx.y, x = j0 + threadIdx.x;
-  const int tid = threadIdx.y * kTile + threadIdx.x;
-  const ViewParams v = load_view(g.iparams + static_cast<int64_t>(n) * kNumIParams,
-                                 g.fparams + static_cast<int64_t>(n) * kNumFParams);
-
-  float d[2] = {0.0f, 0.0f};
-  if (v.elastic) {  // uniform over the block, so the barriers inside are safe
-    const int radius = elastic_radius(v.elastic_sigma);
-    if (radius > 0) {
-      const Taps taps = make_taps(taps_cache, radius, v.elastic_sigma);
-      chunked_blur<2>(taps, i0, j0, S, NoiseLoad{v.elastic_seed, S}, chunk, rows, d);
-    } else if (y < S && x < S) {
-      NoiseLoad{v.elastic_seed, S}(y, x, d);
-    }
-    const float scale = static_cast<float>(static_cast<double>(v.elastic_alpha) / S);
-    d[0] *= scale;
-    d[1] *= scale;
-  }
-
-  float gray = 0.0f;
-  if (y < S && x < S) {
-    const int64_t* hw = g.sizes + 2 * v.image;
-    const DirectResized resized{g.pixels + g.offsets[v.image], hw[0], hw[1], g.channels, v.top, v.left,
-                                static_cast<int>(v.height), static_cast<int>(v.width), S, g.bicubic,
-                                g.antialias, v.flip};
-    float rgb[3];
-    geometry_pixel(make_rotation(v.angle), g.rot_interp, v.elastic, d[0], d[1], y, x, S, resized, rgb);
-    gray = colour_pre(v, rgb);
-    const int64_t plane = static_cast<int64_t>(S) * S;
-    float* out = inter + static_cast<int64_t>(n) * 3 * plane + static_cast<int64_t>(y) * S + x;
-    out[0] = rgb[0];
-    out[plane] = rgb[1];
-    out[2 * plane] = rgb[2];
-  }
-  red[tid] = gray;
-  __syncthreads();
-  for (int stride = kThreads / 2; stride > 0; stride >>= 1) {
-    if (tid < stride) {
-      red[tid] += red[tid + stride];
-    }
-    __syncthreads();
-  }
-  if (tid == 0) {
-    partial[static_cast<int64_t>(n) * gridDim.y + tile] = red[0];
-  }
-}
-
-// Round-to-nearest-even conversions that stay inside device code (c10's bfloat16 conversion
-// goes through a host-only constexpr helper unless nvcc relaxes constexpr rules).
-template <typename scalar_t>
-__device__ scalar_t to_output(float v) {
-  return static_cast<scalar_t>(v);
-}
-
-template <>
-__device__ c10::Half to_output<c10::Half>(float v) {
-  return c10::Half(__half_as_ushort(__float2half_rn(v)), c10::Half::from_bits());
-}
-
-template <>
-__device__ c10::BFloat16 to_output<c10::BFloat16>(float v) {
-  const uint32_t u = __float_as_uint(v);
-  const uint16_t bits = v != v ? uint16_t{0x7fc0}
-                               : static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-  return c10::BFloat16(bits, c10::BFloat16::from_bits());
-}
-
-template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads) render_pass2_kernel(
-    const float* __restrict__ inter, const float* __restrict__ partial, const int64_t* __restrict__ iparams,
-    const float* __restrict__ fparams, int size, float3 mean, float3 std, bool channels_last,
-    scalar_t* __restrict__ out) {
-  __shared__ float taps_cache[2 * kMaxCachedRadius + 1];
-  __shared__ float chunk[3][kTile][kTile];
-  __shared__ float rows[3][kTile][kTile];
-  __shared__ float image_mean;
-  const int n = blockIdx.x;
-  const int tile = blockIdx.y;
-  const int S = size;
-  const int tiles_x = (S + kTile - 1) / kTile;
-  const int i0 = (tile / tiles_x) * kTile, j0 = (tile % tiles_x) * kTile;
-  const int y = i0 + threadIdx.y, x = j0 + threadIdx.x;
-  const ViewParams v = load_view(iparams + static_cast<int64_t>(n) * kNumIParams,
-                                 fparams + static_cast<int64_t>(n) * kNumFParams);
-  const int64_t plane = static_cast<int64_t>(S) * S;
-  if (threadIdx.x == 0 && threadIdx.y == 0) {
-    double total = 0.0;
-    const float* sums = partial + static_cast<int64_t>(n) * gridDim.y;
-    for (unsigned t = 0; t < gridDim.y; ++t) {
-      total += sums[t];
-    }
-    image_mean = static_cast<float>(total / static_cast<double>(plane));
-  }
-  __syncthreads();
-  const ColourLoad load{inter + static_cast<int64_t>(n) * 3 * plane, S, &v, image_mean};
-
-  float rgb[3];
-  const int radius = blur_radius(v.blur_sigma);
-  if (radius > 0) {  // uniform over the block
-    const Taps taps = make_taps(taps_cache, radius, v.blur_sigma);
-    chunked_blur<3>(taps, i0, j0, S, load, chunk, rows, rgb);
-  } else if (y < S && x < S) {
-    load(y, x, rgb);
-  }
-  if (y >= S || x >= S) {
-    return;
-  }
-  const float m[3] = {mean.x, mean.y, mean.z};
-  const float s[3] = {std.x, std.y, std.z};
-  for (int c = 0; c < 3; ++c) {
-    const float value = normalise(v.solarize ? solarize(rgb[c]) : rgb[c], m[c], s[c]);
-    const int64_t at = static_cast<int64_t>(y) * S + x;
-    const int64_t index = channels_last ? (static_cast<int64_t>(n) * plane + at) * 3 + c
-                                        : (static_cast<int64_t>(n) * 3 + c) * plane + at;
-    out[index] = to_output<scalar_t>(value);
-  }
-}
 
 Tensor render_views_cuda(const Tensor& pixels, const Tensor& offsets, const Tensor& sizes, int64_t channels,
                          const Tensor& iparams, const Tensor& fparams, int64_t size, at::ArrayRef<double> mean,
                          at::ArrayRef<double> std, bool antialias, int64_t interpolation,
                          int64_t rotation_interpolation, at::ScalarType out_dtype, bool channels_last) {
-  check_render_views_args(pixels, offsets, sizes, channels, iparams, fparams, size, mean, std, interpolation,
-                          rotation_interpolation, out_dtype);
   const c10::cuda::CUDAGuard guard(pixels.device());
-  const int64_t n = iparams.size(0);
-  auto out = at::empty({n, 3, size, size}, pixels.options().dtype(out_dtype),
-                       channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
-  if (n == 0) {
-    return out;
-  }
-  TORCH_CHECK(n <= INT32_MAX, "render_views: at most 2^31 - 1 outputs per call, got ", n);
-  const int64_t tiles_x = (size + kTile - 1) / kTile;
-  const int64_t tiles = tiles_x * tiles_x;
-  auto inter = at::empty({n, 3, size, size}, pixels.options().dtype(at::kFloat));
-  auto partial = at::empty({n, tiles}, pixels.options().dtype(at::kFloat));
-  const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(tiles));
-  const dim3 block(kTile, kTile);
-  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-
-  Geometry g;
-  g.pixels = pixels.data_ptr<uint8_t>();
-  g.offsets = offsets.data_ptr<int64_t>();
-  g.sizes = sizes.data_ptr<int64_t>();
-  g.iparams = iparams.data_ptr<int64_t>();
-  g.fparams = fparams.data_ptr<float>();
-  g.channels = static_cast<int>(channels);
-  g.size = static_cast<int>(size);
-  g.bicubic = interpolation == kBicubic;
-  g.antialias = antialias;
-  g.rot_interp = static_cast<int>(rotation_interpolation);
-  render_pass1_kernel<<<grid, block, 0, stream>>>(g, inter.data_ptr<float>(), partial.data_ptr<float>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-
-  const float3 m = make_float3(static_cast<float>(mean[0]), static_cast<float>(mean[1]),
-                               static_cast<float>(mean[2]));
-  const float3 s = make_float3(static_cast<float>(std[0]), static_cast<float>(std[1]),
-                               static_cast<float>(std[2]));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "render_views_cuda", [&] {
-    render_pass2_kernel<scalar_t><<<grid, block, 0, stream>>>(
-        inter.data_ptr<float>(), partial.data_ptr<float>(), g.iparams, g.fparams, g.size, m, s, channels_last,
-        out.data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return out;
+  return render_views_with(StreamLaunch{c10::cuda::getCurrentCUDAStream()}, pixels, offsets, sizes, channels,
+                           iparams, fparams, size, mean, std, antialias, interpolation, rotation_interpolation,
+                           out_dtype, channels_last);
 }
 
 }  // namespace

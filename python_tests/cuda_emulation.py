@@ -1,0 +1,28 @@
+"""Builds csrc/testing/render_views_emulated.cpp: the CUDA render_views kernels compiled for the
+CPU and run one block at a time with a fiber per thread (csrc/testing/simt.h), so the tests
+execute the GPU code where no GPU is present. About a minute to compile on two cores, once per
+process (torch's extension cache keeps the build between runs)."""
+import os
+from functools import lru_cache
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@lru_cache(maxsize=None)
+def render_views_op():
+    """torch.ops.clever_kernels_testing.render_views, compiled on first use; same arguments and
+    result as torch.ops.clever_kernels.render_views, CPU tensors only."""
+    from torch.utils import cpp_extension
+    cpp_extension.load(
+        name="clever_kernels_cuda_emulation",
+        sources=[os.path.join(ROOT, "csrc", "testing", "render_views_emulated.cpp")],
+        extra_include_paths=[os.path.join(ROOT, "csrc", "include")],
+        # the flags the CPU kernels build with (setup.py): the nearest rotation's tie-breaking
+        # needs unfused multiply-adds
+        extra_cflags=["-O2", "-ffp-contract=off", "-fno-trapping-math"],
+        is_python_module=False,
+        verbose=False,
+    )
+    return torch.ops.clever_kernels_testing.render_views
