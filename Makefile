@@ -10,7 +10,7 @@ DEPS := numpy triton==3.9.0 ninja pybind11 pytest scikit-learn pillow tqdm matpl
 # baselines the benchmarks compare against; not needed by the package or its tests
 BENCH_DEPS := kornia
 
-.PHONY: setup build demo compare test test-fast cuda-check bench clean
+.PHONY: setup build demo compare test test-fast cuda-check gpu-checks bench clean
 
 $(PY):
 	$(PYTHON_BIN) -m venv $(VENV)
@@ -43,6 +43,10 @@ test: setup cuda-check
 
 test-fast: build
 	TRITON_INTERPRET=1 $(PY) -m pytest python_tests -q -x
+
+# on a CUDA machine with torch etc. preinstalled (no venv): build, GPU tests, GPU benchmarks
+gpu-checks:
+	bash tools/gpu_checks.sh
 
 bench: setup
 	$(PY) -m pip install --quiet $(BENCH_DEPS)

@@ -102,6 +102,29 @@ def bench_shape(batch, ncrops, k1, k2, dtype, device, reps, copy_bw):
     return rows
 
 
+def split_sweep(batch, ncrops, k, dtype, device, reps, copy_bw):
+    """The Triton forward (one head, DIR statistics) with K split over 1 to 16 programs per image
+    and with the launcher's own choice: the data for _split_count's default."""
+    from clever_kernels.loss import _triton as kt
+    student, _, teacher, _, center, _, _ = make_inputs(batch, ncrops, k, 1, dtype, device)
+    student, center = student.detach(), center.reshape(-1)
+    moved = (ncrops + 2 * 2) * batch * k * (torch.finfo(dtype).bits // 8)  # S once, T twice (stats, sum)
+    rows = []
+    for splits in (1, 2, 4, 8, 16, None):
+        fn = lambda: kt.dir_loss_fwd(student, teacher, center, ncrops, TS, TT, num_splits=splits)
+        timing = harness.time_median(fn, device, warmup=3, reps=reps)
+        chosen = kt._split_count(batch, k, kt._block_k(k, kt._view_pad(ncrops), device, None, kt._FWD_TILE),
+                                 device, splits)
+        rows.append({
+            "shape": f"B={batch} V={ncrops} K={k} {str(dtype).replace('torch.', '')}",
+            "variant": f"Triton forward, num_splits={'auto (' + str(chosen) + ')' if splits is None else splits}",
+            "fwd+bwd ms": timing["median_s"] * 1e3,
+            "GB/s": moved / timing["median_s"] / 1e9,
+            "x bandwidth floor": timing["median_s"] / (moved / copy_bw) if copy_bw else "",
+        })
+    return rows
+
+
 def main(args):
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -118,12 +141,18 @@ def main(args):
     rows = []
     for shape in shapes:
         rows += bench_shape(*shape, device=device, reps=reps, copy_bw=copy_bw)
+    if device.type == "cuda":
+        for dtype in (torch.float32, torch.bfloat16):
+            rows += split_sweep(128, 10, 65536, dtype, device, reps, copy_bw)
     columns = ["shape", "variant", "fwd+bwd ms", "speed-up vs authors", "saved for backward MiB",
                "peak extra MiB", "GB/s",
                "x bandwidth floor", "loss", "|loss - authors|"]
     notes = ("Median of fwd+bwd over repeated steps after warm-up, one process. Saved for backward: "
              "bytes autograd keeps between forward and backward beyond the inputs (activation memory). "
-             "Peak extra: CUDA allocator peak of fwd+bwd above the allocated inputs (GPU only). ")
+             "Peak extra: CUDA allocator peak of fwd+bwd above the allocated inputs (GPU only). "
+             "GPU only, the 'Triton forward' rows time the forward op of one head alone (its column "
+             "'fwd+bwd ms' holds the forward's time) for fixed K splits per image and the default "
+             "choice; their floor counts the student logits read once and the teacher's twice. ")
     if copy_bw:
         notes += f"Measured copy bandwidth: {copy_bw / 1e9:.0f} GB/s (read + write)."
     return harness.write_results("loss", device, rows, columns, notes, quick=args.quick)

@@ -54,8 +54,9 @@ def _assert_close(got, want, dtype, what, unit=1.0):
     torch.testing.assert_close(got.double(), want, atol=atol * scale, rtol=rtol, msg=lambda m: f"{what}: {m}")
 
 
-def _check_against_reference(backend, batch, ncrops, k1, k2, dtype, rng, tt=0.04, scale=3.0):
-    inputs = _inputs(rng, batch, ncrops, k1, k2, dtype, scale)
+def _check_against_reference(backend, batch, ncrops, k1, k2, dtype, rng, tt=0.04, scale=3.0, device="cpu"):
+    """The loss on `device` against the float64 reference (evaluated on the same device)."""
+    inputs = [x.to(device) for x in _inputs(rng, batch, ncrops, k1, k2, dtype, scale)]
     parts, g1, g2 = _run(clever_loss, *inputs, ncrops, tt, backend=backend)
     want_parts, w1, w2 = _reference(*inputs, ncrops, tt)
     for name, got, want in zip(("total", "loss_dir", "loss_dvr", "center_ir", "center_ef"), parts, want_parts):

@@ -1,0 +1,218 @@
+"""The kernels on a GPU: the Triton loss and the CUDA renderer against the float64 / plain-PyTorch
+references, the paper's loss shape, the split-K forward, NaN and extreme logits, torch.compile and
+autocast on CUDA, the renderer's launch count, layouts, dtypes and determinism.
+
+Skipped without a CUDA device. Run it without TRITON_INTERPRET (the Triton kernels must compile
+for the GPU): `python -m pytest python_tests/test_gpu.py`. CLEVER_GPU_TEST_DEVICE=cpu with
+TRITON_INTERPRET=1 runs the same checks on CPU tensors (interpreter and C++ kernels) at the small
+shapes only, to try the tests themselves where no GPU is present.
+
+Tolerances: the loss as in conftest.TOLERANCES; rendered float32 pixels within 1e-4 of the
+reference in [0, 1] space (as test_augment_fused.py) and within 1e-5 of the C++ kernel (same
+per-pixel maths; the CUDA kernels sum the separable resize as an outer product, so the last bits
+may differ), float16 / bfloat16 outputs the float32 result rounded.
+"""
+import os
+
+import pytest
+import torch
+
+from clever_kernels import _backend
+from clever_kernels.augment import AugParams, MultiCrop, render, sample_params
+from clever_kernels.loss import CLeVERLoss, clever_loss
+from clever_kernels.loss import _triton as kt
+from clever_kernels.reference import augment as ref_augment
+
+from test_loss_fused import TS, _assert_close, _check_against_reference, _inputs, _reference, _run
+
+DEVICE = torch.device(os.environ.get("CLEVER_GPU_TEST_DEVICE", "cuda"))
+ON_GPU = DEVICE.type == "cuda"
+if ON_GPU and not torch.cuda.is_available():
+    pytest.skip("needs a CUDA device", allow_module_level=True)
+if ON_GPU and _backend.triton_interpreting():
+    pytest.skip("TRITON_INTERPRET=1 is set: run this file on its own without it", allow_module_level=True)
+if not ON_GPU and not _backend.triton_interpreting():
+    pytest.skip("CLEVER_GPU_TEST_DEVICE=cpu needs TRITON_INTERPRET=1", allow_module_level=True)
+if _backend.extension() is None:
+    pytest.skip("clever_kernels._C is not built", allow_module_level=True)
+
+gpu_only = pytest.mark.skipif(not ON_GPU, reason="large shapes or GPU-only behaviour")
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+
+
+# ============================================================================= loss
+SHAPES = [(1, 2, 1000, 4097), (3, 4, 4097, 1000), (8, 10, 1000, 333), (3, 10, 7, 1)]
+GPU_SHAPES = [(32, 10, 65536, 256), (128, 2, 3, 8193)]
+
+
+@pytest.mark.parametrize("dtype", [F32, F16, BF16])
+@pytest.mark.parametrize("batch,ncrops,k1,k2", SHAPES + [pytest.param(*s, marks=gpu_only) for s in GPU_SHAPES])
+def test_triton_loss_matches_reference(rng, batch, ncrops, k1, k2, dtype):
+    _check_against_reference("triton", batch, ncrops, k1, k2, dtype, rng, device=DEVICE)
+
+
+@gpu_only
+@pytest.mark.parametrize("dtype", [F32, BF16])
+def test_triton_loss_paper_shape(rng, dtype):
+    """B = 128 per device, 10 crops, K1 = K2 = 65536: the shape the kernels are tuned for."""
+    _check_against_reference("triton", 128, 10, 65536, 65536, dtype, rng, device=DEVICE)
+
+
+@pytest.mark.parametrize("cosine", [False, True])
+def test_split_forward_agrees_with_one_program_per_image(rng, cosine):
+    """The K-split partial statistics merged like flash-attention's LSE merge equal one pass."""
+    k = 65536 if ON_GPU else 300
+    student = (torch.randn(40, k, generator=rng) * 2).to(DEVICE)
+    teacher = (torch.randn(8, k, generator=rng) * 0.3).to(DEVICE)
+    center = (torch.randn(k, generator=rng) * 0.05).to(DEVICE)
+    fwd = kt.dvr_loss_fwd if cosine else kt.dir_loss_fwd
+    one = fwd(student, teacher, center, 10, TS, 0.04, num_splits=1)
+    for splits in (2, 3, 16):
+        many = fwd(student, teacher, center, 10, TS, 0.04, num_splits=splits)
+        for a, b in zip(one, many):
+            torch.testing.assert_close(b, a, rtol=2e-5, atol=1e-5)
+
+
+def test_extreme_logits_and_nan(rng):
+    inputs = [x.to(DEVICE) for x in _inputs(rng, 2, 4, 300, 200, F32, scale=3e3)]
+    parts, g1, g2 = _run(clever_loss, *inputs, 4, 0.04, backend="triton")
+    want, _, _ = _reference(*inputs, 4, 0.04)
+    assert torch.isfinite(g1).all() and torch.isfinite(g2).all()
+    for got, exp in zip(parts[:3], want[:3]):
+        torch.testing.assert_close(got.double(), exp, rtol=1e-4, atol=1e-3)
+    for where in range(4):
+        bad = [x.clone() for x in inputs]
+        bad[where][1, 7] = float("nan")
+        assert torch.isnan(clever_loss(*bad, 4, TS, 0.04, backend="triton")[0])
+
+
+def test_auto_backend_is_the_kernel_for_the_device(rng):
+    inputs = [x.to(DEVICE) for x in _inputs(rng, 2, 3, 50, 40, F32)]
+    auto = clever_loss(*inputs, 3, TS, 0.04, backend="auto")[0]
+    explicit = clever_loss(*inputs, 3, TS, 0.04, backend="triton" if ON_GPU else "cpp")[0]
+    torch.testing.assert_close(auto, explicit, rtol=0, atol=0)
+
+
+def test_module_under_compile_and_autocast(rng):
+    head = torch.nn.Linear(16, 40).to(DEVICE)
+    loss_fn = CLeVERLoss(40, 3, 0.04, 0.04, 0, 2, dvr_out_dim=40, center_momentum=1.0).to(DEVICE)
+
+    def step(x, t):
+        out = head(x)
+        return loss_fn(out, out * 0.5, t, t * 0.5, 0)[0]
+
+    x = torch.randn(9, 16, generator=rng).to(DEVICE)
+    t = torch.randn(6, 40, generator=rng).to(DEVICE)
+    eager = step(x, t)
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(step)(x, t)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    got = torch.compile(step, fullgraph=True)(x, t) if ON_GPU else eager
+    got.backward()
+    assert torch.isfinite(head.weight.grad).all()
+    torch.testing.assert_close(got.detach(), eager.detach(), rtol=1e-5, atol=1e-5)
+    with torch.autocast(DEVICE.type, dtype=BF16):
+        hidden = head(x)
+        total = loss_fn(hidden, hidden * 0.5, t, t * 0.5, 0)[0]
+    assert hidden.dtype == BF16 and torch.isfinite(total)
+    torch.testing.assert_close(total.float(), eager.detach().float(), rtol=3e-2, atol=3e-2)
+
+
+# ============================================================================= augmentation
+ZERO, ONE = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+
+
+@pytest.fixture(scope="module")
+def photos():
+    """Ragged real photographs and noise, on the CPU."""
+    pytest.importorskip("sklearn")
+    from clever_kernels.data import sample_photos
+    china, flower = sample_photos()
+    gen = torch.Generator().manual_seed(7)
+    return [china[:, 11:312, 5:382].contiguous(), flower[:, 40:281, 100:403].contiguous(),
+            torch.randint(0, 256, (3, 57, 83), dtype=torch.uint8, generator=gen),
+            torch.randint(0, 256, (3, 23, 19), dtype=torch.uint8, generator=gen)]
+
+
+def _on(images, device):
+    return [x.to(device) for x in images]
+
+
+def _every_op(images, global_size, local_size):
+    """CAug+ draws with every op switched on often: blur, solarize, elastic, jitter, grayscale."""
+    return sample_params(images, "caug+", global_size=global_size, local_size=local_size, n_local=3, seed=5,
+                         step=1, global_blur_p=0.7, global2_solarize_p=0.6, jitter_p=1.0, grayscale_p=0.4)
+
+
+@pytest.mark.parametrize("sizes", [(37, 15), pytest.param((224, 96), marks=gpu_only)])
+@pytest.mark.parametrize("rotation_interpolation", ["nearest", "bilinear"])
+def test_render_matches_cpu_kernel_and_reference(photos, sizes, rotation_interpolation):
+    params = _every_op(photos, *sizes)
+    kw = dict(mean=ZERO, std=ONE, rotation_interpolation=rotation_interpolation)
+    got = render(_on(photos, DEVICE), [p.to(DEVICE) for p in params], backend="fused", **kw)
+    cpu = render(photos, params, backend="fused", **kw)
+    for p, g, c in zip(params, got, cpu):
+        assert g.device.type == DEVICE.type
+        assert (g.cpu() - c).abs().max().item() <= 1e-5
+        want = ref_augment.render(photos, p, **kw)
+        assert (g.cpu() - want).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("out_dtype", [F16, BF16])
+def test_render_half_outputs_and_channels_last(photos, out_dtype):
+    images = _on(photos, DEVICE)
+    params = [p.to(DEVICE) for p in _every_op(photos, 29, 13)]
+    full = render(images, params, backend="fused")
+    half = render(images, params, out_dtype=out_dtype, backend="fused")
+    nhwc = render(images, params, out_dtype=out_dtype, channels_last=True, backend="fused")
+    for f, h, n in zip(full, half, nhwc):
+        assert h.dtype == out_dtype and torch.equal(h, f.to(out_dtype))
+        assert n.is_contiguous(memory_format=torch.channels_last) and torch.equal(n, h)
+
+
+def test_render_is_bit_identical_on_rerender_and_grayscale_input(photos):
+    images = _on(photos, DEVICE)
+    params = [p.to(DEVICE) for p in _every_op(photos, 31, 14)]
+    first = render(images, params, backend="fused")
+    assert all(torch.equal(a, b) for a, b in zip(first, render(images, params, backend="fused")))
+    gray = [x[:1].contiguous() for x in images]
+    cpu_gray = [x[:1].contiguous() for x in photos]
+    gparams = sample_params(cpu_gray, "caug+", global_size=27, local_size=13, n_local=1, seed=2)
+    got = render(gray, [p.to(DEVICE) for p in gparams], mean=ZERO, std=ONE, backend="fused")
+    for p, g in zip(gparams, got):
+        assert (g.cpu() - ref_augment.render(cpu_gray, p, mean=ZERO, std=ONE)).abs().max().item() <= 1e-4
+
+
+@gpu_only
+def test_two_launches_per_view_size(photos):
+    images = _on(photos, DEVICE)
+    params = [p.to(DEVICE) for p in _every_op(photos, 64, 32)]
+    render(images, params, backend="fused")  # warm-up
+    torch.cuda.synchronize()
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        render(images, params, backend="fused")
+        torch.cuda.synchronize()
+    kernels = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    for name in ("render_pass1_kernel", "render_pass2_kernel"):
+        assert sum(name in k for k in kernels) == 2, kernels  # one launch of each per view size
+
+
+def test_multicrop_on_device_matches_cpu(photos):
+    mc = MultiCrop("caug+", n_local=4, global_size=36, local_size=16, seed=21, global_blur_p=0.6)
+    views, params = mc(_on(photos, DEVICE), step=3)
+    cpu_views, cpu_params = mc(photos, step=3)
+    std = torch.tensor(mc.config.std).view(1, 3, 1, 1)
+    for a, b in zip(params, cpu_params):
+        assert a.device.type == DEVICE.type
+        assert torch.equal(a.to_tensor(torch.float64).cpu(), b.to_tensor(torch.float64))
+    for a, b in zip(views, cpu_views):
+        assert a.device.type == DEVICE.type
+        assert ((a.cpu() - b).abs() * std).max().item() <= 1e-5
+
+
+def test_render_refuses_params_that_require_grad(photos):
+    p = AugParams.identity(torch.tensor([list(x.shape[-2:]) for x in photos]), 16).to(DEVICE)
+    p.angle.requires_grad_()
+    with pytest.raises(ValueError, match="requires grad"):
+        render(_on(photos, DEVICE), p, backend="fused")
