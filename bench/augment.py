@@ -118,6 +118,17 @@ def kornia_multicrop(config):
     return run
 
 
+def compile_kornia(kornia, dense):
+    """(torch.compile of the Kornia pipelines, compiled by one call outside the timing, None) or
+    (None, why) when compiling fails."""
+    compiled = torch.compile(kornia)
+    try:
+        compiled(dense)
+    except Exception as exc:  # any compiler failure: report it, time the eager form alone
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    return compiled, None
+
+
 def traffic_bytes(images, config):
     """Bytes a renderer must move at least: every source image read once, every view written
     once in float32."""
@@ -149,13 +160,19 @@ def main(args):
     if device.type == "cpu":
         variants["PIL pipeline (per image, 1 process)"] = lambda: pil_multicrop(images, config, 0, next(step))
     kornia = kornia_multicrop(config)
+    compile_note = ""
     if kornia is not None:
         import kornia as kornia_module
         dense_size = (375, 500)
         dense = torch.stack([F.interpolate(x[None].float(), size=dense_size, mode="bilinear", antialias=True)[0]
                              .round().clamp(0, 255).to(torch.uint8) for x in images])
-        variants[f"Kornia {kornia_module.__version__} AugmentationSequential, eager (dense {dense_size[0]} x "
-                 f"{dense_size[1]} batch)"] = lambda: kornia(dense)
+        name = f"Kornia {kornia_module.__version__} AugmentationSequential, %s (dense {dense_size[0]} x {dense_size[1]} batch)"
+        variants[name % "eager"] = lambda: kornia(dense)
+        compiled, why_not = compile_kornia(kornia, dense)
+        if compiled is not None:
+            variants[name % "torch.compile"] = lambda: compiled(dense)
+        else:
+            compile_note = f"Kornia under torch.compile failed ({why_not}), so only its eager form is timed. "
     copy_bw = harness.copy_bandwidth(device) if device.type == "cuda" else None
 
     # agreement of the two renderers on one draw, in [0, 1] pixel units
@@ -196,6 +213,8 @@ def main(args):
              "own parameters and sees a dense batch resized beforehand (it cannot take images of "
              "different sizes). torchvision is not compared: its wheels do not import beside the CPU "
              "torch of this environment. "
+             "Kornia's torch.compile form is compiled by one untimed call (default inductor; "
+             "Kornia's containers hit dynamo's recompile limit on the CPU here, so parts of it stay eager). " + compile_note +
              f"Fused vs reference on one draw: max abs difference {max_err:.2g} in [0, 1] pixel units. ")
     if copy_bw:
         notes += (f"Bandwidth floor: source images read once + views written once "
