@@ -10,7 +10,7 @@ DEPS := numpy triton==3.9.0 ninja pybind11 pytest scikit-learn pillow tqdm matpl
 # baselines the benchmarks compare against; not needed by the package or its tests
 BENCH_DEPS := kornia
 
-.PHONY: setup build demo compare test test-fast cuda-check gpu-checks bench clean
+.PHONY: setup build demo compare test test-fast cuda-check triton-check gpu-checks bench clean
 
 $(PY):
 	$(PYTHON_BIN) -m venv $(VENV)
@@ -37,8 +37,18 @@ demo: setup
 cuda-check: $(PY)
 	PYTHON=$(abspath $(PY)) bash tools/check_cuda_compile.sh
 
+# Compiles the Triton kernels to sm_80 / sm_90 cubin with CI's triton and with the GPU machines'
+# (TRITON_GPU_VERSION, installed into build/), so code only the interpreter accepts fails here.
+TRITON_GPU_VERSION ?= 3.6.0
+TRITON_GPU_DIR := build/triton-$(TRITON_GPU_VERSION)
+triton-check: build
+	$(PY) tools/check_triton_compile.py
+	test -d $(TRITON_GPU_DIR)/triton || $(PY) -m pip install --quiet --no-deps --target $(TRITON_GPU_DIR) \
+		triton==$(TRITON_GPU_VERSION)
+	PYTHONPATH=$(TRITON_GPU_DIR) $(PY) tools/check_triton_compile.py
+
 # Triton kernels run on the CPU through the interpreter in the test suite.
-test: setup cuda-check
+test: setup cuda-check triton-check
 	TRITON_INTERPRET=1 $(PY) -m pytest python_tests -q
 
 test-fast: build

@@ -26,10 +26,13 @@ from .._backend import triton_interpreting
 Tensor = torch.Tensor
 
 _LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# The forward holds a [V_PAD, BLOCK_K] tile of 4096 logits per step with 8 warps: compiled for
-# sm_90 that is 64-104 registers a thread, two or three programs resident per SM. Eight programs
-# per SM in the grid is then about three waves, so the last, partial wave costs little. A chunk
-# of K shorter than four blocks would make the workspace traffic and the merge noticeable.
+# The forward holds a [V_PAD, BLOCK_K] tile of 4096 logits per step. Compiled for sm_90
+# (tools/check_triton_compile.py prints the figures), 8 warps take 64-104 registers a thread for
+# V_PAD <= 4 but about 182 for V_PAD = 16 (the paper's 10 crops), which leaves one 8-warp program
+# per SM; 16 warps bring that tile to 103-128 registers, so V_PAD >= 16 gets 16 warps. Either
+# way about 16 warps are resident per SM (two 8-warp programs, or one of 16). Eight programs per
+# SM in the grid is then a few waves, so the last, partial wave costs little. A chunk of K shorter than four blocks would make
+# the workspace traffic and the merge noticeable.
 _FWD_TILE = 4096
 _PROGRAMS_PER_SM = 8
 _MIN_BLOCKS_PER_SPLIT = 4
@@ -355,7 +358,9 @@ def _block_k(K: int, v_pad: int, device: torch.device, block_k, tile: int) -> in
     return min(cap, max(16, triton.next_power_of_2(K)))
 
 
-def _num_warps(v_pad: int, block_k: int) -> int:
+def _num_warps(v_pad: int, block_k: int, forward: bool = False) -> int:
+    if forward and v_pad >= 16 and v_pad * block_k >= 4096:
+        return 16  # see _FWD_TILE: 8 warps would need ~182 registers a thread
     return 8 if v_pad * block_k >= 4096 else 4
 
 
@@ -462,7 +467,7 @@ def _forward(student, teacher, center, ncrops, student_temp, teacher_temp, cosin
             student, teacher, center, part_s, part_t, part_d,
             batch, K, chunk, inv_ts, inv_tt,
             V=ncrops, V_PAD=v_pad, BLOCK_K=block, COSINE=cosine,
-            num_warps=_num_warps(v_pad, block),
+            num_warps=_num_warps(v_pad, block, forward=True),
         )
         _loss_fwd_merge_kernel[(batch,)](
             part_s, part_t, part_d, lse_s, lse_t, norm_s, norm_t, pair,
