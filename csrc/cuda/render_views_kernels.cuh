@@ -10,9 +10,9 @@
 #pragma once
 
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "clever_kernels/augment_pixel.h"
 #include "clever_kernels/render_views_args.h"
@@ -66,16 +66,20 @@ struct DirectResized {
       for (int kx = 0; kx < sx.count; ++kx) {
         const float wx = span_weight(sx, kx);
         const int col = span_index(sx, kx);
-        for (int c = 0; c < channels; ++c) {
-          line[c] += wx * (static_cast<float>(row[c * plane + col]) / 255.0f);
+        // channel loops of constant trip count: indexed by constants once unrolled, the arrays
+        // stay in registers (a runtime bound would put them in local memory)
+        for (int c = 0; c < 3; ++c) {
+          if (c < channels) {
+            line[c] += wx * (static_cast<float>(row[c * plane + col]) / 255.0f);
+          }
         }
       }
-      for (int c = 0; c < channels; ++c) {
+      for (int c = 0; c < 3; ++c) {
         acc[c] += wy * line[c];
       }
     }
     for (int c = 0; c < 3; ++c) {
-      rgb[c] = clamp01(acc[channels == 1 ? 0 : c]);
+      rgb[c] = clamp01(channels == 1 ? acc[0] : acc[c]);
     }
   }
 };
@@ -165,11 +169,11 @@ struct NoiseLoad {
 struct ColourLoad {
   const float* image;  // (3, S, S) of this output
   int size;
-  const ViewParams* view;
+  ViewParams view;  // a copy: taking the kernel's variable's address would put it in local memory
   float mean;
   __device__ void operator()(int y, int x, float* v) const {
     load_planar_rgb(image, static_cast<int64_t>(size) * size, static_cast<int64_t>(y) * size + x, v);
-    colour_post(*view, mean, v);
+    colour_post(view, mean, v);
   }
 };
 
@@ -278,7 +282,7 @@ __global__ void __launch_bounds__(kThreads) render_pass2_kernel(
     image_mean = static_cast<float>(total / static_cast<double>(plane));
   }
   __syncthreads();
-  const ColourLoad load{inter + static_cast<int64_t>(n) * 3 * plane, S, &v, image_mean};
+  const ColourLoad load{inter + static_cast<int64_t>(n) * 3 * plane, S, v, image_mean};
 
   float rgb[3];
   const int radius = blur_radius(v.blur_sigma);
@@ -347,10 +351,19 @@ Tensor render_views_with(const Launch& launch, const Tensor& pixels, const Tenso
                                static_cast<float>(mean[2]));
   const float3 s = make_float3(static_cast<float>(std[0]), static_cast<float>(std[1]),
                                static_cast<float>(std[2]));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "render_views", [&] {
+  // the three output dtypes only (check_render_views_args), so no float64 kernel is compiled
+  auto pass2 = [&](auto* out_ptr) {
+    using scalar_t = std::remove_pointer_t<decltype(out_ptr)>;
     launch.template pass2<scalar_t>(grid, block, inter.data_ptr<float>(), partial.data_ptr<float>(), g.iparams,
-                                    g.fparams, g.size, m, s, channels_last, out.data_ptr<scalar_t>());
-  });
+                                    g.fparams, g.size, m, s, channels_last, out_ptr);
+  };
+  if (out_dtype == at::kFloat) {
+    pass2(out.data_ptr<float>());
+  } else if (out_dtype == at::kHalf) {
+    pass2(out.data_ptr<c10::Half>());
+  } else {
+    pass2(out.data_ptr<c10::BFloat16>());
+  }
   return out;
 }
 

@@ -4,7 +4,6 @@
 // for CPU tensors. Built by python_tests/cuda_emulation.py, never by setup.py: it is a test
 // instrument (one block at a time, one fiber per thread), not a backend.
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <torch/library.h>
 
 #include <limits>

@@ -72,14 +72,16 @@ C10_HOST_DEVICE inline ViewParams load_view(const int64_t* ip, const float* fp) 
   v.elastic = ip[kElastic] != 0;
   v.elastic_seed = static_cast<uint32_t>(ip[kElasticSeed] & 0xffffffffll);
   v.jitter = ip[kJitter] != 0;
+  // n_pre: the slots before contrast's, counted with a fixed trip count (no runtime index)
   v.n_pre = 0;
+  bool contrast_seen = false;
   for (int k = 0; k < 4; ++k) {
     v.order[k] = static_cast<int>(ip[kOrder0 + k]);
+    contrast_seen = contrast_seen || v.order[k] == kOpContrast;
+    v.n_pre += contrast_seen ? 0 : 1;
   }
-  if (v.jitter) {
-    while (v.n_pre < 4 && v.order[v.n_pre] != kOpContrast) {
-      ++v.n_pre;
-    }
+  if (!v.jitter) {
+    v.n_pre = 0;
   }
   v.grayscale = ip[kGrayscale] != 0;
   v.solarize = ip[kSolarize] != 0;
@@ -437,10 +439,16 @@ C10_HOST_DEVICE inline bool rotation_nearest(RotationTerms tx, RotationTerms ty,
   return inside(*iy, *ix, size);
 }
 
-// Bilinear corner weights as grid_sample computes them, order nw, ne, sw, se.
+// Bilinear corner weights as grid_sample computes them, corners k = 0..3 in the order nw, ne,
+// sw, se. weight(k) selects its two factors rather than reading an array, so a corner loop whose
+// body is too large to unroll still keeps everything in registers on the GPU.
 struct Bilinear {
   int x0, y0;
-  float w[4];
+  float e, w_, s, n;  // x - floor(x), 1 - that; y - floor(y), 1 - that
+
+  C10_HOST_DEVICE float weight(int k) const {
+    return ((k >> 1) ? s : n) * ((k & 1) ? e : w_);
+  }
 };
 
 C10_HOST_DEVICE inline Bilinear bilinear_at(float x, float y) {
@@ -449,14 +457,10 @@ C10_HOST_DEVICE inline Bilinear bilinear_at(float x, float y) {
   const float fy = floor_exact(y);
   b.x0 = static_cast<int>(fx);
   b.y0 = static_cast<int>(fy);
-  const float e = x - fx;
-  const float w_ = 1.0f - e;
-  const float s = y - fy;
-  const float n = 1.0f - s;
-  b.w[0] = n * w_;
-  b.w[1] = n * e;
-  b.w[2] = s * w_;
-  b.w[3] = s * e;
+  b.e = x - fx;
+  b.w_ = 1.0f - b.e;
+  b.s = y - fy;
+  b.n = 1.0f - b.s;
   return b;
 }
 
@@ -486,9 +490,10 @@ C10_HOST_DEVICE inline void rotated_pixel(const Rotation& r, int rot_interp, int
     if (inside(yy, xx, size)) {
       float v[3];
       resized(yy, xx, v);
-      rgb[0] += b.w[k] * v[0];
-      rgb[1] += b.w[k] * v[1];
-      rgb[2] += b.w[k] * v[2];
+      const float w = b.weight(k);
+      rgb[0] += w * v[0];
+      rgb[1] += w * v[1];
+      rgb[2] += w * v[2];
     }
   }
 }
@@ -513,9 +518,10 @@ C10_HOST_DEVICE inline void geometry_pixel(const Rotation& r, int rot_interp, bo
     if (inside(yy, xx, size)) {
       float v[3];
       rotated_pixel(r, rot_interp, yy, xx, size, resized, v);
-      rgb[0] += b.w[k] * v[0];
-      rgb[1] += b.w[k] * v[1];
-      rgb[2] += b.w[k] * v[2];
+      const float w = b.weight(k);
+      rgb[0] += w * v[0];
+      rgb[1] += w * v[1];
+      rgb[2] += w * v[2];
     }
   }
 }
@@ -595,19 +601,32 @@ C10_HOST_DEVICE inline void jitter_op(float* rgb, int op, float factor, float me
   }
 }
 
+// v.factor[op], selected rather than indexed: a GPU keeps an array indexed by a runtime value in
+// local memory, where the selects stay in registers.
+C10_HOST_DEVICE inline float factor_of(const ViewParams& v, int op) {
+  return op == kOpBrightness ? v.factor[kOpBrightness]
+         : op == kOpContrast ? v.factor[kOpContrast]
+         : op == kOpSaturation ? v.factor[kOpSaturation]
+                               : v.factor[kOpHue];
+}
+
 // Pass 1 colour: the jitter ops before contrast. Returns the grayscale that contrast's mean sums.
+// The loops run all four slots with a predicate, so the slot index is a constant once unrolled
+// (the same reason as factor_of).
 C10_HOST_DEVICE inline float colour_pre(const ViewParams& v, float* rgb) {
-  for (int k = 0; k < v.n_pre; ++k) {
-    jitter_op(rgb, v.order[k], v.factor[v.order[k]], 0.0f);
+  for (int k = 0; k < 4; ++k) {
+    if (k < v.n_pre) {
+      jitter_op(rgb, v.order[k], factor_of(v, v.order[k]), 0.0f);
+    }
   }
   return grayscale(rgb);
 }
 
 // Pass 2 colour: contrast (with the image mean) and the jitter ops after it, then grayscale.
 C10_HOST_DEVICE inline void colour_post(const ViewParams& v, float mean, float* rgb) {
-  if (v.jitter) {
-    for (int k = v.n_pre; k < 4; ++k) {
-      jitter_op(rgb, v.order[k], v.factor[v.order[k]], mean);
+  for (int k = 0; k < 4; ++k) {
+    if (v.jitter && k >= v.n_pre) {
+      jitter_op(rgb, v.order[k], factor_of(v, v.order[k]), mean);
     }
   }
   if (v.grayscale) {
