@@ -29,21 +29,29 @@ from triton.compiler import ASTSource  # noqa: E402
 from clever_kernels.loss import _triton as kt  # noqa: E402
 
 TRITON_DTYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-LOGIT_POINTERS = {"student_ptr", "teacher_ptr", "grad_ptr", "x_ptr"}
+STUDENT_POINTERS = {"student_ptr", "grad_ptr"}
+TEACHER_POINTERS = {"teacher_ptr", "x_ptr"}  # x_ptr: the rows a one-tensor kernel reads
+# (student, teacher) logit dtypes: one dtype, or reduced-precision students (autocast) with
+# float32 teachers
+DTYPE_PAIRS = [(torch.float32, torch.float32), (torch.float16, torch.float16), (torch.bfloat16, torch.bfloat16),
+               (torch.bfloat16, torch.float32), (torch.float16, torch.float32)]
 FLOAT_SCALARS = {"inv_ts", "inv_tt", "inv_temp"}
 INT_SCALARS = {"B", "K", "chunk", "num_splits", "ROWS"}
 SM_COUNT = 132  # H100 / H200: what the default split count is chosen for
 
 
-def signature(fn, dtype, constexprs):
-    """Triton signature of `fn` for logits of `dtype`: logits and gradients in that dtype, every
-    other pointer float32 (statistics, centre, workspaces), scalars as the launchers pass them."""
+def signature(fn, dtypes, constexprs):
+    """Triton signature of `fn` for (student, teacher) logits of `dtypes`: student logits and
+    gradients in the first, teacher rows in the second, every other pointer float32 (statistics,
+    centre, workspaces), scalars as the launchers pass them."""
     sig = {}
     for name in fn.arg_names:
         if name in constexprs:
             sig[name] = "constexpr"
-        elif name in LOGIT_POINTERS:
-            sig[name] = "*" + TRITON_DTYPE[dtype]
+        elif name in STUDENT_POINTERS:
+            sig[name] = "*" + TRITON_DTYPE[dtypes[0]]
+        elif name in TEACHER_POINTERS:
+            sig[name] = "*" + TRITON_DTYPE[dtypes[1]]
         elif name.endswith("_ptr"):
             sig[name] = "*fp32"
         elif name in FLOAT_SCALARS:
@@ -57,38 +65,40 @@ def signature(fn, dtype, constexprs):
 
 
 def specialisations():
-    """(kernel, dtype, constexprs, num_warps) for every launch the loss makes at the paper's shape
-    (B = 128, K = 65536) and at small K, for 2, 4 and 10 crops, both heads and all logit dtypes."""
+    """(kernel, (student dtype, teacher dtype), constexprs, num_warps) for every launch the loss
+    makes at the paper's shape (B = 128, K = 65536) and at small K, for 2, 4 and 10 crops, both
+    heads and every pair of DTYPE_PAIRS. A one-tensor kernel reads either dtype as its rows."""
     cuda = torch.device("cuda", 0)  # an explicit index: no device query
     kt._sm_count = lambda index: SM_COUNT
     seen, out = set(), []
 
-    def add(fn, dtype, constexprs, num_warps):
-        key = (fn.__name__, dtype, tuple(sorted(constexprs.items())), num_warps)
+    def add(fn, dtypes, constexprs, num_warps):
+        key = (fn.__name__, dtypes, tuple(sorted(constexprs.items())), num_warps)
         if key not in seen:
             seen.add(key)
-            out.append((fn, dtype, constexprs, num_warps))
+            out.append((fn, dtypes, constexprs, num_warps))
 
-    for dtype in TRITON_DTYPE:
+    for dtypes in DTYPE_PAIRS:
+        student, teacher = dtypes
         for batch, k in ((128, 65536), (8, 1000)):
             for ncrops in (2, 4, 10):
                 v_pad = kt._view_pad(ncrops)
                 for cosine in (False, True):
                     block = kt._block_k(k, v_pad, cuda, None, kt._FWD_TILE)
                     splits = kt._split_count(batch, k, block, cuda, None)
-                    add(kt._loss_fwd_partial_kernel, dtype,
+                    add(kt._loss_fwd_partial_kernel, dtypes,
                         dict(V=ncrops, V_PAD=v_pad, BLOCK_K=block, COSINE=cosine),
                         kt._num_warps(v_pad, block, forward=True))
-                    add(kt._loss_fwd_merge_kernel, dtype,
+                    add(kt._loss_fwd_merge_kernel, (torch.float32, torch.float32),  # statistics only
                         dict(V=ncrops, V_PAD=v_pad, S_PAD=max(2, triton.next_power_of_2(splits)), COSINE=cosine), 4)
                     block = kt._block_k(k, v_pad, cuda, None, kt._BWD_TILE)
-                    add(kt._loss_bwd_kernel, dtype, dict(V=ncrops, V_PAD=v_pad, BLOCK_K=block, COSINE=cosine),
+                    add(kt._loss_bwd_kernel, dtypes, dict(V=ncrops, V_PAD=v_pad, BLOCK_K=block, COSINE=cosine),
                         kt._num_warps(v_pad, block))
-            for centred in (False, True):
-                add(kt._row_offsets_kernel, dtype,
+            for centred, rows in ((False, student), (True, teacher)):  # the launcher's two calls
+                add(kt._row_offsets_kernel, (rows, rows),
                     dict(HAS_CENTER=centred, LIMIT=kt._RECOMPUTE_LSE_ABOVE,
                          BLOCK_K=min(kt._OFFSET_BLOCK_K, triton.next_power_of_2(k))), 4)
-            add(kt._column_sum_kernel, dtype, dict(BLOCK_R=kt._SUM_ROWS, BLOCK_K=kt._SUM_BLOCK_K), 4)
+            add(kt._column_sum_kernel, (teacher, teacher), dict(BLOCK_R=kt._SUM_ROWS, BLOCK_K=kt._SUM_BLOCK_K), 4)
     return out
 
 
@@ -104,10 +114,10 @@ def resource_usage(cubin: bytes) -> dict:
 
 
 def compile_one(job):
-    fn_name, dtype_name, constexprs, num_warps, arch = job
+    fn_name, dtype_names, constexprs, num_warps, arch = job
     fn = getattr(kt, fn_name)
-    dtype = getattr(torch, dtype_name)
-    src = ASTSource(fn, signature(fn, dtype, constexprs), constexprs=constexprs)
+    dtypes = tuple(getattr(torch, name) for name in dtype_names.split("/"))
+    src = ASTSource(fn, signature(fn, dtypes, constexprs), constexprs=constexprs)
     try:
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
     except Exception as exc:  # report every failure, not only the first
@@ -121,8 +131,8 @@ def main():
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--verbose", action="store_true", help="one line per compile, not per kernel")
     args = parser.parse_args()
-    jobs = [(fn.__name__, str(dtype).split(".")[1], constexprs, warps, arch)
-            for fn, dtype, constexprs, warps in specialisations() for arch in args.arch]
+    jobs = [(fn.__name__, "/".join(str(d).split(".")[1] for d in dtypes), constexprs, warps, arch)
+            for fn, dtypes, constexprs, warps in specialisations() for arch in args.arch]
     failures, most = 0, {}
     with concurrent.futures.ProcessPoolExecutor(args.jobs) as pool:
         for (name, dtype, constexprs, warps, arch), usage, error in pool.map(compile_one, jobs):
