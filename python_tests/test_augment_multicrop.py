@@ -71,3 +71,28 @@ def test_bad_config_names_the_argument(kwargs, match):
 def test_bad_images_name_the_argument(images, match):
     with pytest.raises((ValueError, TypeError), match=match):
         MultiCrop("caug", n_local=1, global_size=8, local_size=4, backend="reference")(images)
+
+
+def test_fused_render_checks_values_in_one_host_copy(rng, monkeypatch):
+    """The fused render() checks every view's values with one device-to-host copy (a wait on a
+    GPU); MultiCrop's own fresh draws are not copied at all; a bad value in any view still
+    raises. (The reference renderer reads every sample's values on the host anyway.)"""
+    import clever_kernels
+    from clever_kernels.reference import augment as ref
+    if not clever_kernels.backends()["cpu-ext"].available:
+        pytest.skip("C++ extension not built")
+    calls = []
+    original = ref.check_param_values
+    monkeypatch.setattr(ref, "check_param_values", lambda views, images: (calls.append(len(views)),
+                                                                          original(views, images)))
+    mc = MultiCrop("caug", n_local=4, global_size=15, local_size=7, backend="fused")
+    images = _images(rng, [(30, 41), (17, 23)])
+    views, params = mc(images)
+    assert calls == []
+    mc.render(images, params)
+    render(images, params, backend="fused")
+    assert calls == [6, 6]
+    bad = params[4].index(slice(None))
+    bad.top[1] = 100
+    with pytest.raises(ValueError, match="crop box"):
+        render(images, params[:4] + [bad] + params[5:], backend="fused")

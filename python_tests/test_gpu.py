@@ -216,3 +216,28 @@ def test_render_refuses_params_that_require_grad(photos):
     p.angle.requires_grad_()
     with pytest.raises(ValueError, match="requires grad"):
         render(_on(photos, DEVICE), p, backend="fused")
+
+
+@gpu_only
+def test_multicrop_on_gpu_never_waits_for_the_device(photos):
+    """MultiCrop on CUDA images draws and renders without one synchronising call (its draws are
+    valid by construction); render() of given params makes exactly one (the value checks)."""
+    import warnings
+    images = _on(photos, DEVICE)
+    mc = MultiCrop("caug+", n_local=4, global_size=36, local_size=16)
+    _, params = mc(images)  # warm-up: kernels loaded, allocator primed
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        mc(images, step=1)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            render(images, params, backend="fused")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    assert len(syncs) == 1, [str(w.message) for w in syncs]

@@ -6,7 +6,7 @@ import torch
 from ..reference.augment import _check_images
 from .config import make_config
 from .params import AugParams
-from .render import render
+from .render import render, render_checked
 from .sampler import sample_params
 
 Tensor = torch.Tensor
@@ -52,7 +52,8 @@ class MultiCrop:
     def __call__(self, images, step: int = 0, ids: Optional[Tensor] = None):
         images = _check_images(images)
         params = self.sample_params(images, step=step, ids=ids)
-        return self.render(images, params), params
+        # freshly drawn parameters are valid by construction: no device-to-host copy to check them
+        return render_checked(images, params, check_values=False, **self.render_options), params
 
     def __repr__(self):
         return f"MultiCrop(n_views={self.config.n_views}, seed={self.seed}, {self.render_options})"

@@ -57,13 +57,24 @@ def render(images, params: Union[AugParams, Sequence[AugParams]], mean: Sequence
     Pixel semantics: clever_kernels.reference.augment. out_dtype float32, float16 or bfloat16;
     channels_last gives NHWC memory format. backend: "auto", "fused" or "reference".
     """
+    return render_checked(images, params, mean, std, antialias, out_dtype, channels_last, interpolation,
+                          rotation_interpolation, backend, check_values=True)
+
+
+def render_checked(images, params, mean, std, antialias, out_dtype, channels_last, interpolation,
+                   rotation_interpolation, backend, check_values: bool):
+    """render() with the choice to skip the checks of the parameter values (crop boxes, blur
+    sigmas, orders), which cost a device-to-host copy on a GPU: MultiCrop skips them for the
+    parameters sample_params has just drawn, which are valid by construction."""
     single = isinstance(params, AugParams)
     views = [params] if single else list(params)
     if not views:
         raise ValueError("params: empty list of views")
     images = reference._check_images(images)
     for p in views:
-        reference._check_params(p, images)
+        reference._check_params(p, images, values=False)
+    if check_values:
+        reference.check_param_values(views, images)
     impl = resolve_backend(backend, images[0].device)
     groups = OrderedDict()
     for index, p in enumerate(views):

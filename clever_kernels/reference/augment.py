@@ -267,7 +267,9 @@ def _check_images(images: Images) -> List[Tensor]:
     return images
 
 
-def _check_params(params: AugParams, images: List[Tensor]) -> None:
+def _check_params(params: AugParams, images: List[Tensor], values: bool = True) -> None:
+    """Raises naming what is wrong with one view's params for `images`. values=False checks what
+    needs no data (type, batch, device, gradients); check_param_values does the rest."""
     if not isinstance(params, AugParams):
         raise TypeError(f"params must be an AugParams (one view), got {type(params).__name__}")
     if params.batch_size != len(images):
@@ -278,20 +280,32 @@ def _check_params(params: AugParams, images: List[Tensor]) -> None:
         if getattr(params, name).requires_grad:
             raise ValueError(f"params.{name} requires grad; the reference renderer does not "
                              "differentiate through augmentation parameters (detach it)")
+    if values:
+        check_param_values([params], images)
+
+
+def check_param_values(views: Sequence[AugParams], images: List[Tensor]) -> None:
+    """Crop boxes inside their images, blur sigmas >= 0, orders permutations, for every view,
+    with one device-to-host copy for all of them (on a GPU each copy waits for the stream)."""
+    table = torch.stack([torch.stack([p.top, p.left, p.height, p.width, (p.blur_sigma >= 0).to(torch.int64)], dim=1)
+                         for p in views])
+    orders = torch.stack([p.order for p in views])
+    host = torch.cat([table, orders.to(torch.int64)], dim=2).cpu()
     heights = torch.tensor([x.shape[1] for x in images])
     widths = torch.tensor([x.shape[2] for x in images])
-    top, left, h, w = (getattr(params, k).cpu() for k in ("top", "left", "height", "width"))
-    bad = (top < 0) | (left < 0) | (h < 1) | (w < 1) | (top + h > heights) | (left + w > widths)
-    if bad.any():
-        b = int(bad.nonzero()[0, 0])
-        raise ValueError(f"params: crop box (top {int(top[b])}, left {int(left[b])}, height {int(h[b])}, "
-                         f"width {int(w[b])}) of sample {b} is not inside its "
-                         f"{heights[b].item()}x{widths[b].item()} image")
-    if not (params.blur_sigma >= 0).all():
-        raise ValueError("params.blur_sigma must be >= 0 (0 means no blur)")
-    order = params.order.cpu()
-    if not torch.equal(order.sort(dim=1).values, torch.arange(4).expand_as(order)):
-        raise ValueError("params.order: every row must be a permutation of 0, 1, 2, 3")
+    for v in range(len(views)):
+        top, left, h, w, blur_ok = host[v, :, :5].unbind(1)
+        bad = (top < 0) | (left < 0) | (h < 1) | (w < 1) | (top + h > heights) | (left + w > widths)
+        if bad.any():
+            b = int(bad.nonzero()[0, 0])
+            raise ValueError(f"params: crop box (top {int(top[b])}, left {int(left[b])}, height {int(h[b])}, "
+                             f"width {int(w[b])}) of sample {b} is not inside its "
+                             f"{heights[b].item()}x{widths[b].item()} image")
+        if not blur_ok.all():
+            raise ValueError("params.blur_sigma must be >= 0 (0 means no blur)")
+        order = host[v, :, 5:]
+        if not torch.equal(order.sort(dim=1).values, torch.arange(4).expand_as(order)):
+            raise ValueError("params.order: every row must be a permutation of 0, 1, 2, 3")
 
 
 def _check_norm(mean, std) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
