@@ -118,6 +118,21 @@ def test_module_under_compile_and_autocast(rng):
     torch.testing.assert_close(total.float(), eager.detach().float(), rtol=3e-2, atol=3e-2)
 
 
+@gpu_only
+def test_loss_step_never_waits_for_the_device(rng):
+    """Forward, centre update and backward of the module on CUDA without a synchronising call."""
+    s1, s2, t1, t2, _, _ = [x.to(DEVICE) for x in _inputs(rng, 4, 10, 4097, 1000, F32)]
+    loss_fn = CLeVERLoss(4097, 10, 0.04, 0.04, 0, 3, dvr_out_dim=1000).to(DEVICE)
+    a, b = s1.requires_grad_(), s2.requires_grad_()
+    loss_fn(a, b, t1, t2, 0)[0].backward()  # warm-up: Triton kernels compiled
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss_fn(a, b, t1, t2, 1)[0].backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 # ============================================================================= augmentation
 ZERO, ONE = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
 
