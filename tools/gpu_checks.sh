@@ -11,6 +11,8 @@
 #
 #   bash tools/gpu_checks.sh                  # everything (about 6-8 minutes on an H200)
 #   STEPS="build tests" bash tools/gpu_checks.sh
+# Where one command may run 10 minutes at most, run it in two: STEPS="build backends tests", then
+# STEPS="bench" on the same machine (the build stays in the tree and in the installed package).
 #
 # Kornia (the augmentation benchmark's GPU baseline) is used when it imports; where the machine
 # has no registry, put its wheels (kornia, kornia_rs) in a folder and set WHEELS=that/folder.
