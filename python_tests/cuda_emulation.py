@@ -11,13 +11,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @lru_cache(maxsize=None)
-def render_views_op():
-    """torch.ops.clever_kernels_testing.render_views, compiled on first use; same arguments and
-    result as torch.ops.clever_kernels.render_views, CPU tensors only."""
+def ops():
+    """torch.ops.clever_kernels_testing, compiled on first use: render_views (the arguments and
+    result of torch.ops.clever_kernels.render_views, CPU tensors only) and simt.h's self-tests."""
     from torch.utils import cpp_extension
     cpp_extension.load(
         name="clever_kernels_cuda_emulation",
-        sources=[os.path.join(ROOT, "csrc", "testing", "render_views_emulated.cpp")],
+        sources=[os.path.join(ROOT, "csrc", "testing", name)
+                 for name in ("render_views_emulated.cpp", "simt_selftest.cpp")],
         extra_include_paths=[os.path.join(ROOT, "csrc", "include")],
         # the flags the CPU kernels build with (setup.py): the nearest rotation's tie-breaking
         # needs unfused multiply-adds
@@ -25,4 +26,8 @@ def render_views_op():
         is_python_module=False,
         verbose=False,
     )
-    return torch.ops.clever_kernels_testing.render_views
+    return torch.ops.clever_kernels_testing
+
+
+def render_views_op():
+    return ops().render_views
