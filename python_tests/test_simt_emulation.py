@@ -30,3 +30,15 @@ def test_threads_returning_early_leave_the_barrier(n):
     out = cuda_emulation.ops().simt_early_return(n)
     assert torch.equal(out[:n], torch.arange(n - 1, -1, -1, dtype=torch.float32))
     assert (out[n:] == -1).all()
+
+
+def test_missing_barrier_is_seen_whichever_thread_writes():
+    """Thread 0 broadcasts through shared memory with no barrier before the reads: with the
+    threads in index order every reader would run after the writer and see the value."""
+    out = cuda_emulation.ops().simt_unsynchronised_broadcast()
+    assert (out != 7.0).any()
+
+
+def test_exception_in_a_thread_reaches_the_caller():
+    with pytest.raises(RuntimeError, match="thread 5 refuses"):
+        cuda_emulation.ops().simt_throwing_thread()

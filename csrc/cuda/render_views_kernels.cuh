@@ -19,6 +19,7 @@
 
 namespace clever_kernels {
 namespace render_views_kernels {
+namespace {  // internal to each build that includes this header
 
 using at::Tensor;
 using namespace augment;
@@ -367,5 +368,6 @@ Tensor render_views_with(const Launch& launch, const Tensor& pixels, const Tenso
   return out;
 }
 
+}  // namespace
 }  // namespace render_views_kernels
 }  // namespace clever_kernels

@@ -59,6 +59,31 @@ __global__ void early_return_kernel(int n, float* out) {
   out[t] = buffer[n - 1 - t];
 }
 
+// The missing barrier: thread 0 writes, every thread reads, nothing in between.
+__global__ void unsynchronised_broadcast_kernel(float* out) {
+  __shared__ float value;
+  if (threadIdx.x == 0) {
+    value = 7.0f;
+  }
+  out[threadIdx.x] = value;
+}
+
+__global__ void throwing_kernel() {
+  TORCH_CHECK(threadIdx.x != 5, "thread 5 refuses");
+  __syncthreads();
+}
+
+Tensor simt_unsynchronised_broadcast() {
+  auto out = at::zeros({kThreads}, at::kFloat);
+  float* o = out.data_ptr<float>();
+  simt::launch(dim3(1), dim3(kThreads), [&] { unsynchronised_broadcast_kernel(o); });
+  return out;
+}
+
+void simt_throwing_thread() {
+  simt::launch(dim3(1), dim3(kThreads), [&] { throwing_kernel(); });
+}
+
 std::vector<Tensor> simt_reverse_and_sum(const Tensor& in) {
   TORCH_CHECK(in.dim() == 2 && in.size(1) == kThreads && in.scalar_type() == at::kFloat && in.is_contiguous(),
               "simt_reverse_and_sum: a contiguous float32 (blocks, 64) tensor");
@@ -91,6 +116,8 @@ TORCH_LIBRARY_FRAGMENT(clever_kernels_testing, m) {
   m.def("simt_reverse_and_sum", &simt_reverse_and_sum);
   m.def("simt_divergent_barrier", &simt_divergent_barrier);
   m.def("simt_early_return", &simt_early_return);
+  m.def("simt_unsynchronised_broadcast", &simt_unsynchronised_broadcast);
+  m.def("simt_throwing_thread", &simt_throwing_thread);
 }
 
 }  // namespace clever_kernels
