@@ -1,17 +1,23 @@
-"""Compiles every Triton loss kernel, at the specialisations its launchers pick for GPU shapes,
-down to cubin for sm_80 and sm_90 with the installed triton, no GPU needed; prints each kernel's
-registers, spills and shared memory (cuobjdump's resource usage) and fails on any compile error
-or register spill.
+"""Compiles every Triton loss kernel exactly as the launchers launch it on a GPU, down to cubin for
+sm_80 and sm_90 with the installed triton, no GPU needed; prints each kernel's largest register
+count, and fails on any compile error or register spill (a stack frame is reported).
+
+The launches come from the launchers themselves (clever_kernels.loss._triton.forward_launches /
+backward_launches) on meta tensors, with the configuration chosen for a CUDA device of the
+target's SM count, and each argument is specialised by triton's own rule (pointer and integer
+divisibility by 16, integers equal to 1 as constants), so what compiles here is what a GPU run
+compiles. Shapes: the paper's (B = 128, K = 65536), a small odd one (B = 3, K = 1000) and B = 1;
+2, 4 and 10 crops; both heads; every pair of student and teacher dtypes.
 
 The test suite runs these kernels through the interpreter, which accepts code a GPU compile
-rejects (types, layouts, shared-memory limits); this is the check that the kernels lower for real
-devices. Run it with each triton the project supports: CI's (`make test`) and the GPU machines'
-(`TRITON_FOR_CHECK=3.6.0 make triton-check` installs that one into a scratch folder).
+rejects (types, layouts, shared-memory limits); this is the check that they lower for real
+devices. `make triton-check` runs it with CI's triton and with the GPU machines' (3.6).
 
-    python tools/check_triton_compile.py [--arch 80 90] [--jobs 2]
+    python tools/check_triton_compile.py [--arch 80 90] [--jobs N] [--verbose]
 """
 import argparse
 import concurrent.futures
+import itertools
 import os
 import re
 import subprocess
@@ -24,82 +30,65 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # the default on GPU run
 import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.backends.nvidia.compiler import CUDABackend  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
+from triton.runtime.jit import native_specialize_impl  # noqa: E402
 
 from clever_kernels.loss import _triton as kt  # noqa: E402
 
-TRITON_DTYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-STUDENT_POINTERS = {"student_ptr", "grad_ptr"}
-TEACHER_POINTERS = {"teacher_ptr", "x_ptr"}  # x_ptr: the rows a one-tensor kernel reads
-# (student, teacher) logit dtypes: one dtype, or reduced-precision students (autocast) with
-# float32 teachers
-DTYPE_PAIRS = [(torch.float32, torch.float32), (torch.float16, torch.float16), (torch.bfloat16, torch.bfloat16),
-               (torch.bfloat16, torch.float32), (torch.float16, torch.float32)]
-FLOAT_SCALARS = {"inv_ts", "inv_tt", "inv_temp"}
-INT_SCALARS = {"B", "K", "chunk", "num_splits", "ROWS"}
-SM_COUNT = 132  # H100 / H200: what the default split count is chosen for
+SM_COUNT = {80: 108, 90: 132}  # A100; H100 and H200: what the default split count is chosen for
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+SHAPES = [(128, 65536), (3, 1000), (1, 4097)]  # (B, K)
+CROPS = (2, 4, 10)
+TS, TT = 0.1, 0.04
 
 
-def signature(fn, dtypes, constexprs):
-    """Triton signature of `fn` for (student, teacher) logits of `dtypes`: student logits and
-    gradients in the first, teacher rows in the second, every other pointer float32 (statistics,
-    centre, workspaces), scalars as the launchers pass them."""
-    sig = {}
-    for name in fn.arg_names:
-        if name in constexprs:
-            sig[name] = "constexpr"
-        elif name in STUDENT_POINTERS:
-            sig[name] = "*" + TRITON_DTYPE[dtypes[0]]
-        elif name in TEACHER_POINTERS:
-            sig[name] = "*" + TRITON_DTYPE[dtypes[1]]
-        elif name.endswith("_ptr"):
-            sig[name] = "*fp32"
-        elif name in FLOAT_SCALARS:
-            sig[name] = "fp32"
-        elif name in INT_SCALARS:
-            sig[name] = "i32"
-        else:
-            raise SystemExit(f"check_triton_compile: {fn.__name__}: no type rule for argument {name!r}; "
-                             "extend the rules in this file")
-    return sig
+def launches_for(arch):
+    """Every distinct (kernel, specialisation) the forward and backward launch on sm_<arch>."""
+    kt._sm_count = lambda index: SM_COUNT[arch]
+    cuda = torch.device("cuda", 0)
+    seen = {}
+    for (batch, k), ncrops, cosine, (ds, dt) in itertools.product(SHAPES, CROPS, (False, True),
+                                                                   itertools.product(DTYPES, DTYPES)):
+        meta = dict(device="meta")
+        student = torch.empty(ncrops * batch, k, dtype=ds, **meta)
+        teacher = torch.empty(2 * batch, k, dtype=dt, **meta)
+        center = torch.empty(k, dtype=torch.float32, **meta)
+        fwd, _ = kt.forward_launches(student, teacher, center, ncrops, TS, TT, cosine, device=cuda)
+        stats = [torch.empty(n, dtype=torch.float32, **meta) for n in (ncrops * batch, 2 * batch)]
+        pair, row = torch.empty(2, ncrops * batch, **meta), torch.empty(ncrops * batch, **meta)
+        bwd, _ = kt.backward_launches(student, teacher, center, *stats, pair, row, ncrops, TS, TT, cosine,
+                                      device=cuda)
+        for launch in fwd + bwd:
+            job = specialise(launch, arch)
+            seen.setdefault(job[:-1], job)
+    return list(seen.values())
 
 
-def specialisations():
-    """(kernel, (student dtype, teacher dtype), constexprs, num_warps) for every launch the loss
-    makes at the paper's shape (B = 128, K = 65536) and at small K, for 2, 4 and 10 crops, both
-    heads and every pair of DTYPE_PAIRS. A one-tensor kernel reads either dtype as its rows."""
-    cuda = torch.device("cuda", 0)  # an explicit index: no device query
-    kt._sm_count = lambda index: SM_COUNT
-    seen, out = set(), []
-
-    def add(fn, dtypes, constexprs, num_warps):
-        key = (fn.__name__, dtypes, tuple(sorted(constexprs.items())), num_warps)
-        if key not in seen:
-            seen.add(key)
-            out.append((fn, dtypes, constexprs, num_warps))
-
-    for dtypes in DTYPE_PAIRS:
-        student, teacher = dtypes
-        for batch, k in ((128, 65536), (8, 1000)):
-            for ncrops in (2, 4, 10):
-                v_pad = kt._view_pad(ncrops)
-                for cosine in (False, True):
-                    block = kt._block_k(k, v_pad, cuda, None, kt._FWD_TILE)
-                    splits = kt._split_count(batch, k, block, cuda, None)
-                    add(kt._loss_fwd_partial_kernel, dtypes,
-                        dict(V=ncrops, V_PAD=v_pad, BLOCK_K=block, COSINE=cosine),
-                        kt._num_warps(v_pad, block, forward=True))
-                    add(kt._loss_fwd_merge_kernel, (torch.float32, torch.float32),  # statistics only
-                        dict(V=ncrops, V_PAD=v_pad, S_PAD=max(2, triton.next_power_of_2(splits)), COSINE=cosine), 4)
-                    block = kt._block_k(k, v_pad, cuda, None, kt._BWD_TILE)
-                    add(kt._loss_bwd_kernel, dtypes, dict(V=ncrops, V_PAD=v_pad, BLOCK_K=block, COSINE=cosine),
-                        kt._num_warps(v_pad, block))
-            for centred, rows in ((False, student), (True, teacher)):  # the launcher's two calls
-                add(kt._row_offsets_kernel, (rows, rows),
-                    dict(HAS_CENTER=centred, LIMIT=kt._RECOMPUTE_LSE_ABOVE,
-                         BLOCK_K=min(kt._OFFSET_BLOCK_K, triton.next_power_of_2(k))), 4)
-            add(kt._column_sum_kernel, (teacher, teacher), dict(BLOCK_R=kt._SUM_ROWS, BLOCK_K=kt._SUM_BLOCK_K), 4)
-    return out
+def specialise(launch, arch):
+    """(kernel name, signature, constexprs, attrs, num_warps, arch) as triton's JIT would build
+    them for this launch's arguments."""
+    fn = launch.kernel
+    meta = dict(launch.meta)
+    num_warps = meta.pop("num_warps")
+    signature, constexprs, attrs = {}, {}, {}
+    args = iter(launch.args)
+    for i, param in enumerate(fn.params):
+        if param.is_constexpr:
+            signature[param.name] = "constexpr"
+            constexprs[param.name] = meta[param.name]
+            continue
+        value = next(args)
+        kind, attr = native_specialize_impl(CUDABackend, value, False, not param.do_not_specialize,
+                                            not param.do_not_specialize_on_alignment)
+        signature[param.name] = kind
+        if kind == "constexpr":
+            constexprs[param.name] = attr
+        elif isinstance(attr, str) and attr:
+            attrs[(i,)] = CUDABackend.parse_attr(attr)
+    freeze = lambda d: tuple(sorted((str(k), str(v)) for k, v in d.items()))
+    return (fn.__name__, freeze(signature), freeze(constexprs), freeze(attrs), num_warps, arch,
+            (signature, constexprs, attrs))
 
 
 def resource_usage(cubin: bytes) -> dict:
@@ -114,45 +103,52 @@ def resource_usage(cubin: bytes) -> dict:
 
 
 def compile_one(job):
-    fn_name, dtype_names, constexprs, num_warps, arch = job
-    fn = getattr(kt, fn_name)
-    dtypes = tuple(getattr(torch, name) for name in dtype_names.split("/"))
-    src = ASTSource(fn, signature(fn, dtypes, constexprs), constexprs=constexprs)
+    name, _, _, _, num_warps, arch, (signature, constexprs, attrs) = job
+    src = ASTSource(getattr(kt, name), signature, constexprs=constexprs, attrs=attrs)
     try:
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
     except Exception as exc:  # report every failure, not only the first
-        return job, None, f"{type(exc).__name__}: {exc}"
-    return job, resource_usage(compiled.asm["cubin"]), None
+        return None, f"{type(exc).__name__}: {exc}"
+    return resource_usage(compiled.asm["cubin"]), None
+
+
+def describe(job):
+    name, _, _, _, num_warps, arch, (signature, constexprs, attrs) = job
+    pointers = "/".join(v[1:] for k, v in signature.items() if v.startswith("*") and k in
+                        ("student_ptr", "teacher_ptr", "x_ptr"))
+    consts = " ".join(f"{k}={v}" for k, v in constexprs.items())
+    return f"sm_{arch} {name} {pointers} {consts} warps={num_warps} ({len(attrs)} aligned args)"
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", type=int, nargs="+", default=[80, 90])
+    parser.add_argument("--arch", type=int, nargs="+", default=[80, 90], choices=sorted(SM_COUNT))
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--verbose", action="store_true", help="one line per compile, not per kernel")
     args = parser.parse_args()
-    jobs = [(fn.__name__, "/".join(str(d).split(".")[1] for d in dtypes), constexprs, warps, arch)
-            for fn, dtypes, constexprs, warps in specialisations() for arch in args.arch]
+    jobs = [job for arch in args.arch for job in launches_for(arch)]
     failures, most = 0, {}
     with concurrent.futures.ProcessPoolExecutor(args.jobs) as pool:
-        for (name, dtype, constexprs, warps, arch), usage, error in pool.map(compile_one, jobs):
-            spec = " ".join(f"{k}={v}" for k, v in constexprs.items())
-            what = f"sm_{arch} {name} {dtype} {spec} warps={warps}"
+        for job, (usage, error) in zip(jobs, pool.map(compile_one, jobs)):
+            what = describe(job)
             if error is not None:
                 failures += 1
                 print(f"check_triton_compile: FAIL {what}\n{error}")
                 continue
-            spilled = usage.get("LOCAL", 0) > 0 or usage.get("STACK", 0) > 0
+            # register spills (local memory) fail; a few bytes of stack frame are reported
+            spilled = usage.get("LOCAL", 0) > 0
+            stack = usage.get("STACK", 0) > 0
             failures += spilled
-            if spilled or args.verbose:
-                print(f"check_triton_compile: {'SPILL' if spilled else 'ok   '} {what}: "
-                      f"{usage.get('REG')} registers, {usage.get('SHARED', 0)} B shared, "
-                      f"{usage.get('LOCAL', 0)} B local")
-            key = (arch, name)
+            if spilled or stack or args.verbose:
+                status = "SPILL" if spilled else ("stack" if stack else "ok   ")
+                print(f"check_triton_compile: {status} {what}: {usage.get('REG')} registers, "
+                      f"{usage.get('SHARED', 0)} B shared, {usage.get('LOCAL', 0)} B local, "
+                      f"{usage.get('STACK', 0)} B stack")
+            key = (job[5], job[0])
             if usage.get("REG", 0) > most.get(key, ("", -1))[1]:
-                most[key] = (f"{dtype} {spec} warps={warps}", usage.get("REG", 0))
-    for (arch, name), (spec, regs) in sorted(most.items()):
-        print(f"check_triton_compile: sm_{arch} {name}: at most {regs} registers a thread ({spec})")
+                most[key] = (what, usage.get("REG", 0))
+    for _, (what, regs) in sorted(most.items()):
+        print(f"check_triton_compile: at most {regs} registers a thread: {what}")
     print(f"check_triton_compile: triton {triton.__version__}, {len(jobs)} compiles, {failures} failed")
     return 1 if failures else 0
 

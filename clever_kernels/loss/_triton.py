@@ -16,6 +16,7 @@ too large for float32 to pin the exponent) and writes every gradient element onc
 """
 import contextlib
 import functools
+from typing import Dict, NamedTuple, Tuple
 
 import torch
 import triton
@@ -26,12 +27,11 @@ from .._backend import triton_interpreting
 Tensor = torch.Tensor
 
 _LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# The forward holds a [V_PAD, BLOCK_K] tile of 4096 logits per step. Compiled for sm_90
-# (tools/check_triton_compile.py prints the figures), 8 warps take 64-104 registers a thread for
-# V_PAD <= 4 but about 182 for V_PAD = 16 (the paper's 10 crops), which leaves one 8-warp program
-# per SM; 16 warps bring that tile to 103-128 registers, so V_PAD >= 16 gets 16 warps. Either
-# way about 16 warps are resident per SM (two 8-warp programs, or one of 16). Eight programs per
-# SM in the grid is then a few waves, so the last, partial wave costs little. A chunk of K shorter than four blocks would make
+# The forward holds a [V_PAD, BLOCK_K] tile of 4096 logits per step with 8 warps: compiled for
+# sm_90 as launched (K and the pointers 16-aligned, tools/check_triton_compile.py) that is 64-104
+# registers a thread, two programs resident per SM (without the alignment hints, as for K not a
+# multiple of 16, V_PAD = 16 takes up to ~195). Eight programs per SM in the grid is then a few
+# waves, so the last, partial wave costs little. A chunk of K shorter than four blocks would make
 # the workspace traffic and the merge noticeable.
 _FWD_TILE = 4096
 _PROGRAMS_PER_SM = 8
@@ -358,9 +358,7 @@ def _block_k(K: int, v_pad: int, device: torch.device, block_k, tile: int) -> in
     return min(cap, max(16, triton.next_power_of_2(K)))
 
 
-def _num_warps(v_pad: int, block_k: int, forward: bool = False) -> int:
-    if forward and v_pad >= 16 and v_pad * block_k >= 4096:
-        return 16  # see _FWD_TILE: 8 warps would need ~182 registers a thread
+def _num_warps(v_pad: int, block_k: int) -> int:
     return 8 if v_pad * block_k >= 4096 else 4
 
 
@@ -440,10 +438,26 @@ def _check_stat(name: str, x, shape, device) -> None:
 # --------------------------------------------------------------------------------------------
 # Launchers
 # --------------------------------------------------------------------------------------------
-def _forward(student, teacher, center, ncrops, student_temp, teacher_temp, cosine, num_splits, block_k):
-    batch = _check_logits(student, teacher, center, ncrops, student_temp, teacher_temp)
+class Launch(NamedTuple):
+    """One kernel launch as the launchers make it: kernel[grid](*args, **meta)."""
+    kernel: object
+    grid: Tuple[int, ...]
+    args: Tuple[object, ...]
+    meta: Dict[str, object]  # constexpr arguments and num_warps
+
+    def __call__(self):
+        self.kernel[self.grid](*self.args, **self.meta)
+
+
+def forward_launches(student, teacher, center, ncrops, student_temp, teacher_temp, cosine, num_splits=None,
+                     block_k=None, device=None):
+    """(launches, outputs) of a forward on checked arguments: every launch with its exact
+    arguments and configuration, and the tensors they fill. `device` (default student's) is the
+    one the configuration is chosen for; tools/check_triton_compile.py passes CUDA with meta
+    tensors to compile exactly what a GPU run launches."""
+    batch = teacher.shape[0] // 2
     K = student.shape[1]
-    device = student.device
+    device = student.device if device is None else device
     v_pad = _view_pad(ncrops)
     block = _block_k(K, v_pad, device, block_k, _FWD_TILE)
     splits = _split_count(batch, K, block, device, num_splits)
@@ -452,7 +466,7 @@ def _forward(student, teacher, center, ncrops, student_temp, teacher_temp, cosin
     inv_ts, inv_tt = 1.0 / student_temp, 1.0 / teacher_temp
     rows = ncrops * batch
 
-    f32 = dict(dtype=torch.float32, device=device)
+    f32 = dict(dtype=torch.float32, device=student.device)
     part_s = torch.empty(batch * splits * 3 * v_pad, **f32)
     part_t = torch.empty(batch * splits * 6, **f32)
     part_d = torch.empty(batch * splits * 2 * v_pad, **f32)
@@ -462,58 +476,76 @@ def _forward(student, teacher, center, ncrops, student_temp, teacher_temp, cosin
     norm_s = torch.empty(rows, **f32) if cosine else lse_s
     norm_t = torch.empty(2 * batch, **f32) if cosine else lse_t
     teacher_sum = torch.empty(K, **f32)
-    with _device_guard(student):
-        _loss_fwd_partial_kernel[(batch, splits)](
-            student, teacher, center, part_s, part_t, part_d,
-            batch, K, chunk, inv_ts, inv_tt,
-            V=ncrops, V_PAD=v_pad, BLOCK_K=block, COSINE=cosine,
-            num_warps=_num_warps(v_pad, block, forward=True),
-        )
-        _loss_fwd_merge_kernel[(batch,)](
-            part_s, part_t, part_d, lse_s, lse_t, norm_s, norm_t, pair,
-            batch, splits, inv_ts, inv_tt,
-            V=ncrops, V_PAD=v_pad, S_PAD=max(2, triton.next_power_of_2(splits)), COSINE=cosine,
-            num_warps=4,
-        )
-        sum_block = _SUM_BLOCK_K if device.type == "cuda" else min(_SUM_BLOCK_K, block)
-        _column_sum_kernel[(triton.cdiv(K, sum_block),)](
-            teacher, teacher_sum, 2 * batch, K, BLOCK_R=_SUM_ROWS, BLOCK_K=sum_block, num_warps=4,
-        )
+    sum_block = _SUM_BLOCK_K if device.type == "cuda" else min(_SUM_BLOCK_K, block)
+    launches = [
+        Launch(_loss_fwd_partial_kernel, (batch, splits),
+               (student, teacher, center, part_s, part_t, part_d, batch, K, chunk, inv_ts, inv_tt),
+               dict(V=ncrops, V_PAD=v_pad, BLOCK_K=block, COSINE=cosine,
+                    num_warps=_num_warps(v_pad, block))),
+        Launch(_loss_fwd_merge_kernel, (batch,),
+               (part_s, part_t, part_d, lse_s, lse_t, norm_s, norm_t, pair, batch, splits, inv_ts, inv_tt),
+               dict(V=ncrops, V_PAD=v_pad, S_PAD=max(2, triton.next_power_of_2(splits)), COSINE=cosine,
+                    num_warps=4)),
+        Launch(_column_sum_kernel, (triton.cdiv(K, sum_block),), (teacher, teacher_sum, 2 * batch, K),
+               dict(BLOCK_R=_SUM_ROWS, BLOCK_K=sum_block, num_warps=4)),
+    ]
     if cosine:
-        return lse_s, lse_t, norm_s, norm_t, pair, teacher_sum
-    return lse_s, lse_t, pair, teacher_sum
+        return launches, (lse_s, lse_t, norm_s, norm_t, pair, teacher_sum)
+    return launches, (lse_s, lse_t, pair, teacher_sum)
+
+
+def backward_launches(student, teacher, center, lse_student, lse_teacher, pair_coef, row_coef, ncrops,
+                      student_temp, teacher_temp, cosine, block_k=None, device=None):
+    """(launches, grad) of a backward on checked arguments, as forward_launches."""
+    batch = teacher.shape[0] // 2
+    K = student.shape[1]
+    rows = ncrops * batch
+    device = student.device if device is None else device
+    v_pad = _view_pad(ncrops)
+    block = _block_k(K, v_pad, device, block_k, _BWD_TILE)
+    grad = torch.empty_like(student)
+    f32 = dict(dtype=torch.float32, device=student.device)
+    m_s, c_s = torch.empty(rows, **f32), torch.empty(rows, **f32)
+    m_t, c_t = torch.empty(2 * batch, **f32), torch.empty(2 * batch, **f32)
+    offset_block = min(_OFFSET_BLOCK_K, triton.next_power_of_2(K)) if device.type == "cuda" else block
+    launches = [
+        Launch(_row_offsets_kernel, (x.shape[0],), (x, center, lse, m, c, K, inv_temp),
+               dict(HAS_CENTER=centred, LIMIT=_RECOMPUTE_LSE_ABOVE, BLOCK_K=offset_block, num_warps=4))
+        for x, centred, lse, m, c, inv_temp in ((student, False, lse_student, m_s, c_s, 1.0 / student_temp),
+                                                (teacher, True, lse_teacher, m_t, c_t, 1.0 / teacher_temp))
+    ]
+    launches.append(Launch(
+        _loss_bwd_kernel, (batch, triton.cdiv(K, block)),
+        (student, teacher, center, m_s, c_s, m_t, c_t, pair_coef, row_coef, grad,
+         batch, K, 1.0 / student_temp, 1.0 / teacher_temp),
+        dict(V=ncrops, V_PAD=v_pad, BLOCK_K=block, COSINE=cosine, num_warps=_num_warps(v_pad, block))))
+    return launches, grad
+
+
+def _forward(student, teacher, center, ncrops, student_temp, teacher_temp, cosine, num_splits, block_k):
+    _check_logits(student, teacher, center, ncrops, student_temp, teacher_temp)
+    launches, outputs = forward_launches(student, teacher, center, ncrops, student_temp, teacher_temp, cosine,
+                                         num_splits, block_k)
+    with _device_guard(student):
+        for launch in launches:
+            launch()
+    return outputs
 
 
 def _backward(student, teacher, center, lse_student, lse_teacher, pair_coef, row_coef, names,
               ncrops, student_temp, teacher_temp, cosine, block_k):
     batch = _check_logits(student, teacher, center, ncrops, student_temp, teacher_temp)
-    K = student.shape[1]
     rows = ncrops * batch
     device = student.device
     _check_stat("lse_student", lse_student, (rows,), device)
     _check_stat("lse_teacher", lse_teacher, (2 * batch,), device)
     _check_stat(names[0], pair_coef, (2, rows), device)
     _check_stat(names[1], row_coef, (rows,), device)
-    v_pad = _view_pad(ncrops)
-    block = _block_k(K, v_pad, device, block_k, _BWD_TILE)
-    grad = torch.empty_like(student)
-    f32 = dict(dtype=torch.float32, device=device)
-    m_s, c_s = torch.empty(rows, **f32), torch.empty(rows, **f32)
-    m_t, c_t = torch.empty(2 * batch, **f32), torch.empty(2 * batch, **f32)
-    offset_block = min(_OFFSET_BLOCK_K, triton.next_power_of_2(K)) if device.type == "cuda" else block
+    launches, grad = backward_launches(student, teacher, center, lse_student, lse_teacher, pair_coef, row_coef,
+                                       ncrops, student_temp, teacher_temp, cosine, block_k)
     with _device_guard(student):
-        for x, centred, lse, m, c, inv_temp in ((student, False, lse_student, m_s, c_s, 1.0 / student_temp),
-                                                (teacher, True, lse_teacher, m_t, c_t, 1.0 / teacher_temp)):
-            _row_offsets_kernel[(x.shape[0],)](
-                x, center, lse, m, c, K, inv_temp,
-                HAS_CENTER=centred, LIMIT=_RECOMPUTE_LSE_ABOVE, BLOCK_K=offset_block, num_warps=4,
-            )
-        _loss_bwd_kernel[(batch, triton.cdiv(K, block))](
-            student, teacher, center, m_s, c_s, m_t, c_t, pair_coef, row_coef, grad,
-            batch, K, 1.0 / student_temp, 1.0 / teacher_temp,
-            V=ncrops, V_PAD=v_pad, BLOCK_K=block, COSINE=cosine,
-            num_warps=_num_warps(v_pad, block),
-        )
+        for launch in launches:
+            launch()
     return grad
 
 
