@@ -103,3 +103,11 @@ def backends() -> Dict[str, Backend]:
         "triton": _triton_status(),
         "triton-interpreter": _interpreter_status(),
     }
+
+
+def host_to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor on `device` without the host waiting for the device: to a GPU through
+    pinned memory (a non_blocking copy from pageable memory can still block inside the driver)."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)

@@ -8,9 +8,9 @@ TRITON_INTERPRET=1 runs the same checks on CPU tensors (interpreter and C++ kern
 shapes only, to try the tests themselves where no GPU is present.
 
 Tolerances: the loss as in conftest.TOLERANCES; rendered float32 pixels within 1e-4 of the
-reference in [0, 1] space (as test_augment_fused.py) and within 1e-5 of the C++ kernel (same
-per-pixel maths; the CUDA kernels sum the separable resize as an outer product, so the last bits
-may differ), float16 / bfloat16 outputs the float32 result rounded.
+reference in [0, 1] space (as test_augment_fused.py) and within 5e-5 of the C++ kernel (same
+per-pixel maths; the CUDA kernels sum the separable resize as an outer product and nvcc fuses
+multiply-adds, so the last bits differ), float16 / bfloat16 outputs the float32 result rounded.
 """
 import os
 
@@ -128,9 +128,18 @@ def test_loss_step_never_waits_for_the_device(rng):
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        loss_fn(a, b, t1, t2, 1)[0].backward()
+        _assert_host_runs_ahead(lambda: loss_fn(a, b, t1, t2, 1)[0].backward())
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def _assert_host_runs_ahead(fn):
+    """fn() returns while a long kernel queued before it still runs: it never waited for the
+    device, not even inside the driver (which set_sync_debug_mode cannot see)."""
+    torch.cuda._sleep(int(2e9))  # about a second of GPU time
+    fn()
+    assert not torch.cuda.current_stream().query(), "the host waited for the device"
+    torch.cuda.synchronize()
 
 
 # ============================================================================= augmentation
@@ -168,7 +177,8 @@ def test_render_matches_cpu_kernel_and_reference(photos, sizes, rotation_interpo
     cpu = render(photos, params, backend="fused", **kw)
     for p, g, c in zip(params, got, cpu):
         assert g.device.type == DEVICE.type
-        assert (g.cpu() - c).abs().max().item() <= 1e-5
+        # same per-pixel maths; nvcc's fused multiply-adds and CUDA's expf move the last bits
+        assert (g.cpu() - c).abs().max().item() <= 5e-5
         want = ref_augment.render(photos, p, **kw)
         assert (g.cpu() - want).abs().max().item() <= 1e-4
 
@@ -223,7 +233,7 @@ def test_multicrop_on_device_matches_cpu(photos):
         assert torch.equal(a.to_tensor(torch.float64).cpu(), b.to_tensor(torch.float64))
     for a, b in zip(views, cpu_views):
         assert a.device.type == DEVICE.type
-        assert ((a.cpu() - b).abs() * std).max().item() <= 1e-5
+        assert ((a.cpu() - b).abs() * std).max().item() <= 5e-5
 
 
 def test_render_refuses_params_that_require_grad(photos):
@@ -244,7 +254,7 @@ def test_multicrop_on_gpu_never_waits_for_the_device(photos):
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        mc(images, step=1)
+        _assert_host_runs_ahead(lambda: mc(images, step=1))
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.set_sync_debug_mode("warn")

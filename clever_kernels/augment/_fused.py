@@ -40,8 +40,8 @@ def pack_images(images: List[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
         pixels = first.as_strided((sum(numels),), (1,))
     else:
         pixels = torch.cat([x.reshape(-1) for x in images])
-    offsets = torch.tensor(starts, dtype=torch.int64).to(device, non_blocking=True)
-    sizes = torch.tensor([list(x.shape[1:]) for x in images], dtype=torch.int64).to(device, non_blocking=True)
+    offsets = _backend.host_to_device(torch.tensor(starts, dtype=torch.int64), device)
+    sizes = _backend.host_to_device(torch.tensor([list(x.shape[1:]) for x in images], dtype=torch.int64), device)
     return pixels, offsets, sizes
 
 

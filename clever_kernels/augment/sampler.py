@@ -36,6 +36,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .. import _backend
 from . import rng
 from .config import AugConfig, ViewConfig, make_config
 from .params import AugParams
@@ -219,7 +220,7 @@ def sample_params(sizes_or_images, preset: Union[str, AugConfig] = "baug",
     config = make_config(preset, **{k: v for k, v in named.items() if v is not None}, **overrides)
     sizes = image_sizes(sizes_or_images)
     if ids is not None and not isinstance(ids, Tensor):
-        ids = torch.as_tensor(list(ids), dtype=torch.int64).to(sizes.device, non_blocking=True)
+        ids = _backend.host_to_device(torch.as_tensor(list(ids), dtype=torch.int64), sizes.device)
     return [sample_view(sizes, view_config, view, seed=seed, step=step, ids=ids)
             for view, view_config in enumerate(config.views())]
 
@@ -264,7 +265,7 @@ def image_sizes(sizes_or_images) -> Tensor:
         raise ValueError(f"{name} must be a list of (C, H, W) images or of (height, width) pairs")
     if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for pair in hw for v in pair):
         raise ValueError(f"{name}: image sizes must be ints >= 1, got {hw}")
-    return torch.tensor(hw, dtype=torch.int64).to(device, non_blocking=True)
+    return _backend.host_to_device(torch.tensor(hw, dtype=torch.int64), device)
 
 
 def _check_sizes_ids(sizes: Tensor, ids: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
