@@ -10,7 +10,7 @@ DEPS := numpy triton==3.9.0 ninja pybind11 pytest scikit-learn pillow tqdm matpl
 # baselines the benchmarks compare against; not needed by the package or its tests
 BENCH_DEPS := kornia
 
-.PHONY: setup build demo compare test test-fast cuda-check triton-check gpu-checks bench clean
+.PHONY: setup build demo compare test test-fast cuda-check triton-check gpu-checks gpu-wheels bench clean
 
 $(PY):
 	$(PYTHON_BIN) -m venv $(VENV)
@@ -57,6 +57,14 @@ test-fast: build
 # on a CUDA machine with torch etc. preinstalled (no venv): build, GPU tests, GPU benchmarks
 gpu-checks:
 	bash tools/gpu_checks.sh
+
+# the benchmark baselines a GPU machine without a registry lacks, as wheels for its Python (3.12)
+# in .whl/ (not committed): carry the folder there and run WHEELS=.whl bash tools/gpu_checks.sh
+GPU_PYTHON ?= 3.12
+gpu-wheels:
+	python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d .whl kornia==0.9.0 kornia_rs==0.2.0
 
 bench: setup
 	$(PY) -m pip install --quiet $(BENCH_DEPS)

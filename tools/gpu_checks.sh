@@ -15,7 +15,8 @@
 # STEPS="bench" on the same machine (the build stays in the tree and in the installed package).
 #
 # Kornia (the augmentation benchmark's GPU baseline) is used when it imports; where the machine
-# has no registry, put its wheels (kornia, kornia_rs) in a folder and set WHEELS=that/folder.
+# has no registry, `make gpu-wheels` (on a machine with one) puts its wheels in .whl/, and
+# WHEELS=.whl bash tools/gpu_checks.sh installs them into a scratch folder first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-checks}
