@@ -4,15 +4,17 @@
 #   1. builds the extension against that torch (CUDA sources for the local GPU's architecture);
 #   2. prints which backends are on;
 #   3. runs the GPU tests (python_tests/test_gpu.py, the CUDA sampler test), Triton compiled;
-#   4. runs both benchmarks on the GPU (bench/results/*-<gpu>.{md,json}).
+#   4. runs the whole CPU suite as CI does (Triton interpreted), against this machine's torch and
+#      triton versions;
+#   5. runs both benchmarks on the GPU (bench/results/*-<gpu>.{md,json}).
 # Each step has its own time limit and appends to one log, so a step that fails or runs out of
 # time still leaves the others' results. Output: $OUT (default gpu-checks/): gpu_checks.log and
 # the benchmark result files, ready to commit.
 #
 #   bash tools/gpu_checks.sh                  # everything (about 6-8 minutes on an H200)
 #   STEPS="build tests" bash tools/gpu_checks.sh
-# Where one command may run 10 minutes at most, run it in two: STEPS="build backends tests", then
-# STEPS="bench" on the same machine (the build stays in the tree and in the installed package).
+# Where one command may run 10 minutes at most, run it in two: STEPS="build backends tests suite",
+# then STEPS="bench" on the same machine (the build stays in the tree and in the installed package).
 #
 # Kornia (the augmentation benchmark's GPU baseline) is used when it imports; where the machine
 # has no registry, `make gpu-wheels` (on a machine with one) puts its wheels in .whl/, and
@@ -23,7 +25,7 @@ out=${OUT:-gpu-checks}
 mkdir -p "$out"
 log="$out/gpu_checks.log"
 py=${PYTHON:-python3}
-steps=${STEPS:-build backends tests bench}
+steps=${STEPS:-build backends tests suite bench}
 export PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET
 
@@ -50,11 +52,16 @@ arch=$("$py" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability(
 }
 wants build && step build 400 env TORCH_CUDA_ARCH_LIST="$arch" "$py" -m pip install --no-deps --no-build-isolation -e .
 wants backends && step backends 60 "$py" -m clever_kernels
+workers=()
+"$py" -c "import xdist" 2>/dev/null && workers=(-n 4)
 if wants tests; then
-  workers=()
-  "$py" -c "import xdist" 2>/dev/null && workers=(-n 4)
   step tests 400 "$py" -m pytest python_tests/test_gpu.py python_tests/test_augment_sampler.py -q -rs \
     -p no:cacheprovider "${workers[@]}"
+fi
+if wants suite; then
+  # one process: the two-rank and kill/resume tests start processes of their own
+  step suite 400 env TRITON_INTERPRET=1 "$py" -m pytest python_tests -q -p no:cacheprovider \
+    --ignore=python_tests/test_gpu.py
 fi
 if wants bench; then
   step bench-loss 300 "$py" -m bench loss --device cuda
