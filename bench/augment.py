@@ -225,10 +225,11 @@ def main(args):
         # the slow baselines take seconds a batch on a GPU: fewer repetitions keep the run short
         slow = device.type == "cuda" and not name.startswith("clever_kernels")
         timing = harness.time_median(fn, device, warmup=1, reps=max(1, reps // 3) if slow else reps)
-        cores = (workers.workers if "worker" in name else 1) if name.startswith("PIL") else torch.get_num_threads()
         row = {"variant": name, "images": batch, "ms / batch": timing["median_s"] * 1e3,
-               "images / s": batch / timing["median_s"], "cores": cores,
-               "images / s per core": batch / timing["median_s"] / cores}
+               "images / s": batch / timing["median_s"]}
+        if device.type == "cpu":  # per core means nothing for a GPU's variants
+            cores = (workers.workers if "worker" in name else 1) if name.startswith("PIL") else torch.get_num_threads()
+            row.update({"cores": cores, "images / s per core": batch / timing["median_s"] / cores})
         if name.startswith("clever_kernels fused,") and copy_bw:
             moved = traffic_bytes(images, config)
             row["GB/s"] = moved / timing["median_s"] / 1e9
@@ -245,20 +246,28 @@ def main(args):
     for row in rows:
         if pil is not None:
             row["per core vs PIL"] = row["images / s per core"] / pil["images / s per core"]
+    kornia_note = compile_note if kornia is not None else "Kornia does not import here: no Kornia rows. "
+    kornia_eager = next((r for r in rows if r["variant"].startswith("Kornia") and "eager" in r["variant"]), None)
+    for row in rows:
+        if kornia_eager is not None:
+            row["speed-up vs Kornia eager"] = row["images / s"] / kornia_eager["images / s"]
     columns = ["variant", "images", "ms / batch", "images / s", "cores", "images / s per core",
-               "speed-up vs reference", "per core vs PIL", "GB/s", "x bandwidth floor"]
+               "speed-up vs reference", "per core vs PIL", "speed-up vs Kornia eager", "GB/s", "x bandwidth floor"]
     notes = (f"{PRESET} multi-crop, {shape} views per image, uint8 sources {batch} images of mixed sizes "
              "(H 330-420, W 440-560), float32 NCHW outputs; median of repeated batches after one warm-up, "
-             "parameter sampling (sample_params) included in every variant but 'rendering only'. The PIL pipeline runs one image at a time in "
-             "this process, and again split over one worker process per core (started before the timing; "
-             "the views come back through shared memory, as a data loader's do); its pixels differ from "
-             "ours by design (uint8 rounding after every op, PIL's blur kernel and hue). Kornia draws its "
-             "own parameters and sees a dense batch resized beforehand (it cannot take images of "
-             "different sizes). torchvision is not compared: its wheels do not import beside the CPU "
-             "torch of this environment. "
-             "Kornia's torch.compile form is compiled by one untimed call (default inductor; "
-             "Kornia's containers hit dynamo's recompile limit on the CPU here, so parts of it stay eager). " + compile_note +
-             f"Fused vs reference on one draw: max abs difference {max_err:.2g} in [0, 1] pixel units. ")
+             "parameter sampling (sample_params) included in every variant but 'rendering only'. ")
+    if device.type == "cpu":
+        notes += ("The PIL pipeline runs one image at a time in this process, and again split over one "
+                  "worker process per core (started before the timing; the views come back through shared "
+                  "memory, as a data loader's do); its pixels differ from ours by design (uint8 rounding "
+                  "after every op, PIL's blur kernel and hue). torchvision is not compared: its wheels do not "
+                  "import beside the CPU torch of this environment. ")
+    if kornia is not None:
+        notes += ("Kornia draws its own parameters and sees a dense batch resized beforehand (it cannot take "
+                  "images of different sizes). Its torch.compile form is compiled by one untimed call "
+                  "(default inductor; on the CPU here Kornia's containers hit dynamo's recompile limit, so "
+                  "parts of it stay eager). ")
+    notes += kornia_note + f"Fused vs reference on one draw: max abs difference {max_err:.2g} in [0, 1] pixel units. "
     if copy_bw:
         notes += (f"Bandwidth floor: source images read once + views written once "
                   f"({traffic_bytes(images, config) / 1e6:.1f} MB) over the measured copy bandwidth "

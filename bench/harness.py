@@ -82,6 +82,9 @@ def copy_bandwidth(device: torch.device, nbytes: int = 1 << 28) -> float:
 
 
 def _git_commit() -> str:
+    """The checked-out commit; CLEVER_KERNELS_COMMIT names it where the tree has no .git."""
+    if os.environ.get("CLEVER_KERNELS_COMMIT"):
+        return os.environ["CLEVER_KERNELS_COMMIT"]
     try:
         return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
                                        cwd=os.path.dirname(RESULTS), stderr=subprocess.DEVNULL).strip()

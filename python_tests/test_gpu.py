@@ -125,12 +125,20 @@ def test_loss_step_never_waits_for_the_device(rng):
     loss_fn = CLeVERLoss(4097, 10, 0.04, 0.04, 0, 3, dvr_out_dim=1000).to(DEVICE)
     a, b = s1.requires_grad_(), s2.requires_grad_()
     loss_fn(a, b, t1, t2, 0)[0].backward()  # warm-up: Triton kernels compiled
-    torch.cuda.synchronize()
+    _warm_under_load(lambda: loss_fn(a, b, t1, t2, 1)[0].backward())
     torch.cuda.set_sync_debug_mode("error")
     try:
         _assert_host_runs_ahead(lambda: loss_fn(a, b, t1, t2, 1)[0].backward())
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def _warm_under_load(fn):
+    """fn() once behind a queued kernel, so the caches it needs then (pinned host blocks are
+    reused only once their copies have finished) are primed before the timed-out check."""
+    torch.cuda._sleep(int(2e9))
+    fn()
+    torch.cuda.synchronize()
 
 
 def _assert_host_runs_ahead(fn):
@@ -251,7 +259,7 @@ def test_multicrop_on_gpu_never_waits_for_the_device(photos):
     images = _on(photos, DEVICE)
     mc = MultiCrop("caug+", n_local=4, global_size=36, local_size=16)
     _, params = mc(images)  # warm-up: kernels loaded, allocator primed
-    torch.cuda.synchronize()
+    _warm_under_load(lambda: mc(images, step=1))
     torch.cuda.set_sync_debug_mode("error")
     try:
         _assert_host_runs_ahead(lambda: mc(images, step=1))
