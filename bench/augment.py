@@ -198,8 +198,9 @@ def main(args):
             workers = PILWorkers(cores, config)
             variants[f"PIL pipeline ({cores} worker processes)"] = lambda: workers(images, 0, next(step))
     kornia = kornia_multicrop(config)
-    compile_note = ""
+    kornia_note = "Kornia does not import here: no Kornia rows. "
     if kornia is not None:
+        kornia_note = ""
         import kornia as kornia_module
         dense_size = (375, 500)
         dense = torch.stack([F.interpolate(x[None].float(), size=dense_size, mode="bilinear", antialias=True)[0]
@@ -210,7 +211,7 @@ def main(args):
         if compiled is not None:
             variants[name % "torch.compile"] = lambda: compiled(dense)
         else:
-            compile_note = f"Kornia under torch.compile failed ({why_not}), so only its eager form is timed. "
+            kornia_note = f"Kornia under torch.compile failed ({why_not}), so only its eager form is timed. "
     copy_bw = harness.copy_bandwidth(device) if device.type == "cuda" else None
 
     # agreement of the two renderers on one draw, in [0, 1] pixel units
@@ -246,7 +247,6 @@ def main(args):
     for row in rows:
         if pil is not None:
             row["per core vs PIL"] = row["images / s per core"] / pil["images / s per core"]
-    kornia_note = compile_note if kornia is not None else "Kornia does not import here: no Kornia rows. "
     kornia_eager = next((r for r in rows if r["variant"].startswith("Kornia") and "eager" in r["variant"]), None)
     for row in rows:
         if kornia_eager is not None:

@@ -113,8 +113,8 @@ def split_sweep(batch, ncrops, k, dtype, device, reps, copy_bw):
     for splits in (1, 2, 4, 8, 16, None):
         fn = lambda: kt.dir_loss_fwd(student, teacher, center, ncrops, TS, TT, num_splits=splits)
         timing = harness.time_median(fn, device, warmup=3, reps=reps)
-        chosen = kt._split_count(batch, k, kt._block_k(k, kt._view_pad(ncrops), device, None, kt._FWD_TILE),
-                                 device, splits)
+        launches, _ = kt.forward_launches(student, teacher, center, ncrops, TS, TT, False, splits)
+        chosen = launches[0].grid[1]  # the partial kernel's grid is (B, splits), splits as launched
         rows.append({
             "shape": f"B={batch} V={ncrops} K={k} {str(dtype).replace('torch.', '')}",
             "variant": f"Triton forward, num_splits={'auto (' + str(chosen) + ')' if splits is None else splits}",

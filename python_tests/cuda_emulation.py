@@ -1,6 +1,6 @@
 """Builds csrc/testing/render_views_emulated.cpp: the CUDA render_views kernels compiled for the
 CPU and run one block at a time with a fiber per thread (csrc/testing/simt.h), so the tests
-execute the GPU code where no GPU is present. About a minute to compile on two cores, once per
+execute the GPU code where no GPU is present. About 10 s to compile on two cores, once per
 process (torch's extension cache keeps the build between runs)."""
 import os
 from functools import lru_cache

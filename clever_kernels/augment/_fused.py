@@ -107,9 +107,7 @@ def render_views(images, group: Sequence[AugParams], mean: Sequence[float], std:
     sizes = {p.size for p in group}
     if len(sizes) != 1:
         raise ValueError(f"group: every view must have the same size, got sizes {sorted(sizes)}")
-    for p in group:
-        reference._check_params(p, images, values=False)
-    reference.check_param_values(group, images)
+    reference.check_views(group, images)
     mean, std = check_options(mean, std, interpolation, rotation_interpolation, out_dtype)
     return render_packed(pack_images(images), images[0].shape[0], group, mean, std, antialias, out_dtype,
                          channels_last, interpolation, rotation_interpolation)

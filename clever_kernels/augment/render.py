@@ -71,10 +71,7 @@ def render_checked(images, params, mean, std, antialias, out_dtype, channels_las
     if not views:
         raise ValueError("params: empty list of views")
     images = reference._check_images(images)
-    for p in views:
-        reference._check_params(p, images, values=False)
-    if check_values:
-        reference.check_param_values(views, images)
+    reference.check_views(views, images, values=check_values)
     impl = resolve_backend(backend, images[0].device)
     groups = OrderedDict()
     for index, p in enumerate(views):

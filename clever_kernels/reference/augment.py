@@ -267,9 +267,21 @@ def _check_images(images: Images) -> List[Tensor]:
     return images
 
 
-def _check_params(params: AugParams, images: List[Tensor], values: bool = True) -> None:
-    """Raises naming what is wrong with one view's params for `images`. values=False checks what
-    needs no data (type, batch, device, gradients); check_param_values does the rest."""
+def _check_params(params: AugParams, images: List[Tensor]) -> None:
+    """Raises naming what is wrong with one view's params for `images`."""
+    check_views([params], images)
+
+
+def check_views(views: Sequence[AugParams], images: List[Tensor], values: bool = True) -> None:
+    """Raises naming what is wrong with any view's params for `images`: per view what needs no
+    data (type, batch, device, gradients), then, unless values=False, check_param_values."""
+    for params in views:
+        _check_structure(params, images)
+    if values:
+        check_param_values(views, images)
+
+
+def _check_structure(params: AugParams, images: List[Tensor]) -> None:
     if not isinstance(params, AugParams):
         raise TypeError(f"params must be an AugParams (one view), got {type(params).__name__}")
     if params.batch_size != len(images):
@@ -280,8 +292,6 @@ def _check_params(params: AugParams, images: List[Tensor], values: bool = True) 
         if getattr(params, name).requires_grad:
             raise ValueError(f"params.{name} requires grad; the reference renderer does not "
                              "differentiate through augmentation parameters (detach it)")
-    if values:
-        check_param_values([params], images)
 
 
 def check_param_values(views: Sequence[AugParams], images: List[Tensor]) -> None:

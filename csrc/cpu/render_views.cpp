@@ -441,7 +441,7 @@ void render_one(const Job& job, int64_t n, Scratch& sc, out_t* out) {
     for (int y = 0; y < S; ++y) {
       const size_t row = static_cast<size_t>(y) * S;
       for (int k = 0; k < rows_pre; ++k) {
-        jitter_planes(r + row, g + row, b + row, S, v.order[k], v.factor[v.order[k]], 0.0f);
+        jitter_planes(r + row, g + row, b + row, S, v.order[k], factor_of(v, v.order[k]), 0.0f);
       }
       double row_sum = 0.0;
       for (int x = 0; x < S; ++x) {
@@ -456,7 +456,7 @@ void render_one(const Job& job, int64_t n, Scratch& sc, out_t* out) {
     for (int y = 0; y < S; ++y) {
       const size_t row = static_cast<size_t>(y) * S;
       for (int k = rows_pre; k < (v.jitter ? 4 : 0); ++k) {
-        jitter_planes(r + row, g + row, b + row, S, v.order[k], v.factor[v.order[k]], mean);
+        jitter_planes(r + row, g + row, b + row, S, v.order[k], factor_of(v, v.order[k]), mean);
       }
       if (v.grayscale) {
         for (int x = 0; x < S; ++x) {
