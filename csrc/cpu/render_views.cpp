@@ -22,8 +22,13 @@
 #include <array>
 #include <cmath>
 #include <cstddef>
+#include <cstring>
 #include <type_traits>
 #include <vector>
+
+#if defined(__SSE2__)
+#include <xmmintrin.h>
+#endif
 
 #include "clever_kernels/augment_pixel.h"
 #include "clever_kernels/render_views_args.h"
@@ -71,10 +76,10 @@ void check_values(const Tensor& pixels, const Tensor& offsets, const Tensor& siz
                   "] order is not a permutation of 0, 1, 2, 3");
       seen |= 1 << op;
     }
-    TORCH_CHECK(std::isfinite(f[kBlurSigma]) && f[kBlurSigma] >= 0 && f[kBlurSigma] <= 1000,
-                "render_views: fparams[", r, "] blur sigma must be in [0, 1000], got ", f[kBlurSigma]);
-    TORCH_CHECK(std::isfinite(f[kElasticSigma]) && f[kElasticSigma] >= 0 && f[kElasticSigma] <= 1000,
-                "render_views: fparams[", r, "] elastic sigma must be in [0, 1000], got ", f[kElasticSigma]);
+    TORCH_CHECK(std::isfinite(f[kBlurSigma]) && f[kBlurSigma] >= 0 && f[kBlurSigma] <= kMaxSigma,
+                "render_views: fparams[", r, "] blur sigma must be in [0, ", kMaxSigma, "], got ", f[kBlurSigma]);
+    TORCH_CHECK(std::isfinite(f[kElasticSigma]) && f[kElasticSigma] >= 0 && f[kElasticSigma] <= kMaxSigma,
+                "render_views: fparams[", r, "] elastic sigma must be in [0, ", kMaxSigma, "], got ", f[kElasticSigma]);
     for (int k = 0; k < kNumFParams; ++k) {
       TORCH_CHECK(std::isfinite(f[k]), "render_views: fparams[", r, "] holds a non-finite value");
     }
@@ -93,16 +98,65 @@ void check_values(const Tensor& pixels, const Tensor& offsets, const Tensor& siz
 #define CLEVER_KERNELS_VECTOR_CLONES
 #endif
 
-// acc[i] += w * src[i]
-CLEVER_KERNELS_VECTOR_CLONES void axpy(float* __restrict acc, const float* __restrict src, float w, int n) {
-  for (int i = 0; i < n; ++i) {
-    acc[i] += w * src[i];
+// out[i] = sum over k < taps, in ascending k, of weight[k] * base[index[k] * stride + i], for
+// i < n: the weighted sum of `taps` rows that every separable pass (resize, blur) is made of.
+// The rows are summed 32 columns at a time in registers, so each tap costs one load per column
+// instead of the load, add and store of an accumulator in memory; each out[i] adds its terms in
+// the same order as a scalar loop would.
+#if defined(__GNUC__)
+typedef float Float8 __attribute__((vector_size(32)));
+
+C10_ALWAYS_INLINE Float8 load8(const float* p) {
+  Float8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+C10_ALWAYS_INLINE void store8(float* p, Float8 v) {
+  std::memcpy(p, &v, sizeof v);
+}
+#endif
+
+CLEVER_KERNELS_VECTOR_CLONES void weighted_rows(float* __restrict out, const float* __restrict base,
+                                                std::ptrdiff_t stride, const int* __restrict index,
+                                                const float* __restrict weight, int taps, int n) {
+  int x = 0;
+#if defined(__GNUC__)
+  for (; x + 32 <= n; x += 32) {
+    Float8 a0 = {}, a1 = {}, a2 = {}, a3 = {};
+    for (int k = 0; k < taps; ++k) {
+      const float* row = base + index[k] * stride + x;
+      const float w = weight[k];
+      a0 += w * load8(row);
+      a1 += w * load8(row + 8);
+      a2 += w * load8(row + 16);
+      a3 += w * load8(row + 24);
+    }
+    store8(out + x, a0);
+    store8(out + x + 8, a1);
+    store8(out + x + 16, a2);
+    store8(out + x + 24, a3);
+  }
+  for (; x + 8 <= n; x += 8) {
+    Float8 a = {};
+    for (int k = 0; k < taps; ++k) {
+      a += weight[k] * load8(base + index[k] * stride + x);
+    }
+    store8(out + x, a);
+  }
+#endif
+  for (; x < n; ++x) {
+    float a = 0.0f;
+    for (int k = 0; k < taps; ++k) {
+      a += weight[k] * base[index[k] * stride + x];
+    }
+    out[x] = a;
   }
 }
 
-CLEVER_KERNELS_VECTOR_CLONES void axpy_u8(float* __restrict acc, const uint8_t* __restrict src, float w, int n) {
+CLEVER_KERNELS_VECTOR_CLONES void to_float(float* __restrict dst, const uint8_t* __restrict src, int n) {
   for (int i = 0; i < n; ++i) {
-    acc[i] += w * static_cast<float>(src[i]);
+    dst[i] = static_cast<float>(src[i]);
   }
 }
 
@@ -188,6 +242,7 @@ struct AxisTaps {
 
 struct Scratch {
   AxisTaps xs, ys;
+  std::vector<float> crop;       // (crop height, crop width) one channel of the crop in float
   std::vector<float> cols;       // (C, S, crop width) after the vertical resize, in 0..255 units
   std::vector<float> cols_t;     // (C, crop width, S) its transpose
   std::vector<float> resized_t;  // (C, S, S) the resized crop, transposed, before the flip
@@ -198,6 +253,7 @@ struct Scratch {
   std::vector<float> line;     // one reflect-padded row
   std::vector<float> taps;
   std::vector<int> pad_index;
+  std::vector<int> line_taps;  // 0, 1, ..., 2 radius: a blur tap's shift along the padded line
   std::vector<RotationTerms> rot_terms;  // rotation terms of every column (and row)
   std::vector<int> source;                  // one row's nearest-rotation source indices
 };
@@ -220,6 +276,10 @@ void blur_planes(float* data, int planes, int size, int radius, float sigma, Scr
     sc.pad_index[p + radius] = reflect_index(p, size);
   }
   sc.line.resize(size + 2 * radius);
+  sc.line_taps.resize(width);
+  for (int t = 0; t < width; ++t) {
+    sc.line_taps[t] = t;
+  }
   sc.tmp.resize(static_cast<size_t>(planes) * size * size);
   const size_t plane = static_cast<size_t>(size) * size;
   for (int c = 0; c < planes; ++c) {
@@ -228,39 +288,56 @@ void blur_planes(float* data, int planes, int size, int radius, float sigma, Scr
       for (int p = 0; p < size + 2 * radius; ++p) {
         sc.line[p] = src[sc.pad_index[p]];
       }
-      // taps outermost so that the loop over x vectorises; each dst[x] still sums its taps in
-      // ascending order
-      float* dst = sc.tmp.data() + c * plane + static_cast<size_t>(y) * size;
-      std::fill(dst, dst + size, 0.0f);
-      for (int t = 0; t < width; ++t) {
-        axpy(dst, sc.line.data() + t, w[t], size);
-      }
+      // tap t of dst[x] is line[x + t]: the taps are the line shifted by t
+      weighted_rows(sc.tmp.data() + c * plane + static_cast<size_t>(y) * size, sc.line.data(), 1,
+                    sc.line_taps.data(), w, width, size);
     }
     for (int y = 0; y < size; ++y) {
-      float* dst = data + c * plane + static_cast<size_t>(y) * size;
-      std::fill(dst, dst + size, 0.0f);
-      for (int t = 0; t < width; ++t) {
-        axpy(dst, sc.tmp.data() + c * plane + static_cast<size_t>(sc.pad_index[y + t]) * size, w[t], size);
-      }
+      weighted_rows(data + c * plane + static_cast<size_t>(y) * size, sc.tmp.data() + c * plane, size,
+                    sc.pad_index.data() + y, w, width, size);
     }
   }
 }
 
 // dst[j * dst_stride + i] = src[i * src_stride + j] for i < rows, j < cols, in cache-sized tiles;
-// a negative src_stride walks the source rows backwards.
+// a negative src_stride walks the source rows backwards. On x86-64 the tiles move as 4 x 4 blocks
+// through SSE registers (baseline x86-64, so no dispatch), twice the speed of the scalar copy.
 void transpose(const float* src, int rows, int cols, std::ptrdiff_t src_stride, float* dst,
                std::ptrdiff_t dst_stride) {
   constexpr int kTile = 16;
-  for (int i0 = 0; i0 < rows; i0 += kTile) {
-    const int i1 = std::min(i0 + kTile, rows);
-    for (int j0 = 0; j0 < cols; j0 += kTile) {
-      const int j1 = std::min(j0 + kTile, cols);
-      for (int i = i0; i < i1; ++i) {
-        const float* from = src + i * src_stride;
-        for (int j = j0; j < j1; ++j) {
-          dst[j * dst_stride + i] = from[j];
+#if defined(__SSE2__)
+  constexpr int kBlock = 4;
+#else
+  constexpr int kBlock = 1;
+#endif
+  const int rows_blocked = rows - rows % kBlock, cols_blocked = cols - cols % kBlock;
+  for (int i0 = 0; i0 < rows_blocked; i0 += kTile) {
+    const int i1 = std::min(i0 + kTile, rows_blocked);
+    for (int j0 = 0; j0 < cols_blocked; j0 += kTile) {
+      const int j1 = std::min(j0 + kTile, cols_blocked);
+      for (int i = i0; i < i1; i += kBlock) {
+        for (int j = j0; j < j1; j += kBlock) {
+          const float* from = src + i * src_stride + j;
+          float* to = dst + j * dst_stride + i;
+#if defined(__SSE2__)
+          __m128 r0 = _mm_loadu_ps(from), r1 = _mm_loadu_ps(from + src_stride);
+          __m128 r2 = _mm_loadu_ps(from + 2 * src_stride), r3 = _mm_loadu_ps(from + 3 * src_stride);
+          _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+          _mm_storeu_ps(to, r0);
+          _mm_storeu_ps(to + dst_stride, r1);
+          _mm_storeu_ps(to + 2 * dst_stride, r2);
+          _mm_storeu_ps(to + 3 * dst_stride, r3);
+#else
+          *to = *from;
+#endif
         }
       }
+    }
+  }
+  // the edges the blocks leave: the last rows % kBlock rows, and the last columns of the others
+  for (int i = 0; i < rows; ++i) {
+    for (int j = i < rows_blocked ? cols_blocked : 0; j < cols; ++j) {
+      dst[j * dst_stride + i] = src[i * src_stride + j];
     }
   }
 }
@@ -279,6 +356,7 @@ void resize_crop(const Job& job, const ViewParams& v, Scratch& sc) {
   sc.ys.build(static_cast<int>(v.height), S, job.bicubic, job.antialias);
   const size_t cols_plane = static_cast<size_t>(S) * cw;
   const size_t plane = static_cast<size_t>(S) * S;
+  sc.crop.resize(static_cast<size_t>(v.height) * cw);
   sc.cols.resize(channels * cols_plane);
   sc.cols_t.resize(channels * cols_plane);
   sc.resized_t.resize(channels * plane);
@@ -287,15 +365,18 @@ void resize_crop(const Job& job, const ViewParams& v, Scratch& sc) {
   const size_t src_plane = static_cast<size_t>(job.sizes[2 * v.image]) * width;
   const float to_unit = 1.0f / 255.0f;
   for (int c = 0; c < channels; ++c) {
+    // the crop's rows in float, so that the vertical taps sum float rows
+    const int ch = static_cast<int>(v.height);
+    const uint8_t* crop = image + c * src_plane + static_cast<size_t>(v.top) * width + v.left;
+    for (int y = 0; y < ch; ++y) {
+      to_float(sc.crop.data() + static_cast<size_t>(y) * cw, crop + static_cast<size_t>(y) * width, cw);
+    }
     // (S, cw): output rows, source columns
     float* cols = sc.cols.data() + c * cols_plane;
     for (int y = 0; y < S; ++y) {
-      float* acc = cols + static_cast<size_t>(y) * cw;
-      std::fill(acc, acc + cw, 0.0f);
-      for (int k = sc.ys.first[y]; k < sc.ys.first[y + 1]; ++k) {
-        const uint8_t* row = image + c * src_plane + static_cast<size_t>(v.top + sc.ys.index[k]) * width + v.left;
-        axpy_u8(acc, row, sc.ys.weight[k], cw);
-      }
+      const int k = sc.ys.first[y];
+      weighted_rows(cols + static_cast<size_t>(y) * cw, sc.crop.data(), cw, sc.ys.index.data() + k,
+                    sc.ys.weight.data() + k, sc.ys.first[y + 1] - k, cw);
     }
     // (cw, S): source columns, output rows
     float* cols_t = sc.cols_t.data() + c * cols_plane;
@@ -304,10 +385,8 @@ void resize_crop(const Job& job, const ViewParams& v, Scratch& sc) {
     float* resized_t = sc.resized_t.data() + c * plane;
     for (int x = 0; x < S; ++x) {
       float* acc = resized_t + static_cast<size_t>(x) * S;
-      std::fill(acc, acc + S, 0.0f);
-      for (int k = sc.xs.first[x]; k < sc.xs.first[x + 1]; ++k) {
-        axpy(acc, cols_t + static_cast<size_t>(sc.xs.index[k]) * S, sc.xs.weight[k], S);
-      }
+      const int k = sc.xs.first[x];
+      weighted_rows(acc, cols_t, S, sc.xs.index.data() + k, sc.xs.weight.data() + k, sc.xs.first[x + 1] - k, S);
       unit_clamp(acc, to_unit, S);
     }
     // output column x lands at S - 1 - x when flipped: read the columns backwards
