@@ -18,12 +18,14 @@ they are checked bit for bit against the float32 output cast, and against the re
 one unit in the last place of the dtype plus the float32 tolerance.
 """
 import dataclasses
+import math
 
 import pytest
 import torch
 
 from clever_kernels import _backend
 from clever_kernels.augment import AugParams, MultiCrop, render, sample_params
+from clever_kernels.augment.params import MAX_SIGMA
 from clever_kernels.reference import augment as ref
 
 if _backend.extension() is None or not hasattr(torch.ops.clever_kernels, "render_views"):
@@ -350,6 +352,19 @@ def test_op_argument_errors(ragged, index, value, match, renderer):
     args[index] = x
     with pytest.raises(RuntimeError, match=match):
         torch.ops.clever_kernels.render_views(*args)
+
+
+@pytest.mark.parametrize("column, name", [(5, "blur sigma"), (7, "elastic sigma")])
+def test_op_takes_sigmas_up_to_the_python_bound(ragged, column, name, renderer):
+    cpu_kernel_only(renderer, "the CUDA host does not read the parameter tables")
+    args = _op_args(ragged)
+    args[5] = args[5].clone()
+    args[5][:, column] = MAX_SIGMA
+    assert torch.isfinite(torch.ops.clever_kernels.render_views(*args)).all()
+    for bad in (MAX_SIGMA * (1 + 1e-6), math.inf, math.nan):
+        args[5][:, column] = bad
+        with pytest.raises(RuntimeError, match=f"{name} must be in \\[0, {MAX_SIGMA:g}\\]"):
+            torch.ops.clever_kernels.render_views(*args)
 
 
 def test_python_side_errors(ragged):

@@ -274,3 +274,25 @@ def test_multicrop_on_gpu_never_waits_for_the_device(photos):
         torch.cuda.set_sync_debug_mode("default")
     syncs = [w for w in caught if "synchroniz" in str(w.message)]
     assert len(syncs) == 1, [str(w.message) for w in syncs]
+
+
+@gpu_only
+def test_cuda_kernels_bound_a_runaway_sigma(photos):
+    """The CUDA host trusts the parameter tables (render() checks them); a table with an infinite
+    blur or elastic sigma, given to the op directly, still ends (the radius is capped) instead of
+    looping for ever on the device."""
+    from clever_kernels.augment import _fused
+    images = _on(photos, DEVICE)
+    params = [p.to(DEVICE) for p in sample_params(photos, "caug+", global_size=8, local_size=8, n_local=0)]
+    pixels, offsets, sizes = _fused.pack_images(images)
+    iparams, fparams = _fused.param_tables(params[:1])
+    for column in (5, 7):  # blur sigma, elastic sigma
+        bad = fparams.clone()
+        bad[:, column] = float("inf")
+        if column == 7:
+            iparams = iparams.clone()
+            iparams[:, 6] = 1  # elastic on
+        out = torch.ops.clever_kernels.render_views(pixels, offsets, sizes, 3, iparams, bad, 8, list(ZERO),
+                                                    list(ONE), True, 0, 0, F32, False)
+        torch.cuda.synchronize()
+        assert out.shape == (len(photos), 3, 8, 8)

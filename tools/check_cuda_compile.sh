@@ -27,7 +27,11 @@ pyinc=$("$PYTHON" -c "import sysconfig; print(sysconfig.get_paths()['include'])"
 std=$("$PYTHON" -c "
 import inspect, torch.utils.cpp_extension as ext
 print('c++20' if '-std=c++20' in inspect.getsource(ext) else 'c++17')")
-flags=(-c -std=$std -O2 --resource-usage -DWITH_CUDA -DTORCH_EXTENSION_NAME=_C -D_GLIBCXX_USE_CXX11_ABI=1
+# the flags torch adds to every extension's nvcc line (no implicit half conversions, relaxed constexpr)
+mapfile -t torch_nvcc < <("$PYTHON" -c "
+from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
+print('\n'.join(COMMON_NVCC_FLAGS))")
+flags=(-c -std=$std -O3 --resource-usage "${torch_nvcc[@]}" -DWITH_CUDA -DTORCH_EXTENSION_NAME=_C -D_GLIBCXX_USE_CXX11_ABI=1
        -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
        -I csrc/include -I "$gen" -I "$pyinc")
 for inc in "${torch_inc[@]}"; do flags+=(-I "$inc"); done

@@ -6,9 +6,13 @@
 #   2. checks that the CUDA and Triton backends are on, and stops if not;
 #   3. runs the GPU tests (python_tests/test_gpu.py, the CUDA sampler test), Triton compiled;
 #   4. runs both benchmarks on the GPU (bench/results/*-<gpu>.{md,json});
-#   5. runs the whole suite as CI does (CPU only, Triton interpreted) against this machine's torch
+#   5. runs a small render of every CUDA augmentation path under compute-sanitizer's memcheck
+#      and racecheck (tools/sanitize_render.py), where the machine has it (the CPU emulation
+#      already catches divergent barriers and reads of unwritten scratch);
+#   6. runs the whole suite as CI does (CPU only, Triton interpreted) against this machine's torch
 #      and triton versions, last because CI covers it already.
-# Each step has its own time limit (about 550 s in all) and appends to one log, so a step that
+# Each step has its own time limit (690 s in all, about 8 minutes in practice: the suite comes
+# last so that a 10-minute command loses only it) and appends to one log, so a step that
 # fails or runs out of time still leaves the others' results. Output: $OUT (default gpu-checks/):
 # gpu_checks.log and the benchmark result files, ready to commit. Exit status: 0 only if every
 # step passed.
@@ -27,7 +31,7 @@ out=${OUT:-gpu-checks}
 mkdir -p "$out"
 log="$out/gpu_checks.log"
 py=${PYTHON:-python3}
-steps=${STEPS:-build backends tests bench suite}
+steps=${STEPS:-build backends tests bench sanitize suite}
 export PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 unset TRITON_INTERPRET
 failed=0
@@ -88,10 +92,20 @@ if wants bench; then
   tag=$("$py" -c "import torch; print(torch.cuda.get_device_name().replace(' ', '-').lower())")
   cp bench/results/*-"$tag".* "$out"/ 2>/dev/null
 fi
+if wants sanitize; then
+  if command -v compute-sanitizer >/dev/null; then
+    for tool in memcheck racecheck; do
+      step "sanitize-$tool" 40 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" \
+        --error-exitcode 3 "$py" tools/sanitize_render.py
+    done
+  else
+    echo "gpu_checks: sanitize skipped, no compute-sanitizer on the PATH" | tee -a "$log"
+  fi
+fi
 if wants suite; then
   # CPU only, as CI: with a GPU visible the trainer tests would train on it (and rank 1 of the
   # two-rank test would ask for a second GPU). One process: some tests start processes of their own.
-  step suite 120 env CUDA_VISIBLE_DEVICES= TRITON_INTERPRET=1 "$py" -m pytest python_tests -q \
+  step suite 100 env CUDA_VISIBLE_DEVICES= TRITON_INTERPRET=1 "$py" -m pytest python_tests -q \
     -p no:cacheprovider --ignore=python_tests/test_gpu.py "${timeouts[@]}"
 fi
 finish

@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass
 from typing import Dict, List, Tuple, Union
 
+from .params import MAX_SIGMA
+
 Range = Tuple[float, float]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -59,10 +61,10 @@ def _hue_range(name: str, value) -> Range:
     return _check_range(name, value, low=-0.5, high=0.5)
 
 
-def _check_nonneg(name: str, value) -> float:
+def _check_nonneg(name: str, value, high=math.inf) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-            math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+            math.isfinite(value) and 0 <= value <= high):
+        raise ValueError(f"{name} must be a finite number in [0, {high}], got {value!r}")
     return float(value)
 
 
@@ -103,12 +105,12 @@ class ViewConfig:
             "ratio": _check_range("ratio", self.ratio, positive=True),
             "degrees": _check_range("degrees", self.degrees),
             "elastic_alpha": _check_nonneg("elastic_alpha", self.elastic_alpha),
-            "elastic_sigma": _check_nonneg("elastic_sigma", self.elastic_sigma),
+            "elastic_sigma": _check_nonneg("elastic_sigma", self.elastic_sigma, high=MAX_SIGMA),
             "brightness": _factor_range("brightness", self.brightness),
             "contrast": _factor_range("contrast", self.contrast),
             "saturation": _factor_range("saturation", self.saturation),
             "hue": _hue_range("hue", self.hue),
-            "blur_sigma": _check_range("blur_sigma", self.blur_sigma, positive=True),
+            "blur_sigma": _check_range("blur_sigma", self.blur_sigma, high=MAX_SIGMA, positive=True),
         }
         for f in dataclasses.fields(self):
             if f.name.endswith("_p"):

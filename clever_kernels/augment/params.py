@@ -5,6 +5,7 @@ consume, and what training code may keep as equivariance targets. A multi-view d
 AugParams in the authors' view order: global 1, global 2, then the local views.
 """
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Sequence, Union
 
@@ -14,7 +15,8 @@ Tensor = torch.Tensor
 
 _INT_FIELDS = ("top", "left", "height", "width", "elastic_seed")
 _BOOL_FIELDS = ("flip", "elastic", "jitter", "grayscale", "solarize")
-_FLOAT_FIELDS = ("angle", "brightness", "contrast", "saturation", "hue", "blur_sigma")
+#: The float32 per-sample fields.
+FLOAT_FIELDS = ("angle", "brightness", "contrast", "saturation", "hue", "blur_sigma")
 TENSOR_FIELDS = ("top", "left", "height", "width", "flip", "angle", "elastic", "elastic_seed",
                  "jitter", "brightness", "contrast", "saturation", "hue", "order", "grayscale",
                  "blur_sigma", "solarize")
@@ -23,6 +25,10 @@ TENSOR_FIELDS = ("top", "left", "height", "width", "flip", "angle", "elastic", "
 COLUMNS = ("top", "left", "height", "width", "flip", "angle", "elastic", "elastic_seed", "jitter",
            "brightness", "contrast", "saturation", "hue", "order0", "order1", "order2", "order3",
            "grayscale", "blur_sigma", "solarize")
+
+#: Largest blur or elastic sigma a renderer takes (output pixels). The kernels' work grows with
+#: the square of the radius (3 sigma), so an unbounded sigma would be a render that never ends.
+MAX_SIGMA = 1000.0
 
 #: Colour-jitter op numbering used by `order`.
 JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
@@ -78,10 +84,10 @@ class AugParams:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "size" else 0):
                 raise ValueError(f"{name} must be an int >= {1 if name == 'size' else 0}, got {value!r}")
-        for name in ("elastic_alpha", "elastic_sigma"):
+        for name, high in (("elastic_alpha", math.inf), ("elastic_sigma", MAX_SIGMA)):
             value = float(getattr(self, name))
-            if not value >= 0:
-                raise ValueError(f"{name} must be >= 0, got {value!r}")
+            if not (math.isfinite(value) and 0 <= value <= high):
+                raise ValueError(f"{name} must be a finite number in [0, {high}], got {value!r}")
             setattr(self, name, value)
         batch, device = None, None
         for name in TENSOR_FIELDS:

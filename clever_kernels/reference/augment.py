@@ -60,7 +60,7 @@ import torch.nn.functional as F
 
 from ..augment import rng
 from ..augment.config import IMAGENET_MEAN, IMAGENET_STD, make_config
-from ..augment.params import TENSOR_FIELDS, AugParams
+from ..augment.params import FLOAT_FIELDS, MAX_SIGMA, TENSOR_FIELDS, AugParams
 from ..augment.sampler import sample_params
 
 Tensor = torch.Tensor
@@ -295,27 +295,37 @@ def _check_structure(params: AugParams, images: List[Tensor]) -> None:
 
 
 def check_param_values(views: Sequence[AugParams], images: List[Tensor]) -> None:
-    """Crop boxes inside their images, blur sigmas >= 0, orders permutations, for every view,
-    with one device-to-host copy for all of them (on a GPU each copy waits for the stream)."""
-    table = torch.stack([torch.stack([p.top, p.left, p.height, p.width, (p.blur_sigma >= 0).to(torch.int64)], dim=1)
-                         for p in views])
-    orders = torch.stack([p.order for p in views])
-    host = torch.cat([table, orders.to(torch.int64)], dim=2).cpu()
+    """Crop boxes inside their images, angles and colour factors finite, blur sigmas in
+    [0, MAX_SIGMA], orders permutations, for every view, with one device-to-host copy for all of
+    them (on a GPU each copy waits for the stream). The CUDA kernels trust these values: a crop
+    box outside its image would read outside the image buffer, an unbounded sigma blur forever."""
+    ints = torch.stack([torch.cat([torch.stack([p.top, p.left, p.height, p.width], dim=1), p.order], dim=1)
+                        for p in views])
+    floats = torch.stack([torch.stack([getattr(p, name) for name in FLOAT_FIELDS], dim=1) for p in views])
+    # float32 crop boxes would round: the two tables travel as one int64 copy, floats by their bits
+    host = torch.cat([ints, floats.view(torch.int32).to(torch.int64)], dim=2).cpu()
+    host_floats = host[:, :, 8:].to(torch.int32).view(torch.float32)
     heights = torch.tensor([x.shape[1] for x in images])
     widths = torch.tensor([x.shape[2] for x in images])
     for v in range(len(views)):
-        top, left, h, w, blur_ok = host[v, :, :5].unbind(1)
+        top, left, h, w = host[v, :, :4].unbind(1)
         bad = (top < 0) | (left < 0) | (h < 1) | (w < 1) | (top + h > heights) | (left + w > widths)
         if bad.any():
             b = int(bad.nonzero()[0, 0])
             raise ValueError(f"params: crop box (top {int(top[b])}, left {int(left[b])}, height {int(h[b])}, "
                              f"width {int(w[b])}) of sample {b} is not inside its "
                              f"{heights[b].item()}x{widths[b].item()} image")
-        if not blur_ok.all():
-            raise ValueError("params.blur_sigma must be >= 0 (0 means no blur)")
-        order = host[v, :, 5:]
+        order = host[v, :, 4:8]
         if not torch.equal(order.sort(dim=1).values, torch.arange(4).expand_as(order)):
             raise ValueError("params.order: every row must be a permutation of 0, 1, 2, 3")
+        for name, column in zip(FLOAT_FIELDS, host_floats[v].unbind(1)):
+            if not torch.isfinite(column).all():
+                b = int((~torch.isfinite(column)).nonzero()[0, 0])
+                raise ValueError(f"params.{name} of sample {b} is {column[b].item()}; expected a finite value")
+        sigma = host_floats[v, :, FLOAT_FIELDS.index("blur_sigma")]
+        if ((sigma < 0) | (sigma > MAX_SIGMA)).any():
+            raise ValueError(f"params.blur_sigma must be in [0, {MAX_SIGMA}] (0 means no blur), "
+                             f"got {sigma.min().item()}..{sigma.max().item()}")
 
 
 def _check_norm(mean, std) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:

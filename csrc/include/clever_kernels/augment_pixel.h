@@ -228,9 +228,17 @@ C10_HOST_DEVICE inline float gaussian_norm(int radius, float sigma) {
   return total;
 }
 
+// Largest blur or elastic sigma the callers accept (clever_kernels.augment.params.MAX_SIGMA).
+constexpr float kMaxSigma = 1000.0f;
+// Largest radius a kernel computes with: the elastic radius of kMaxSigma (8 sigma + 1 taps). A
+// backstop only, for the CUDA kernels, which trust the parameter tables: an infinite sigma would
+// otherwise convert to an undefined int and loop for ever; the CPU kernel rejects such a table
+// before rendering.
+constexpr double kMaxRadius = 4.0 * kMaxSigma;
+
 // Blur radius ceil(3 sigma) (reference step 7; Python evaluates 3 * sigma in float64).
 C10_HOST_DEVICE inline int blur_radius(float sigma) {
-  return sigma > 0.0f ? static_cast<int>(::ceil(3.0 * static_cast<double>(sigma))) : 0;
+  return sigma > 0.0f ? static_cast<int>(::fmin(::ceil(3.0 * static_cast<double>(sigma)), kMaxRadius)) : 0;
 }
 
 // torchvision's ElasticTransform kernel size int(8 sigma + 1), made odd; returns its radius.
@@ -238,7 +246,7 @@ C10_HOST_DEVICE inline int elastic_radius(float sigma) {
   if (!(sigma > 0.0f)) {
     return 0;
   }
-  int k = static_cast<int>(8.0 * static_cast<double>(sigma) + 1.0);
+  int k = static_cast<int>(::fmin(8.0 * static_cast<double>(sigma) + 1.0, 2.0 * kMaxRadius + 1.0));
   if (k % 2 == 0) {
     ++k;
   }
