@@ -2,6 +2,9 @@
 gradients of both student inputs, centres, dtypes, odd widths, errors, NaN and extreme logits,
 torch.compile, autocast and the two-rank centre sync. Runs the C++ kernels, and the Triton
 kernels through the interpreter (TRITON_INTERPRET=1, set by the test command)."""
+import types
+
+import numpy as np
 import pytest
 import torch
 
@@ -205,6 +208,44 @@ def test_bad_inputs_name_the_argument(bad, match):
                     args["ts"], 0.04, backend=args["backend"])
 
 
+def test_module_takes_the_authors_calls(rng):
+    """CLeVER_DINOLoss(..., args=args) and loss(s1, s2, t1, t2, criterion, L1, epoch) work
+    unchanged, and give what the plain form gives."""
+    args = types.SimpleNamespace(sep_lambd=0.25, reg_lambd=0.001)
+    authors = CLeVERLoss(30, 3, 0.02, 0.05, 2, 4, 0.1, 0.9, args=args, backend=BACKENDS[0])
+    plain = CLeVERLoss(30, 3, 0.02, 0.05, 2, 4, sep_lambd=0.25, backend=BACKENDS[0])
+    criterion, l1 = torch.nn.CosineSimilarity(dim=1), torch.nn.L1Loss()
+    for epoch in range(3):
+        s1, s2, t1, t2, _, _ = _inputs(rng, 2, 3, 30, 30, torch.float32)
+        got = authors(s1, s2, t1, t2, criterion, l1, epoch)
+        want = plain(s1, s2, t1, t2, epoch=np.int64(epoch))
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=0, atol=0)
+    torch.testing.assert_close(authors.center2, plain.center2, rtol=0, atol=0)
+    assert authors.sep_lambd == 0.25 and CLeVERLoss(30, np.int64(3), 0.04, 0.04, 0, 2).sep_lambd == 1.0
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda m, x: m(*x, torch.nn.CosineSimilarity(dim=0), torch.nn.L1Loss(), 0), ValueError, "criterion"),
+    (lambda m, x: m(*x, torch.nn.CosineSimilarity(dim=1), torch.nn.MSELoss(), 0), ValueError, "L1"),
+    (lambda m, x: m(*x, torch.nn.CosineSimilarity(dim=1), torch.nn.L1Loss(reduction="sum"), 0), ValueError, "L1"),
+    (lambda m, x: m(*x, torch.nn.L1Loss(), 0), TypeError, "epoch"),
+    (lambda m, x: m(*x), TypeError, "epoch"),
+    (lambda m, x: m(*x, 1.5), TypeError, "epoch"),
+    (lambda m, x: CLeVERLoss(8, 2, 0.04, 0.04, 0, 3, args=types.SimpleNamespace()), ValueError, "args"),
+    (lambda m, x: CLeVERLoss(8, 2, 0.04, 0.04, 0, 3, sep_lambd=2.0, args=types.SimpleNamespace(sep_lambd=1.0)),
+     ValueError, "disagree"),
+    (lambda m, x: CLeVERLoss(8, 2, 0.04, 0.04, 0, 3, sep_lambd="1.0"), TypeError, "sep_lambd"),
+    (lambda m, x: CLeVERLoss(8, 2, 0.04, 0.04, 0, 3, center_momentum="0.9"), TypeError, "center_momentum"),
+    (lambda m, x: CLeVERLoss(8, 2.0, 0.04, 0.04, 0, 3), TypeError, "ncrops"),
+])
+def test_module_arguments_errors_name_the_argument(call, exc, match):
+    module = CLeVERLoss(8, 2, 0.04, 0.04, 0, 3, backend=BACKENDS[0])
+    x = (torch.zeros(4, 8), torch.zeros(4, 8), torch.zeros(4, 8), torch.zeros(4, 8))
+    with pytest.raises(exc, match=match):
+        call(module, x)
+
+
 def test_module_rejects_epoch_outside_schedule():
     module = DINOLoss(8, 2, 0.04, 0.04, 0, 3, backend=BACKENDS[0])
     with pytest.raises(ValueError, match="epoch"):
@@ -264,6 +305,7 @@ def test_center_sync_two_gloo_ranks():
     inputs = make_rank_inputs(5, 2, 3, batch=[1, 3], ncrops=3, k1=11, k2=6)
     got = run_two_ranks(FusedFactory("cpp"), inputs)
     want1, want2 = expected_centers(inputs, 11, 6)
-    for c1, c2 in got:
+    for c1, c2, kept in got:
         torch.testing.assert_close(c1, want1)
         torch.testing.assert_close(c2, want2)
+        assert kept

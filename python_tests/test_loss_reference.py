@@ -75,6 +75,22 @@ def test_gradcheck_float64(rng, batch, ncrops, k1, k2):
     assert torch.autograd.gradcheck(parts, (s1, s2), eps=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_logits_are_computed_in_float32(rng, dtype):
+    """The reference is also the fallback backend: bf16 / fp16 logits give the float32 result of
+    the rounded inputs (a bf16 softmax over a wide row would put the DVR term off by tens of %)."""
+    s1, s2 = _logits(rng, 6, 4000, 1.0, dtype).requires_grad_(), _logits(rng, 6, 4000, 0.3, dtype).requires_grad_()
+    t1, t2 = _logits(rng, 4, 4000, 1.0, dtype), _logits(rng, 4, 4000, 0.3, dtype)
+    c1, c2 = torch.zeros(1, 4000), torch.zeros(1, 4000)
+    got = ref.clever_loss(s1, s2, t1, t2, c1, c2, 3, 0.1, 0.04, 0.5)
+    want = ref.clever_loss(*(x.detach().double() for x in (s1, s2, t1, t2, c1, c2)), 3, 0.1, 0.04, 0.5)
+    for g, w in zip(got[:3], want[:3]):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g.double(), w, rtol=1e-5, atol=1e-6)
+    got[0].backward()
+    assert s1.grad.dtype == dtype and torch.isfinite(s2.grad).all()
+
+
 def test_teacher_gets_no_gradient(rng):
     s1 = _logits(rng, 6, 5).requires_grad_()
     t1 = _logits(rng, 4, 5).requires_grad_()
@@ -132,6 +148,7 @@ def test_center_sync_two_gloo_ranks():
     inputs = make_rank_inputs(3, 2, 2, batch=[2, 1], ncrops=3, k1=11, k2=6)
     got = run_two_ranks(ReferenceFactory(), inputs)
     want1, want2 = expected_centers(inputs, 11, 6)
-    for c1, c2 in got:
+    for c1, c2, kept in got:
         torch.testing.assert_close(c1, want1)
         torch.testing.assert_close(c2, want2)
+        assert kept

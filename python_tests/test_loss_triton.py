@@ -301,8 +301,9 @@ def test_forward_argument_errors(fwd, make, exc, match, rng):
         fwd(*make(*_good(rng)))
 
 
-@pytest.mark.parametrize("kwargs, match", [(dict(num_splits=0), "num_splits"), (dict(block_k=24), "block_k"),
-                                           (dict(block_k=1), "block_k")], ids=["splits0", "block24", "block1"])
+@pytest.mark.parametrize("kwargs, match", [(dict(num_splits=0), "num_splits"), (dict(num_splits=129), "num_splits"),
+                                           (dict(block_k=24), "block_k"), (dict(block_k=1), "block_k")],
+                         ids=["splits0", "splits129", "block24", "block1"])
 def test_forward_keyword_errors(kwargs, match, rng):
     with pytest.raises(ValueError, match=match):
         kt.dir_loss_fwd(*_good(rng), 3, TS, TT, **kwargs)
@@ -326,6 +327,16 @@ def test_backward_argument_errors(rng):
         kt.dvr_loss_bwd(s, t, c, lse_s, lse_t, pair, row.half(), 3, TS, TT)
     with pytest.raises(ValueError, match="student must have ncrops"):
         kt.dvr_loss_bwd(s[:5], t, c, lse_s, lse_t, pair, row, 3, TS, TT)
+
+
+def test_backward_refuses_a_k_grid_beyond_cuda_limit():
+    K = 2 * 65535 + 1  # 65536 blocks of 2
+    s, t, c = torch.zeros(2, K), torch.zeros(2, K), torch.zeros(K)
+    rows = torch.zeros(2)
+    with pytest.raises(ValueError, match="block_k"):
+        kt.dir_loss_bwd(s, t, c, rows, rows, rows, torch.zeros(2, 2), 2, TS, TT, block_k=2)
+    launches, _ = kt.backward_launches(s, t, c, rows, rows, torch.zeros(2, 2), rows, 2, TS, TT, False, block_k=4)
+    assert launches[-1].grid == (1, 65536 // 2)
 
 
 def test_cpu_tensors_need_the_interpreter(monkeypatch, rng):

@@ -1,5 +1,6 @@
 """Runs a loss module on two gloo ranks on the CPU (torch.multiprocessing, spawn) and computes
 the centres a single process would get from all ranks' teacher rows."""
+import copy
 import os
 import socket
 
@@ -16,14 +17,24 @@ def _ddp_worker(rank, world, port, module_factory, inputs, results):
         module = module_factory()
         for step, (s1, s2, t1, t2) in enumerate(inputs[rank]):
             module(s1, s2, t1, t2, step)
-        state = module.state_dict()
-        results[rank] = (state["center"].clone(), state["center2"].clone())
+        state = {name: value.clone() for name, value in module.state_dict().items()}
+        # with an update in flight: a copy must not take the collective's handle along, and
+        # load_state_dict's centres must win over the update
+        s1, s2, t1, t2 = inputs[rank][0]
+        module(s1, s2, t1, t2, 0)
+        copy.deepcopy(module)
+        module(s1, s2, t1, t2, 0)
+        module.load_state_dict(state)
+        kept = all(torch.equal(value, state[name]) for name, value in module.state_dict().items())
+        results[rank] = (state["center"], state["center2"], kept)
     finally:
         dist.destroy_process_group()
 
 
 def run_two_ranks(module_factory, inputs):
-    """Runs module_factory() on 2 gloo ranks over per-rank inputs; returns each rank's centres."""
+    """Runs module_factory() on 2 gloo ranks over per-rank inputs; returns each rank's centres
+    after the inputs, and whether centres loaded with load_state_dict survived a later step's
+    update that was still in flight."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

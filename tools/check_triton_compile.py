@@ -6,8 +6,9 @@ The launches come from the launchers themselves (clever_kernels.loss._triton.for
 backward_launches) on meta tensors, with the configuration chosen for a CUDA device of the
 target's SM count, and each argument is specialised by triton's own rule (pointer and integer
 divisibility by 16, integers equal to 1 as constants), so what compiles here is what a GPU run
-compiles. Shapes: the paper's (B = 128, K = 65536), a small odd one (B = 3, K = 1000) and B = 1;
-2, 4 and 10 crops; both heads; every pair of student and teacher dtypes.
+compiles. Shapes, crops and dtypes: see SHAPES and MORE_SHAPES below (the paper's B = 128,
+K = 65536, small odd ones, B = 1, the merge widths of the default split counts, 2 to 20 crops,
+both heads, tensors on and off 16-byte boundaries).
 
 The test suite runs these kernels through the interpreter, which accepts code a GPU compile
 rejects (types, layouts, shared-memory limits); this is the check that they lower for real
@@ -38,8 +39,17 @@ from clever_kernels.loss import _triton as kt  # noqa: E402
 
 SM_COUNT = {80: 108, 90: 132}  # A100; H100 and H200: what the default split count is chosen for
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-SHAPES = [(128, 65536), (3, 1000), (1, 4097)]  # (B, K)
+# Every pair of student and teacher dtypes on aligned tensors for (B, K) the paper's, a small odd
+# one and B = 1, with 2, 4 and 10 crops
+SHAPES = [(128, 65536), (3, 1000), (1, 4097)]
 CROPS = (2, 4, 10)
+DTYPE_PAIRS = tuple(itertools.product(DTYPES, DTYPES))
+# then one dtype for both, tensors on and off 16-byte boundaries, for more shapes: K = 1 (a
+# constant to triton) and K = 7 (under one block); a batch whose default split count needs a
+# 32-wide merge and B = 1 with a 128-wide one; 6 and 20 crops (8 and 32 padded views)
+MORE_SHAPES = SHAPES + [(3, 1), (3, 7), (32, 65536), (1, 524288)]
+MORE_CROPS = CROPS + (6, 20)
+SAME_DTYPES = tuple((d, d) for d in DTYPES)
 TS, TT = 0.1, 0.04
 
 
@@ -48,8 +58,10 @@ def launches_for(arch):
     kt._sm_count = lambda index: SM_COUNT[arch]
     cuda = torch.device("cuda", 0)
     seen = {}
-    for (batch, k), ncrops, cosine, (ds, dt) in itertools.product(SHAPES, CROPS, (False, True),
-                                                                   itertools.product(DTYPES, DTYPES)):
+    cases = [case + (True,) for case in itertools.product(SHAPES, CROPS, (False, True), DTYPE_PAIRS)]
+    cases += [case + (aligned,) for case in itertools.product(MORE_SHAPES, MORE_CROPS, (False, True), SAME_DTYPES)
+              for aligned in (True, False)]
+    for (batch, k), ncrops, cosine, (ds, dt), aligned in cases:
         meta = dict(device="meta")
         student = torch.empty(ncrops * batch, k, dtype=ds, **meta)
         teacher = torch.empty(2 * batch, k, dtype=dt, **meta)
@@ -60,14 +72,15 @@ def launches_for(arch):
         bwd, _ = kt.backward_launches(student, teacher, center, *stats, pair, row, ncrops, TS, TT, cosine,
                                       device=cuda)
         for launch in fwd + bwd:
-            job = specialise(launch, arch)
+            job = specialise(launch, arch, aligned)
             seen.setdefault(job[:-1], job)
     return list(seen.values())
 
 
-def specialise(launch, arch):
+def specialise(launch, arch, aligned=True):
     """(kernel name, signature, constexprs, attrs, num_warps, arch) as triton's JIT would build
-    them for this launch's arguments."""
+    them for this launch's arguments; aligned=False as for tensors whose data does not start on
+    a 16-byte boundary (a contiguous slice of a larger tensor)."""
     fn = launch.kernel
     meta = dict(launch.meta)
     num_warps = meta.pop("num_warps")
@@ -79,8 +92,8 @@ def specialise(launch, arch):
             constexprs[param.name] = meta[param.name]
             continue
         value = next(args)
-        kind, attr = native_specialize_impl(CUDABackend, value, False, not param.do_not_specialize,
-                                            not param.do_not_specialize_on_alignment)
+        align = not param.do_not_specialize_on_alignment and (aligned or not isinstance(value, torch.Tensor))
+        kind, attr = native_specialize_impl(CUDABackend, value, False, not param.do_not_specialize, align)
         signature[param.name] = kind
         if kind == "constexpr":
             constexprs[param.name] = attr

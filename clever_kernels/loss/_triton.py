@@ -367,13 +367,26 @@ def _split_count(batch: int, K: int, block_k: int, device: torch.device, num_spl
     with each chunk at least _MIN_BLOCKS_PER_SPLIT blocks long."""
     blocks = triton.cdiv(K, block_k)
     if num_splits is not None:
-        if not isinstance(num_splits, int) or num_splits < 1:
-            raise ValueError(f"num_splits must be a positive int, got {num_splits!r}")
+        if not isinstance(num_splits, int) or not 1 <= num_splits <= _MAX_SPLITS:
+            raise ValueError(f"num_splits must be an int in [1, {_MAX_SPLITS}], got {num_splits!r}")
         wanted = num_splits
     else:
         wanted = min(triton.cdiv(_PROGRAMS_PER_SM * _processors(device), batch),
                      max(1, blocks // _MIN_BLOCKS_PER_SPLIT), _MAX_SPLITS)
     return max(1, min(wanted, blocks))
+
+
+# CUDA's limit on a grid's second axis; the first takes 2**31 - 1.
+_MAX_GRID_AXIS1 = 65535
+
+
+def _k_blocks(K: int, block: int) -> int:
+    """Programs along K of the backward grid's second axis, checked against CUDA's limit."""
+    blocks = triton.cdiv(K, block)
+    if blocks > _MAX_GRID_AXIS1:
+        raise ValueError(f"K = {K} in blocks of block_k = {block} needs {blocks} programs along K, more than "
+                         f"CUDA's {_MAX_GRID_AXIS1}; use a larger block_k")
+    return blocks
 
 
 def _device_guard(t: Tensor):
@@ -515,7 +528,7 @@ def backward_launches(student, teacher, center, lse_student, lse_teacher, pair_c
                                                 (teacher, True, lse_teacher, m_t, c_t, 1.0 / teacher_temp))
     ]
     launches.append(Launch(
-        _loss_bwd_kernel, (batch, triton.cdiv(K, block)),
+        _loss_bwd_kernel, (batch, _k_blocks(K, block)),
         (student, teacher, center, m_s, c_s, m_t, c_t, pair_coef, row_coef, grad,
          batch, K, 1.0 / student_temp, 1.0 / teacher_temp),
         dict(V=ncrops, V_PAD=v_pad, BLOCK_K=block, COSINE=cosine, num_warps=_num_warps(v_pad, block))))

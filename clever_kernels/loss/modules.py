@@ -1,6 +1,9 @@
 """CLeVERLoss and DINOLoss: drop-in replacements for the authors' CLeVER_DINOLoss and DINO's
 DINOLoss (same constructor arguments, forward arguments, results and buffer names), on the
 fused kernels."""
+import numbers
+import operator
+
 import torch
 import torch.distributed as dist
 
@@ -10,6 +13,24 @@ from .functional import clever_loss, dino_loss
 
 def _sync_before_state_dict(module, prefix, keep_vars):
     module.sync_centers()
+
+
+def _sync_before_load(module, state_dict, prefix, *args):
+    # the EMA in flight lands first, so that the loaded centres are the ones kept
+    module.sync_centers()
+
+
+def _as_int(name: str, value) -> int:
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {value!r}") from None
+
+
+def _as_float(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    return float(value)
 
 
 class _CenteredLoss(torch.nn.Module):
@@ -26,11 +47,14 @@ class _CenteredLoss(torch.nn.Module):
     def __init__(self, ncrops, warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs,
                  student_temp, center_momentum, backend):
         super().__init__()
+        center_momentum = _as_float("center_momentum", center_momentum)
+        student_temp = _as_float("student_temp", student_temp)
+        ncrops = _as_int("ncrops", ncrops)
         if not 0.0 <= center_momentum <= 1.0:
             raise ValueError(f"center_momentum must be in [0, 1], got {center_momentum}")
         if not student_temp > 0:
             raise ValueError(f"student_temp must be > 0, got {student_temp}")
-        if not isinstance(ncrops, int) or ncrops < 2:
+        if ncrops < 2:
             raise ValueError(f"ncrops must be an int >= 2, got {ncrops!r}")
         self.ncrops = ncrops
         self.student_temp = student_temp
@@ -41,8 +65,15 @@ class _CenteredLoss(torch.nn.Module):
             warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs).tolist()
         self._pending = None
         self.register_state_dict_pre_hook(_sync_before_state_dict)
+        self.register_load_state_dict_pre_hook(_sync_before_load)
+
+    def __getstate__(self):
+        # a copy or a pickle holds the centres with their EMA applied, never the collective's handle
+        self.sync_centers()
+        return super().__getstate__()
 
     def teacher_temp(self, epoch: int) -> float:
+        epoch = _as_int("epoch", epoch)
         if not 0 <= epoch < len(self.teacher_temp_schedule):
             raise ValueError(f"epoch must be in [0, nepochs={len(self.teacher_temp_schedule)}), got {epoch}")
         return self.teacher_temp_schedule[epoch]
@@ -82,7 +113,10 @@ class CLeVERLoss(_CenteredLoss):
     term on the EF head; centres `center` (1, out_dim) and `center2` (1, dvr_out_dim).
 
     forward(student_ir, student_ef, teacher_ir, teacher_ef, epoch) -> (total, loss_dir, loss_dvr)
-    with student logits (ncrops*B, K) view-major and teacher logits (2*B, K).
+    with student logits (ncrops*B, K) view-major and teacher logits (2*B, K). The authors' call,
+    forward(..., criterion, L1, epoch) with criterion nn.CosineSimilarity(dim=1) and L1
+    nn.L1Loss(), is taken as is, and so is their constructor's `args` (sep_lambd is read from
+    args.sep_lambd), so that swapping the class in changes nothing else.
     backend: "auto" (C++ on CPU, Triton on CUDA; plain PyTorch with a warning when neither is
     built), "cpp", "triton", "reference".
     """
@@ -90,21 +124,50 @@ class CLeVERLoss(_CenteredLoss):
     _centers = ("center", "center2")
 
     def __init__(self, out_dim, ncrops, warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs,
-                 nepochs, student_temp=0.1, center_momentum=0.9, dvr_out_dim=None, sep_lambd=1.0,
-                 backend="auto"):
+                 nepochs, student_temp=0.1, center_momentum=0.9, dvr_out_dim=None, sep_lambd=None,
+                 backend="auto", args=None):
         super().__init__(ncrops, warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs,
                          student_temp, center_momentum, backend)
-        self.sep_lambd = sep_lambd
+        from_args = getattr(args, "sep_lambd", None) if args is not None else None
+        if args is not None and from_args is None:
+            raise ValueError("args must have a sep_lambd attribute (the authors' --sep_lambd), "
+                             f"got {args!r}")
+        if from_args is not None:
+            from_args = _as_float("args.sep_lambd", from_args)
+            if sep_lambd is not None and _as_float("sep_lambd", sep_lambd) != from_args:
+                raise ValueError(f"sep_lambd={sep_lambd} and args.sep_lambd={from_args} disagree; give one")
+            sep_lambd = from_args
+        self.sep_lambd = 1.0 if sep_lambd is None else _as_float("sep_lambd", sep_lambd)
         self.register_buffer("center", torch.zeros(1, out_dim))
         self.register_buffer("center2", torch.zeros(1, out_dim if dvr_out_dim is None else dvr_out_dim))
 
-    def forward(self, student_ir, student_ef, teacher_ir, teacher_ef, epoch):
+    def forward(self, student_ir, student_ef, teacher_ir, teacher_ef, *criterion_l1_epoch, epoch=None):
+        epoch = _authors_epoch(criterion_l1_epoch, epoch)
         self.sync_centers()
         total, loss_dir, loss_dvr, mean_ir, mean_ef = clever_loss(
             student_ir, student_ef, teacher_ir, teacher_ef, self.center, self.center2, self.ncrops,
             self.student_temp, self.teacher_temp(epoch), self.sep_lambd, backend=self.backend)
         self._start_center_update((mean_ir, mean_ef), teacher_ir.shape[0])
         return total, loss_dir, loss_dvr
+
+
+def _authors_epoch(rest, epoch):
+    """The epoch of forward(..., epoch) or of the authors' forward(..., criterion, L1, epoch),
+    whose criterion and L1 must be the ones the fused DVR term computes."""
+    if epoch is not None:
+        rest = (*rest, epoch)
+    if len(rest) == 1:
+        return rest[0]
+    if len(rest) != 3:
+        raise TypeError("CLeVERLoss.forward takes (student_ir, student_ef, teacher_ir, teacher_ef, epoch) or the "
+                        f"authors' (..., criterion, L1, epoch), got {4 + len(rest)} arguments")
+    criterion, l1, epoch = rest
+    if not (isinstance(criterion, torch.nn.CosineSimilarity) and criterion.dim in (1, -1)):
+        raise ValueError("criterion must be nn.CosineSimilarity(dim=1), the authors' DVR similarity "
+                         f"(the fused loss computes that one), got {criterion!r}")
+    if not (isinstance(l1, torch.nn.L1Loss) and l1.reduction == "mean"):
+        raise ValueError(f"L1 must be nn.L1Loss() (the absolute value of the DVR term), got {l1!r}")
+    return epoch
 
 
 class DINOLoss(_CenteredLoss):

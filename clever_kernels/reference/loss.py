@@ -38,12 +38,19 @@ def view_pairs(ncrops: int):
     return [(iq, v) for iq in range(2) for v in range(ncrops) if v != iq]
 
 
+def _at_least_float32(*tensors):
+    """fp16 / bf16 logits computed in float32, as the kernels accumulate (a bf16 softmax over
+    65536 columns loses the DVR term's precision); float64 stays float64."""
+    return tuple(t.to(torch.promote_types(t.dtype, torch.float32)) for t in tensors)
+
+
 def dir_loss(student: Tensor, teacher: Tensor, center: Tensor, ncrops: int,
              student_temp: float, teacher_temp: float) -> Tensor:
     """DINO's cross-entropy term (CLeVER's L_DIR), averaged over pairs and images.
 
     student: (ncrops*B, K) logits; teacher: (2*B, K) logits; center: (1, K) or (K,).
     """
+    student, teacher, center = _at_least_float32(student, teacher, center)
     student_out = (student / student_temp).chunk(ncrops)
     q = F.softmax((teacher - center.reshape(1, -1)) / teacher_temp, dim=-1).detach().chunk(2)
     total, n_terms = 0.0, 0
@@ -58,6 +65,7 @@ def dvr_loss(student: Tensor, teacher: Tensor, center: Tensor, ncrops: int,
              student_temp: float, teacher_temp: float) -> Tensor:
     """CLeVER's orthogonality term L_DVR: per pair, |batch mean of cos(p, r)|, averaged over
     pairs. The absolute value sits outside the batch mean, as in the authors' code."""
+    student, teacher, center = _at_least_float32(student, teacher, center)
     r = F.softmax(student / student_temp, dim=-1).chunk(ncrops)
     p = F.softmax((teacher - center.reshape(1, -1)) / teacher_temp, dim=-1).detach().chunk(2)
     total, n_terms = 0.0, 0
@@ -74,8 +82,10 @@ def batch_center(teacher: Tensor) -> Tensor:
 
 
 def all_reduce_center(local_mean: Tensor, rows: int) -> Tensor:
-    """The batch centre over every rank, as the authors compute it: the sum of all teacher rows
-    (all_reduce) over the number of rows on all ranks. Identity when not distributed."""
+    """The batch centre over every rank: the sum of all teacher rows (all_reduce) over the
+    number of rows on all ranks. The authors divide by their own rank's rows times the world
+    size instead; the two agree when every rank has the same batch, and with uneven batches
+    this one is the mean over all rows, the same on every rank. Identity when not distributed."""
     if not (dist.is_available() and dist.is_initialized()):
         return local_mean
     with torch.no_grad():
