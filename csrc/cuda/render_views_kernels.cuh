@@ -178,6 +178,21 @@ struct ColourLoad {
   }
 };
 
+// The sum of every thread's `value`, in a fixed order (the same on every run), returned to all
+// threads of the block; every thread must call it.
+template <typename T>
+__device__ T block_sum(T* red, T value, int tid) {
+  red[tid] = value;
+  __syncthreads();
+  for (int stride = kThreads / 2; stride > 0; stride >>= 1) {
+    if (tid < stride) {
+      red[tid] += red[tid + stride];
+    }
+    __syncthreads();
+  }
+  return red[0];
+}
+
 __global__ void __launch_bounds__(kThreads) render_pass1_kernel(Geometry g, float* __restrict__ inter,
                                                                  float* __restrict__ partial) {
   __shared__ float taps_cache[2 * kMaxCachedRadius + 1];
@@ -223,16 +238,9 @@ __global__ void __launch_bounds__(kThreads) render_pass1_kernel(Geometry g, floa
     out[plane] = rgb[1];
     out[2 * plane] = rgb[2];
   }
-  red[tid] = gray;
-  __syncthreads();
-  for (int stride = kThreads / 2; stride > 0; stride >>= 1) {
-    if (tid < stride) {
-      red[tid] += red[tid + stride];
-    }
-    __syncthreads();
-  }
+  const float tile_sum = block_sum(red, gray, tid);
   if (tid == 0) {
-    partial[static_cast<int64_t>(n) * gridDim.y + tile] = red[0];
+    partial[static_cast<int64_t>(n) * gridDim.y + tile] = tile_sum;
   }
 }
 
@@ -264,7 +272,7 @@ __global__ void __launch_bounds__(kThreads) render_pass2_kernel(
   __shared__ float taps_cache[2 * kMaxCachedRadius + 1];
   __shared__ float chunk[3][kTile][kTile];
   __shared__ float rows[3][kTile][kTile];
-  __shared__ float image_mean;
+  __shared__ double red[kThreads];
   const int n = blockIdx.x;
   const int tile = blockIdx.y;
   const int S = size;
@@ -274,15 +282,15 @@ __global__ void __launch_bounds__(kThreads) render_pass2_kernel(
   const ViewParams v = load_view(iparams + static_cast<int64_t>(n) * kNumIParams,
                                  fparams + static_cast<int64_t>(n) * kNumFParams);
   const int64_t plane = static_cast<int64_t>(S) * S;
-  if (threadIdx.x == 0 && threadIdx.y == 0) {
-    double total = 0.0;
-    const float* sums = partial + static_cast<int64_t>(n) * gridDim.y;
-    for (unsigned t = 0; t < gridDim.y; ++t) {
-      total += sums[t];
-    }
-    image_mean = static_cast<float>(total / static_cast<double>(plane));
+  // contrast's mean: the tile sums of pass 1 shared out over the block (a serial loop in one
+  // thread would keep every block of a 224 view waiting on 196 dependent loads)
+  const int tid = threadIdx.y * kTile + threadIdx.x;
+  const float* sums = partial + static_cast<int64_t>(n) * gridDim.y;
+  double own = 0.0;
+  for (unsigned t = tid; t < gridDim.y; t += kThreads) {
+    own += sums[t];
   }
-  __syncthreads();
+  const float image_mean = static_cast<float>(block_sum(red, own, tid) / static_cast<double>(plane));
   const ColourLoad load{inter + static_cast<int64_t>(n) * 3 * plane, S, v, image_mean};
 
   float rgb[3];
