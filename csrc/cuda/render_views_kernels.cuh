@@ -44,7 +44,8 @@ struct Geometry {
 
 // The flipped, resized, clamped crop at pixel (y, x), straight from the uint8 source:
 // sum over rows of w_row * (sum over columns of w_col * pixel), the order of the CPU's
-// rows-then-columns pass.
+// rows-then-columns pass, in 0..255 units until one multiply at the end as on the CPU (a
+// division per tap would cost more than the tap).
 struct DirectResized {
   const uint8_t* image;
   int64_t height, width;
@@ -71,7 +72,7 @@ struct DirectResized {
         // stay in registers (a runtime bound would put them in local memory)
         for (int c = 0; c < 3; ++c) {
           if (c < channels) {
-            line[c] += wx * (static_cast<float>(row[c * plane + col]) / 255.0f);
+            line[c] += wx * static_cast<float>(row[c * plane + col]);
           }
         }
       }
@@ -80,7 +81,7 @@ struct DirectResized {
       }
     }
     for (int c = 0; c < 3; ++c) {
-      rgb[c] = clamp01(channels == 1 ? acc[0] : acc[c]);
+      rgb[c] = clamp01((channels == 1 ? acc[0] : acc[c]) * (1.0f / 255.0f));
     }
   }
 };
