@@ -287,6 +287,21 @@ def test_crop_matches_scalar_torchvision_algorithm():
     assert fallbacks > 0
 
 
+def test_views_drawn_together_equal_views_drawn_alone():
+    """sample_params draws all views in one pass over (V, B, draws) tables, with per-view
+    probabilities and ranges as tensors; each view must still be exactly its own draw."""
+    gen = torch.Generator().manual_seed(4)
+    sizes = torch.stack([torch.randint(1, 600, (37,), generator=gen), torch.randint(1, 600, (37,), generator=gen)], 1)
+    ids = torch.randint(-2**40, 2**40, (37,), generator=gen)
+    config = make_config("caug+", n_local=3, rotation_p=0.6, elastic_p=0.4, degrees=(-31.7, 12.9), hue=0.27,
+                         local_blur_p=0.33, local_blur_sigma=(0.7, 4.1), global2_solarize_p=0.61, ratio=(0.3, 3.1))
+    together = sample_params(sizes, config, seed=-5, step=9, ids=ids)
+    for view, (p, view_config) in enumerate(zip(together, config.views())):
+        alone = sample_view(sizes, view_config, view, seed=-5, step=9, ids=ids)
+        assert torch.equal(p.to_tensor(torch.float64), alone.to_tensor(torch.float64)), view
+        assert (p.size, p.view, p.elastic_sigma) == (alone.size, alone.view, alone.elastic_sigma)
+
+
 def test_draw_layout_as_documented():
     """Every field recomputed from rng.uniform with the op ids and draw indices of the sampler's
     docstring: the layout is part of the contract."""

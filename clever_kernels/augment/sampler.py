@@ -31,6 +31,7 @@ left = to_index(bits, W - w + 1). If none is accepted, torchvision's centre crop
 with its aspect ratio clamped to the range, centred with floor division.
 """
 import enum
+import functools
 import math
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -78,31 +79,59 @@ def _key_columns(device: torch.device) -> Tuple[Tensor, Tensor]:
     return _KEY_COLUMNS[device]
 
 
-class _Stream:
-    """The draws of one view for a batch of sample ids: every (op, draw) of the view hashed in
-    one broadcast call, since a few dozen element-wise ops on (B, 37) cost what they cost on
-    (B,)."""
+class _Streams:
+    """The draws of V views for a batch of sample ids: every (view, op, draw) hashed in one
+    broadcast call, a (V, B, 37) table, since a few dozen element-wise ops on it cost what they
+    cost on (B,) (on a GPU, one launch each)."""
 
-    def __init__(self, seed, step, ids: Tensor, view: int):
+    def __init__(self, seed, step, ids: Tensor, views: Tensor):
         ops, draws = _key_columns(ids.device)
-        self.table = rng.hash_bits(seed, step, ids[:, None], view, ops, draws)
+        self.table = rng.hash_bits(seed, step, ids[None, :, None], views[:, None, None], ops, draws)
 
     def bits(self, op: Op, draw: Union[int, slice]) -> Tensor:
-        """(B,) bits of one draw, or (B, n) for a slice of draw indices."""
+        """(V, B) bits of one draw, or (V, B, n) for a slice of draw indices."""
         first = _FIRST[op]
         if isinstance(draw, slice):
-            return self.table[:, first + draw.start:first + draw.stop:draw.step]
-        return self.table[:, first + draw]
+            return self.table[:, :, first + draw.start:first + draw.stop:draw.step]
+        return self.table[:, :, first + draw]
 
     def unit(self, op: Op, draw: Union[int, slice]) -> Tensor:
         return rng.to_unit(self.bits(op, draw))
 
-    def happens(self, op: Op, p: float) -> Tensor:
-        return self.unit(op, 0) < p
 
-    def within(self, op: Op, draw: int, bounds: Tuple[float, float]) -> Tensor:
-        lo, hi = bounds
-        return lo + (hi - lo) * self.unit(op, draw)
+class _ViewConstants:
+    """Every view's probabilities and ranges as (V, 1) columns on the device, in the dtypes the
+    per-view arithmetic uses: float32 for the draws made in float32 (so that u < p and
+    lo + (hi - lo) * u round as they would with Python floats, which torch applies in float32),
+    float64 for the crop's. Built once per (configs, device): no host-to-device copy per batch."""
+
+    _F32 = ("flip_p", "rotation_p", "elastic_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p")
+    _RANGES = ("degrees", "brightness", "contrast", "saturation", "hue", "blur_sigma")
+
+    def __init__(self, configs: Sequence[ViewConfig], device: torch.device):
+        f32 = {name: [getattr(c, name) for c in configs] for name in self._F32}
+        for name in self._RANGES:
+            f32[name + "_lo"] = [getattr(c, name)[0] for c in configs]
+            f32[name + "_span"] = [getattr(c, name)[1] - getattr(c, name)[0] for c in configs]
+        f64 = {
+            "scale_lo": [c.scale[0] for c in configs],
+            "scale_span": [c.scale[1] - c.scale[0] for c in configs],
+            "log_ratio_lo": [math.log(c.ratio[0]) for c in configs],
+            "log_ratio_span": [math.log(c.ratio[1]) - math.log(c.ratio[0]) for c in configs],
+            "ratio_lo": [c.ratio[0] for c in configs],
+            "ratio_hi": [c.ratio[1] for c in configs],
+        }
+        for table, dtype in ((f32, torch.float32), (f64, torch.float64)):
+            names = list(table)
+            host = torch.tensor([table[n] for n in names], dtype=dtype)
+            columns = _backend.host_to_device(host, device)[:, :, None]  # (fields, V, 1)
+            for name, column in zip(names, columns):
+                setattr(self, name, column)
+
+
+@functools.lru_cache(maxsize=32)
+def _view_constants(configs: Tuple[ViewConfig, ...], device: torch.device) -> _ViewConstants:
+    return _ViewConstants(configs, device)
 
 
 def permutation_from_index(k: Tensor) -> Tensor:
@@ -117,35 +146,90 @@ def permutation_from_index(k: Tensor) -> Tensor:
     return torch.stack(perm, dim=-1)
 
 
-def _crop_boxes(stream: _Stream, sizes: Tensor, scale: Tuple[float, float],
-               ratio: Tuple[float, float]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """RandomResizedCrop boxes (top, left, height, width), int64 (B,), for image sizes (B, 2)."""
+def _crop_boxes(streams: _Streams, sizes: Tensor, k: _ViewConstants) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """RandomResizedCrop boxes (top, left, height, width), int64 (V, B), for image sizes (B, 2)."""
     height = sizes[:, 0].to(torch.float64)
     width = sizes[:, 1].to(torch.float64)
-    u_scale = stream.unit(Op.CROP, slice(0, 2 * CROP_ATTEMPTS, 2)).to(torch.float64)
-    u_ratio = stream.unit(Op.CROP, slice(1, 2 * CROP_ATTEMPTS, 2)).to(torch.float64)
-    log_r0, log_r1 = math.log(ratio[0]), math.log(ratio[1])
-    target_area = (height * width)[:, None] * (scale[0] + (scale[1] - scale[0]) * u_scale)
-    aspect = torch.exp(log_r0 + (log_r1 - log_r0) * u_ratio)
+    u_scale = streams.unit(Op.CROP, slice(0, 2 * CROP_ATTEMPTS, 2)).to(torch.float64)
+    u_ratio = streams.unit(Op.CROP, slice(1, 2 * CROP_ATTEMPTS, 2)).to(torch.float64)
+    target_area = (height * width)[None, :, None] * (k.scale_lo[..., None] + k.scale_span[..., None] * u_scale)
+    aspect = torch.exp(k.log_ratio_lo[..., None] + k.log_ratio_span[..., None] * u_ratio)
     w = torch.round(torch.sqrt(target_area * aspect))
     h = torch.round(torch.sqrt(target_area / aspect))
-    accepted = (w > 0) & (w <= width[:, None]) & (h > 0) & (h <= height[:, None])
-    first = torch.argmax(accepted.to(torch.int32), dim=1, keepdim=True)
-    found = accepted.any(dim=1)
-    w_try = w.gather(1, first).squeeze(1).to(torch.int64)
-    h_try = h.gather(1, first).squeeze(1).to(torch.int64)
+    accepted = (w > 0) & (w <= width[None, :, None]) & (h > 0) & (h <= height[None, :, None])
+    first = torch.argmax(accepted.to(torch.int32), dim=2, keepdim=True)
+    found = accepted.any(dim=2)
+    w_try = w.gather(2, first).squeeze(2).to(torch.int64)
+    h_try = h.gather(2, first).squeeze(2).to(torch.int64)
 
     in_ratio = width / height
-    too_narrow, too_wide = in_ratio < ratio[0], in_ratio > ratio[1]
-    w_fb = torch.where(too_wide, torch.round(height * ratio[1]), width).to(torch.int64)
-    h_fb = torch.where(too_narrow, torch.round(width / ratio[0]), height).to(torch.int64)
+    too_narrow, too_wide = in_ratio < k.ratio_lo, in_ratio > k.ratio_hi
+    w_fb = torch.where(too_wide, torch.round(height * k.ratio_hi), width).to(torch.int64)
+    h_fb = torch.where(too_narrow, torch.round(width / k.ratio_lo), height).to(torch.int64)
 
     h_int, w_int = sizes[:, 0].to(torch.int64), sizes[:, 1].to(torch.int64)
-    top_try = rng.to_index(stream.bits(Op.CROP, CROP_TOP_DRAW), h_int - h_try + 1)
-    left_try = rng.to_index(stream.bits(Op.CROP, CROP_LEFT_DRAW), w_int - w_try + 1)
+    top_try = rng.to_index(streams.bits(Op.CROP, CROP_TOP_DRAW), h_int - h_try + 1)
+    left_try = rng.to_index(streams.bits(Op.CROP, CROP_LEFT_DRAW), w_int - w_try + 1)
     top = torch.where(found, top_try, (h_int - h_fb) // 2)
     left = torch.where(found, left_try, (w_int - w_fb) // 2)
     return top, left, torch.where(found, h_try, h_fb), torch.where(found, w_try, w_fb)
+
+
+def sample_views(sizes: Tensor, configs: Sequence[ViewConfig], first_view: int = 0,
+                 seed: Union[int, Tensor] = 0, step: Union[int, Tensor] = 0,
+                 ids: Optional[Tensor] = None) -> List[AugParams]:
+    """Parameters of views first_view, first_view + 1, ... (one per config) for B images, all
+    drawn in one pass of tensor ops; view j's are exactly sample_view(sizes, configs[j],
+    first_view + j, ...)'s. Arguments as sample_view's."""
+    sizes, ids = _check_sizes_ids(sizes, ids)
+    _check_key(seed, step, sizes.device)
+    if isinstance(first_view, bool) or not isinstance(first_view, int) or first_view < 0:
+        raise ValueError(f"view must be an int >= 0, got {first_view!r}")
+    configs = tuple(configs)
+    if not configs:
+        raise ValueError("configs: no view to draw")
+    batch, device = sizes.shape[0], sizes.device
+    n_views = len(configs)
+    k = _view_constants(configs, device)
+    views = torch.arange(first_view, first_view + n_views, dtype=torch.int64, device=device)
+    s = _Streams(seed, step, ids, views)
+
+    def happens(op, p):
+        return s.unit(op, 0) < p
+
+    def within(op, draw, lo, span):
+        return lo + span * s.unit(op, draw)
+
+    top, left, height, width = _crop_boxes(s, sizes, k)
+    flip = happens(Op.FLIP, k.flip_p)
+    rotate = happens(Op.ROTATE, k.rotation_p)
+    angle = torch.where(rotate, within(Op.ROTATE, 1, k.degrees_lo, k.degrees_span), 0.0)
+
+    elastic = happens(Op.ELASTIC, k.elastic_p)
+    elastic_seed = torch.where(elastic, s.bits(Op.ELASTIC, 1), 0)
+
+    jitter = happens(Op.JITTER, k.jitter_p)
+    factors = [torch.where(jitter, within(Op.JITTER, draw, getattr(k, name + "_lo"), getattr(k, name + "_span")),
+                           neutral)
+               for draw, name, neutral in ((1, "brightness", 1.0), (2, "contrast", 1.0), (3, "saturation", 1.0),
+                                           (4, "hue", 0.0))]
+    drawn_order = permutation_from_index(rng.to_index(s.bits(Op.JITTER, 5), 24))
+    identity_order = torch.arange(4, device=device, dtype=torch.int64).expand(n_views, batch, 4)
+    order = torch.where(jitter[..., None], drawn_order, identity_order)
+
+    grayscale = happens(Op.GRAYSCALE, k.grayscale_p)
+    blur = happens(Op.BLUR, k.blur_p)
+    blur_sigma = torch.where(blur, within(Op.BLUR, 1, k.blur_sigma_lo, k.blur_sigma_span), 0.0)
+    solarize = happens(Op.SOLARIZE, k.solarize_p)
+
+    return [AugParams(
+        size=config.size, view=first_view + j, elastic_alpha=config.elastic_alpha,
+        elastic_sigma=config.elastic_sigma,
+        top=top[j], left=left[j], height=height[j], width=width[j], flip=flip[j], angle=angle[j],
+        elastic=elastic[j], elastic_seed=elastic_seed[j], jitter=jitter[j], brightness=factors[0][j],
+        contrast=factors[1][j], saturation=factors[2][j], hue=factors[3][j], order=order[j],
+        grayscale=grayscale[j], blur_sigma=blur_sigma[j], solarize=solarize[j],
+    ) for j, config in enumerate(configs)]
 
 
 def sample_view(sizes: Tensor, config: ViewConfig, view: int, seed: Union[int, Tensor] = 0,
@@ -157,42 +241,7 @@ def sample_view(sizes: Tensor, config: ViewConfig, view: int, seed: Union[int, T
     (0 global 1, 1 global 2, 2.. local). seed, step: ints or 0-dim int64 tensors on that device.
     ids: (B,) int64 sample ids (default 0..B-1).
     """
-    sizes, ids = _check_sizes_ids(sizes, ids)
-    _check_key(seed, step, sizes.device)
-    if isinstance(view, bool) or not isinstance(view, int) or view < 0:
-        raise ValueError(f"view must be an int >= 0, got {view!r}")
-    s = _Stream(seed, step, ids, view)
-    batch, device = sizes.shape[0], sizes.device
-    top, left, height, width = _crop_boxes(s, sizes, config.scale, config.ratio)
-
-    rotate = s.happens(Op.ROTATE, config.rotation_p)
-    angle = torch.where(rotate, s.within(Op.ROTATE, 1, config.degrees), 0.0)
-
-    elastic = s.happens(Op.ELASTIC, config.elastic_p)
-    elastic_seed = torch.where(elastic, s.bits(Op.ELASTIC, 1), 0)
-
-    jitter = s.happens(Op.JITTER, config.jitter_p)
-    factors = [torch.where(jitter, s.within(Op.JITTER, draw, bounds), neutral)
-               for draw, bounds, neutral in ((1, config.brightness, 1.0), (2, config.contrast, 1.0),
-                                             (3, config.saturation, 1.0), (4, config.hue, 0.0))]
-    drawn_order = permutation_from_index(rng.to_index(s.bits(Op.JITTER, 5), 24))
-    identity_order = torch.arange(4, device=device, dtype=torch.int64).expand(batch, 4)
-    order = torch.where(jitter[:, None], drawn_order, identity_order)
-
-    blur = s.happens(Op.BLUR, config.blur_p)
-    blur_sigma = torch.where(blur, s.within(Op.BLUR, 1, config.blur_sigma), 0.0)
-
-    return AugParams(
-        size=config.size, view=view, elastic_alpha=config.elastic_alpha,
-        elastic_sigma=config.elastic_sigma,
-        top=top, left=left, height=height, width=width,
-        flip=s.happens(Op.FLIP, config.flip_p), angle=angle,
-        elastic=elastic, elastic_seed=elastic_seed,
-        jitter=jitter, brightness=factors[0], contrast=factors[1], saturation=factors[2],
-        hue=factors[3], order=order,
-        grayscale=s.happens(Op.GRAYSCALE, config.grayscale_p), blur_sigma=blur_sigma,
-        solarize=s.happens(Op.SOLARIZE, config.solarize_p),
-    )
+    return sample_views(sizes, [config], view, seed=seed, step=step, ids=ids)[0]
 
 
 def sample_params(sizes_or_images, preset: Union[str, AugConfig] = "baug",
@@ -221,8 +270,7 @@ def sample_params(sizes_or_images, preset: Union[str, AugConfig] = "baug",
     sizes = image_sizes(sizes_or_images)
     if ids is not None and not isinstance(ids, Tensor):
         ids = _backend.host_to_device(torch.as_tensor(list(ids), dtype=torch.int64), sizes.device)
-    return [sample_view(sizes, view_config, view, seed=seed, step=step, ids=ids)
-            for view, view_config in enumerate(config.views())]
+    return sample_views(sizes, config.views(), seed=seed, step=step, ids=ids)
 
 
 def _const_sizes(batch: int, height: int, width: int, device) -> Tensor:
