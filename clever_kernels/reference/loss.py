@@ -39,8 +39,9 @@ def view_pairs(ncrops: int):
 
 
 def _at_least_float32(*tensors):
-    """fp16 / bf16 logits computed in float32, as the kernels accumulate (a bf16 softmax over
-    65536 columns loses the DVR term's precision); float64 stays float64."""
+    """fp16 / bf16 logits computed in float32, as the kernels accumulate and as the authors' loss
+    runs on a GPU under autocast (softmax, log_softmax and cosine_similarity autocast to float32);
+    a bf16 softmax over 65536 columns would lose the DVR term's precision. float64 stays float64."""
     return tuple(t.to(torch.promote_types(t.dtype, torch.float32)) for t in tensors)
 
 
