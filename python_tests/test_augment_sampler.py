@@ -287,50 +287,63 @@ def test_crop_matches_scalar_torchvision_algorithm():
     assert fallbacks > 0
 
 
-def test_views_drawn_together_equal_views_drawn_alone():
-    """sample_params draws all views in one pass over (V, B, draws) tables, with per-view
-    probabilities and ranges as tensors; each view must still be exactly its own draw."""
+def _check_layout(p, cfg, view, seed, step, ids, sizes):
+    """Every field of `p` recomputed from rng.uniform with the op ids and draw indices of the
+    sampler's docstring and the probabilities and ranges of `cfg`; crop boxes by the scalar
+    torchvision algorithm for a sample in eight."""
+    u = lambda op, draw: ck_rng.uniform(seed, step, ids, view, int(op), draw)
+    bits = lambda op, draw: ck_rng.hash_bits(seed, step, ids, view, int(op), draw)
+    within = lambda op, draw, lo, hi: lo + (hi - lo) * u(op, draw)
+    assert (p.size, p.view, p.elastic_alpha, p.elastic_sigma) == (cfg.size, view, cfg.elastic_alpha,
+                                                                  cfg.elastic_sigma)
+    assert torch.equal(p.flip, u(Op.FLIP, 0) < cfg.flip_p)
+    rotate = u(Op.ROTATE, 0) < cfg.rotation_p
+    assert torch.equal(p.angle, torch.where(rotate, within(Op.ROTATE, 1, *cfg.degrees), 0.0))
+    assert torch.equal(p.elastic, u(Op.ELASTIC, 0) < cfg.elastic_p)
+    assert torch.equal(p.elastic_seed, torch.where(p.elastic, bits(Op.ELASTIC, 1), 0))
+    jitter = u(Op.JITTER, 0) < cfg.jitter_p
+    assert torch.equal(p.jitter, jitter)
+    for draw, name in ((1, "brightness"), (2, "contrast"), (3, "saturation"), (4, "hue")):
+        want = torch.where(jitter, within(Op.JITTER, draw, *getattr(cfg, name)), 0.0 if name == "hue" else 1.0)
+        assert torch.equal(getattr(p, name), want), name
+    k = ((bits(Op.JITTER, 5) >> 8) * 24) >> 24
+    perms = torch.tensor(list(itertools.permutations(range(4))))
+    assert torch.equal(p.order[jitter], perms[k][jitter])
+    assert (p.order[~jitter] == torch.arange(4)).all()
+    assert torch.equal(p.grayscale, u(Op.GRAYSCALE, 0) < cfg.grayscale_p)
+    blur = u(Op.BLUR, 0) < cfg.blur_p
+    assert torch.equal(p.blur_sigma, torch.where(blur, within(Op.BLUR, 1, *cfg.blur_sigma), 0.0))
+    assert torch.equal(p.solarize, u(Op.SOLARIZE, 0) < cfg.solarize_p)
+    for b in range(0, len(ids), 8):
+        crop_bits = lambda d, b=b: int(ck_rng.hash_bits(seed, step, ids[b:b + 1], view, int(Op.CROP), d)[0])
+        unit = lambda d: (crop_bits(d) >> 8) * 2.0**-24
+        randint = lambda d, m: ((crop_bits(d) >> 8) * m) >> 24
+        want = torchvision_crop(int(sizes[b, 0]), int(sizes[b, 1]), cfg.scale, cfg.ratio, (unit, randint))
+        assert (int(p.top[b]), int(p.left[b]), int(p.height[b]), int(p.width[b])) == want, b
+
+
+def test_draw_layout_as_documented():
+    """One view: the layout is part of the contract."""
+    ids = torch.arange(-3, 997) * 7919
+    cfg = ViewConfig(rotation_p=0.7, elastic_p=0.5, solarize_p=0.3, blur_p=0.6, degrees=(-20, 50))
+    sizes = torch.tensor([[50, 60]] * len(ids))
+    _check_layout(sample_view(sizes, cfg, 3, seed=21, step=5, ids=ids), cfg, 3, 21, 5, ids, sizes)
+    assert [int(op) for op in Op] == list(range(8))
+
+
+def test_draw_layout_of_every_view_drawn_together():
+    """sample_params draws all views in one pass over (view, batch, draw) tables with per-view
+    probabilities and ranges as tensors; every view must still be its own documented draw."""
     gen = torch.Generator().manual_seed(4)
     sizes = torch.stack([torch.randint(1, 600, (37,), generator=gen), torch.randint(1, 600, (37,), generator=gen)], 1)
     ids = torch.randint(-2**40, 2**40, (37,), generator=gen)
     config = make_config("caug+", n_local=3, rotation_p=0.6, elastic_p=0.4, degrees=(-31.7, 12.9), hue=0.27,
-                         local_blur_p=0.33, local_blur_sigma=(0.7, 4.1), global2_solarize_p=0.61, ratio=(0.3, 3.1))
-    together = sample_params(sizes, config, seed=-5, step=9, ids=ids)
-    for view, (p, view_config) in enumerate(zip(together, config.views())):
-        alone = sample_view(sizes, view_config, view, seed=-5, step=9, ids=ids)
-        assert torch.equal(p.to_tensor(torch.float64), alone.to_tensor(torch.float64)), view
-        assert (p.size, p.view, p.elastic_sigma) == (alone.size, alone.view, alone.elastic_sigma)
-
-
-def test_draw_layout_as_documented():
-    """Every field recomputed from rng.uniform with the op ids and draw indices of the sampler's
-    docstring: the layout is part of the contract."""
-    ids = torch.arange(-3, 997) * 7919
-    seed, step, view = 21, 5, 3
-    cfg = ViewConfig(rotation_p=0.7, elastic_p=0.5, solarize_p=0.3, blur_p=0.6, degrees=(-20, 50))
-    p = sample_view(torch.tensor([[50, 60]] * len(ids)), cfg, view, seed=seed, step=step, ids=ids)
-    u = lambda op, draw: ck_rng.uniform(seed, step, ids, view, int(op), draw)
-    bits = lambda op, draw: ck_rng.hash_bits(seed, step, ids, view, int(op), draw)
-    within = lambda op, draw, lo, hi: lo + (hi - lo) * u(op, draw)
-    assert torch.equal(p.flip, u(Op.FLIP, 0) < 0.5)
-    rotate = u(Op.ROTATE, 0) < 0.7
-    assert torch.equal(p.angle, torch.where(rotate, within(Op.ROTATE, 1, -20.0, 50.0), 0.0))
-    assert torch.equal(p.elastic, u(Op.ELASTIC, 0) < 0.5)
-    assert torch.equal(p.elastic_seed, torch.where(p.elastic, bits(Op.ELASTIC, 1), 0))
-    jitter = u(Op.JITTER, 0) < 0.8
-    assert torch.equal(p.jitter, jitter)
-    for draw, name, (lo, hi) in ((1, "brightness", (0.6, 1.4)), (2, "contrast", (0.6, 1.4)),
-                                 (3, "saturation", (0.8, 1.2)), (4, "hue", (-0.1, 0.1))):
-        want = torch.where(jitter, within(Op.JITTER, draw, lo, hi), 0.0 if name == "hue" else 1.0)
-        assert torch.equal(getattr(p, name), want)
-    k = ((bits(Op.JITTER, 5) >> 8) * 24) >> 24
-    perms = torch.tensor(list(itertools.permutations(range(4))))
-    assert torch.equal(p.order[jitter], perms[k][jitter])
-    assert torch.equal(p.grayscale, u(Op.GRAYSCALE, 0) < 0.2)
-    blur = u(Op.BLUR, 0) < 0.6
-    assert torch.equal(p.blur_sigma, torch.where(blur, within(Op.BLUR, 1, 0.1, 2.0), 0.0))
-    assert torch.equal(p.solarize, u(Op.SOLARIZE, 0) < 0.3)
-    assert [int(op) for op in Op] == list(range(8))
+                         local_blur_p=0.33, local_blur_sigma=(0.7, 4.1), global2_solarize_p=0.61, ratio=(0.3, 3.1),
+                         global1_flip_p=1 / 3, local_scale=(0.02, 0.3), local_jitter_p=0.55)
+    views = sample_params(sizes, config, seed=-5, step=9, ids=ids)
+    assert len(views) == 5
+    for view, (p, cfg) in enumerate(zip(views, config.views())):
+        _check_layout(p, cfg, view, -5, 9, ids, sizes)
 
 
 # ----------------------------------------------------------------------------- keys and determinism

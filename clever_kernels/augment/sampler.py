@@ -103,7 +103,8 @@ class _ViewConstants:
     """Every view's probabilities and ranges as (V, 1) columns on the device, in the dtypes the
     per-view arithmetic uses: float32 for the draws made in float32 (so that u < p and
     lo + (hi - lo) * u round as they would with Python floats, which torch applies in float32),
-    float64 for the crop's. Built once per (configs, device): no host-to-device copy per batch."""
+    float64 for the crop's. Built once per (configs, device), by a blocking copy (the one time a
+    draw waits for the device), so that every stream may read them at once; no copy per batch."""
 
     _F32 = ("flip_p", "rotation_p", "elastic_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p")
     _RANGES = ("degrees", "brightness", "contrast", "saturation", "hue", "blur_sigma")
@@ -124,12 +125,12 @@ class _ViewConstants:
         for table, dtype in ((f32, torch.float32), (f64, torch.float64)):
             names = list(table)
             host = torch.tensor([table[n] for n in names], dtype=dtype)
-            columns = _backend.host_to_device(host, device)[:, :, None]  # (fields, V, 1)
+            columns = host.to(device)[:, :, None]  # (fields, V, 1)
             for name, column in zip(names, columns):
                 setattr(self, name, column)
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=256)
 def _view_constants(configs: Tuple[ViewConfig, ...], device: torch.device) -> _ViewConstants:
     return _ViewConstants(configs, device)
 

@@ -537,6 +537,9 @@ def backward_launches(student, teacher, center, lse_student, lse_teacher, pair_c
 
 def _forward(student, teacher, center, ncrops, student_temp, teacher_temp, cosine, num_splits, block_k):
     _check_logits(student, teacher, center, ncrops, student_temp, teacher_temp)
+    # the default backward's grid, refused now rather than after the forward has run
+    K = student.shape[1]
+    _k_blocks(K, _block_k(K, _view_pad(ncrops), student.device, None, _BWD_TILE))
     launches, outputs = forward_launches(student, teacher, center, ncrops, student_temp, teacher_temp, cosine,
                                          num_splits, block_k)
     with _device_guard(student):

@@ -1,6 +1,7 @@
 """CLeVERLoss and DINOLoss: drop-in replacements for the authors' CLeVER_DINOLoss and DINO's
 DINOLoss (same constructor arguments, forward arguments, results and buffer names), on the
 fused kernels."""
+import math
 import numbers
 import operator
 
@@ -22,14 +23,16 @@ def _sync_before_load(module, state_dict, prefix, *args):
 
 def _as_int(name: str, value) -> int:
     try:
+        if isinstance(value, bool):
+            raise TypeError
         return operator.index(value)
     except TypeError:
         raise TypeError(f"{name} must be an integer, got {value!r}") from None
 
 
 def _as_float(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise TypeError(f"{name} must be a finite real number, got {value!r}")
     return float(value)
 
 
@@ -142,7 +145,7 @@ class CLeVERLoss(_CenteredLoss):
         self.register_buffer("center2", torch.zeros(1, out_dim if dvr_out_dim is None else dvr_out_dim))
 
     def forward(self, student_ir, student_ef, teacher_ir, teacher_ef, *criterion_l1_epoch, epoch=None):
-        epoch = _authors_epoch(criterion_l1_epoch, epoch)
+        epoch = _authors_epoch(criterion_l1_epoch, epoch, student_ef)
         self.sync_centers()
         total, loss_dir, loss_dvr, mean_ir, mean_ef = clever_loss(
             student_ir, student_ef, teacher_ir, teacher_ef, self.center, self.center2, self.ncrops,
@@ -151,9 +154,10 @@ class CLeVERLoss(_CenteredLoss):
         return total, loss_dir, loss_dvr
 
 
-def _authors_epoch(rest, epoch):
+def _authors_epoch(rest, epoch, student_ef):
     """The epoch of forward(..., epoch) or of the authors' forward(..., criterion, L1, epoch),
-    whose criterion and L1 must be the ones the fused DVR term computes."""
+    whose criterion and L1 must be the ones the fused DVR term computes: the cosine with an eps
+    that never binds (two softmax rows of width K have norms at least 1 / sqrt(K) each)."""
     if epoch is not None:
         rest = (*rest, epoch)
     if len(rest) == 1:
@@ -162,11 +166,15 @@ def _authors_epoch(rest, epoch):
         raise TypeError("CLeVERLoss.forward takes (student_ir, student_ef, teacher_ir, teacher_ef, epoch) or the "
                         f"authors' (..., criterion, L1, epoch), got {4 + len(rest)} arguments")
     criterion, l1, epoch = rest
-    if not (isinstance(criterion, torch.nn.CosineSimilarity) and criterion.dim in (1, -1)):
-        raise ValueError("criterion must be nn.CosineSimilarity(dim=1), the authors' DVR similarity "
-                         f"(the fused loss computes that one), got {criterion!r}")
+    width = student_ef.shape[-1] if isinstance(student_ef, torch.Tensor) and student_ef.dim() else 1
+    if not (isinstance(criterion, torch.nn.CosineSimilarity) and criterion.dim in (1, -1)
+            and criterion.eps <= 1.0 / width):
+        raise ValueError("criterion must be nn.CosineSimilarity(dim=1) with eps <= 1/K, the authors' DVR "
+                         f"similarity (the fused loss computes that one), got {criterion!r} with "
+                         f"eps={getattr(criterion, 'eps', None)} for K={width}")
     if not (isinstance(l1, torch.nn.L1Loss) and l1.reduction == "mean"):
-        raise ValueError(f"L1 must be nn.L1Loss() (the absolute value of the DVR term), got {l1!r}")
+        raise ValueError("L1 must be nn.L1Loss() (the absolute value of the DVR term), got "
+                         f"{type(l1).__name__} with reduction={getattr(l1, 'reduction', None)!r}")
     return epoch
 
 

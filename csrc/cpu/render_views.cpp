@@ -104,6 +104,9 @@ void check_values(const Tensor& pixels, const Tensor& offsets, const Tensor& siz
 // instead of the load, add and store of an accumulator in memory; each out[i] adds its terms in
 // the same order as a scalar loop would.
 #if defined(__GNUC__)
+// Float8 values never cross a call boundary (load8 and store8 are always inlined), so the ABI
+// note GCC gives for passing 32-byte vectors without AVX does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
 typedef float Float8 __attribute__((vector_size(32)));
 
 C10_ALWAYS_INLINE Float8 load8(const float* p) {
@@ -242,7 +245,9 @@ struct AxisTaps {
 
 struct Scratch {
   AxisTaps xs, ys;
-  std::vector<float> crop;       // (crop height, crop width) one channel of the crop in float
+  std::vector<float> ring;       // (ring rows, crop width) crop rows of one channel in float
+  std::vector<int> ring_row;     // the crop row in each ring slot, -1 for none yet
+  std::vector<int> ring_slots;   // the ring slot of every vertical tap
   std::vector<float> cols;       // (C, S, crop width) after the vertical resize, in 0..255 units
   std::vector<float> cols_t;     // (C, crop width, S) its transpose
   std::vector<float> resized_t;  // (C, S, S) the resized crop, transposed, before the flip
@@ -356,7 +361,19 @@ void resize_crop(const Job& job, const ViewParams& v, Scratch& sc) {
   sc.ys.build(static_cast<int>(v.height), S, job.bicubic, job.antialias);
   const size_t cols_plane = static_cast<size_t>(S) * cw;
   const size_t plane = static_cast<size_t>(S) * S;
-  sc.crop.resize(static_cast<size_t>(v.height) * cw);
+  // The vertical taps sum float rows: each crop row converted once, into a ring of as many rows
+  // as the widest tap window spans rather than a float copy of the whole crop (the windows only
+  // move down, so a row is never needed again once its slot is reused).
+  int ring_rows = 1;
+  for (int y = 0; y < S; ++y) {
+    const auto lo = sc.ys.index.begin() + sc.ys.first[y], hi = sc.ys.index.begin() + sc.ys.first[y + 1];
+    if (lo != hi) {
+      const auto [min_row, max_row] = std::minmax_element(lo, hi);
+      ring_rows = std::max(ring_rows, *max_row - *min_row + 1);
+    }
+  }
+  sc.ring.resize(static_cast<size_t>(ring_rows) * cw);
+  sc.ring_slots.resize(sc.ys.index.size());
   sc.cols.resize(channels * cols_plane);
   sc.cols_t.resize(channels * cols_plane);
   sc.resized_t.resize(channels * plane);
@@ -365,18 +382,23 @@ void resize_crop(const Job& job, const ViewParams& v, Scratch& sc) {
   const size_t src_plane = static_cast<size_t>(job.sizes[2 * v.image]) * width;
   const float to_unit = 1.0f / 255.0f;
   for (int c = 0; c < channels; ++c) {
-    // the crop's rows in float, so that the vertical taps sum float rows
-    const int ch = static_cast<int>(v.height);
     const uint8_t* crop = image + c * src_plane + static_cast<size_t>(v.top) * width + v.left;
-    for (int y = 0; y < ch; ++y) {
-      to_float(sc.crop.data() + static_cast<size_t>(y) * cw, crop + static_cast<size_t>(y) * width, cw);
-    }
+    sc.ring_row.assign(ring_rows, -1);  // the crop row each slot holds
     // (S, cw): output rows, source columns
     float* cols = sc.cols.data() + c * cols_plane;
     for (int y = 0; y < S; ++y) {
-      const int k = sc.ys.first[y];
-      weighted_rows(cols + static_cast<size_t>(y) * cw, sc.crop.data(), cw, sc.ys.index.data() + k,
-                    sc.ys.weight.data() + k, sc.ys.first[y + 1] - k, cw);
+      const int k0 = sc.ys.first[y], k1 = sc.ys.first[y + 1];
+      for (int k = k0; k < k1; ++k) {
+        const int row = sc.ys.index[k];
+        const int slot = row % ring_rows;
+        if (sc.ring_row[slot] != row) {
+          to_float(sc.ring.data() + static_cast<size_t>(slot) * cw, crop + static_cast<size_t>(row) * width, cw);
+          sc.ring_row[slot] = row;
+        }
+        sc.ring_slots[k] = slot;
+      }
+      weighted_rows(cols + static_cast<size_t>(y) * cw, sc.ring.data(), cw, sc.ring_slots.data() + k0,
+                    sc.ys.weight.data() + k0, k1 - k0, cw);
     }
     // (cw, S): source columns, output rows
     float* cols_t = sc.cols_t.data() + c * cols_plane;
