@@ -151,14 +151,29 @@ def kornia_multicrop(config):
     return run
 
 
-def compile_kornia(kornia, dense):
+class _CompileTimeout(Exception):
+    pass
+
+
+def compile_kornia(kornia, dense, budget_s: int = 90):
     """(torch.compile of the Kornia pipelines, compiled by one call outside the timing, None) or
-    (None, why) when compiling fails."""
+    (None, why) when compiling fails or takes longer than budget_s (ten pipelines of inductor
+    kernels can take minutes to compile, and the rest of the run should not wait on them)."""
+    import signal
     compiled = torch.compile(kornia)
+
+    def expired(signum, frame):
+        raise _CompileTimeout(f"compiling took more than {budget_s} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(budget_s)
     try:
         compiled(dense)
     except Exception as exc:  # any compiler failure: report it, time the eager form alone
         return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
     return compiled, None
 
 

@@ -11,15 +11,16 @@
 #      already catches divergent barriers and reads of unwritten scratch);
 #   6. runs the whole suite as CI does (CPU only, Triton interpreted) against this machine's torch
 #      and triton versions, last because CI covers it already.
-# Each step has its own time limit, a ceiling (830 s in all; about 8 minutes in practice), and
+# Each step has its own time limit, a ceiling (950 s in all; about 9 minutes in practice), and
 # the steps run in order of what only a GPU can show, so a 10-minute command that runs out loses
 # the last ones (the CPU suite first); each appends to one log, so a step that fails or runs out
 # of time still leaves the others' results. Output: $OUT (default gpu-checks/):
 # gpu_checks.log and the benchmark result files, ready to commit. Exit status: 0 only if every
 # step passed.
 #
-#   bash tools/gpu_checks.sh                  # everything, about 8 minutes on an H200
-#   STEPS="build backends tests" bash tools/gpu_checks.sh
+#   bash tools/gpu_checks.sh                  # everything, about 9 minutes on an H200
+#   STEPS="build backends tests bench" bash tools/gpu_checks.sh   # then, on the same machine:
+#   STEPS="sanitize suite" bash tools/gpu_checks.sh                # two commands of 10 minutes
 # Every run needs the build step unless the same machine built this tree before.
 #
 # Where the tree has no .git, set CLEVER_KERNELS_COMMIT=<hash> so the result files name the commit.
@@ -88,8 +89,8 @@ if wants tests; then
     -p no:cacheprovider "${workers[@]}" "${timeouts[@]}"
 fi
 if wants bench; then
-  step bench-loss 60 "$py" -m bench loss --device cuda
-  step bench-augment 90 "$py" -m bench augment --device cuda
+  step bench-loss 90 "$py" -m bench loss --device cuda
+  step bench-augment 180 "$py" -m bench augment --device cuda
   tag=$("$py" -c "import torch; print(torch.cuda.get_device_name().replace(' ', '-').lower())")
   cp bench/results/*-"$tag".* "$out"/ 2>/dev/null
 fi
