@@ -12,12 +12,9 @@ from ..reference.loss import teacher_temp_schedule
 from .functional import clever_loss, dino_loss
 
 
-def _sync_before_state_dict(module, prefix, keep_vars):
-    module.sync_centers()
-
-
-def _sync_before_load(module, state_dict, prefix, *args):
-    # the EMA in flight lands first, so that the loaded centres are the ones kept
+def _sync_centers_first(module, *hook_args):
+    # state_dict() sees the EMA in flight applied; load_state_dict() lands it first, so that the
+    # loaded centres are the ones kept
     module.sync_centers()
 
 
@@ -67,8 +64,8 @@ class _CenteredLoss(torch.nn.Module):
         self.teacher_temp_schedule = teacher_temp_schedule(
             warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs).tolist()
         self._pending = None
-        self.register_state_dict_pre_hook(_sync_before_state_dict)
-        self.register_load_state_dict_pre_hook(_sync_before_load)
+        self.register_state_dict_pre_hook(_sync_centers_first)
+        self.register_load_state_dict_pre_hook(_sync_centers_first)
 
     def __getstate__(self):
         # a copy or a pickle holds the centres with their EMA applied, never the collective's handle
@@ -131,11 +128,11 @@ class CLeVERLoss(_CenteredLoss):
                  backend="auto", args=None):
         super().__init__(ncrops, warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs,
                          student_temp, center_momentum, backend)
-        from_args = getattr(args, "sep_lambd", None) if args is not None else None
-        if args is not None and from_args is None:
-            raise ValueError("args must have a sep_lambd attribute (the authors' --sep_lambd), "
-                             f"got {args!r}")
-        if from_args is not None:
+        if args is not None:
+            from_args = getattr(args, "sep_lambd", None)
+            if from_args is None:
+                raise ValueError("args must have a sep_lambd attribute (the authors' --sep_lambd), "
+                                 f"got {args!r}")
             from_args = _as_float("args.sep_lambd", from_args)
             if sep_lambd is not None and _as_float("sep_lambd", sep_lambd) != from_args:
                 raise ValueError(f"sep_lambd={sep_lambd} and args.sep_lambd={from_args} disagree; give one")

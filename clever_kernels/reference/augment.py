@@ -304,7 +304,8 @@ def check_param_values(views: Sequence[AugParams], images: List[Tensor]) -> None
     floats = torch.stack([torch.stack([getattr(p, name) for name in FLOAT_FIELDS], dim=1) for p in views])
     # float32 crop boxes would round: the two tables travel as one int64 copy, floats by their bits
     host = torch.cat([ints, floats.view(torch.int32).to(torch.int64)], dim=2).cpu()
-    host_floats = host[:, :, 8:].to(torch.int32).view(torch.float32)
+    n_ints = ints.shape[2]  # top, left, height, width, then the four order columns
+    host_floats = host[:, :, n_ints:].to(torch.int32).view(torch.float32)
     heights = torch.tensor([x.shape[1] for x in images])
     widths = torch.tensor([x.shape[2] for x in images])
     for v in range(len(views)):
@@ -315,7 +316,7 @@ def check_param_values(views: Sequence[AugParams], images: List[Tensor]) -> None
             raise ValueError(f"params: crop box (top {int(top[b])}, left {int(left[b])}, height {int(h[b])}, "
                              f"width {int(w[b])}) of sample {b} is not inside its "
                              f"{heights[b].item()}x{widths[b].item()} image")
-        order = host[v, :, 4:8]
+        order = host[v, :, 4:n_ints]
         if not torch.equal(order.sort(dim=1).values, torch.arange(4).expand_as(order)):
             raise ValueError("params.order: every row must be a permutation of 0, 1, 2, 3")
         for name, column in zip(FLOAT_FIELDS, host_floats[v].unbind(1)):
