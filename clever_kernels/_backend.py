@@ -6,6 +6,7 @@ the built extension still imports clever_kernels and is told what is missing by 
 import functools
 import importlib
 import os
+import warnings
 from typing import Dict, NamedTuple, Optional
 
 import torch
@@ -81,12 +82,48 @@ def _triton_status() -> Backend:
     return Backend(True, "triton kernels registered for CUDA tensors")
 
 
+@functools.lru_cache(maxsize=None)
+def _interpreter_loop_problem() -> Optional[str]:
+    """Why the interpreter cannot run a loop with a runtime trip count, or None if it can.
+
+    Every kernel here loops over K with runtime bounds. Triton 3.6's interpreter turns such bounds
+    into Python ints with int() on one-element arrays, which numpy >= 2.4 refuses, so each kernel
+    would fail at its first launch with an InterpreterError naming neither package; one launch of
+    a one-loop kernel tells beforehand."""
+    import numpy
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def count_to(out_ptr, n):
+        total = 0
+        for _ in range(0, n):
+            total += 1
+        tl.store(out_ptr, total)
+
+    out = torch.zeros(1, dtype=torch.int32)
+    try:
+        with warnings.catch_warnings():  # numpy < 2.4 only warns, and that is triton's to say
+            warnings.simplefilter("ignore")
+            count_to[(1,)](out, 3)
+    except Exception as exc:
+        return (f"triton {triton.__version__}'s interpreter cannot run a loop with a runtime trip count "
+                f"beside numpy {numpy.__version__} ({type(exc).__name__}: {exc}); with numpy < 2.4, "
+                "or with triton 3.9, it can")
+    if out.item() != 3:
+        return f"triton {triton.__version__}'s interpreter counted a 3-step loop as {out.item()}"
+    return None
+
+
 def _interpreter_status() -> Backend:
     missing = _triton_import()
     if missing:
         return Backend(False, missing)
     if not triton_interpreting():
         return Backend(False, "set TRITON_INTERPRET=1 before importing clever_kernels to run Triton kernels on the CPU")
+    problem = _interpreter_loop_problem()
+    if problem:
+        return Backend(False, problem)
     return Backend(True, "Triton kernels run on CPU tensors through the interpreter (slow; for tests)")
 
 

@@ -7,9 +7,7 @@ import clever_kernels
 
 
 def _report(prelude=""):
-    code = textwrap.dedent(f"""
-        import sys
-        {prelude}
+    code = "import sys\n" + textwrap.dedent(prelude) + textwrap.dedent("""
         import clever_kernels
         for name, status in clever_kernels.backends().items():
             print(name, status.available, status.reason, sep="|")
@@ -59,3 +57,32 @@ def test_loss_falls_back_to_reference_with_a_warning_when_no_kernel():
     count, message = out.split(" ", 1)
     assert count == "1", "the fallback must warn once, not on every call"
     assert "reference" in message
+
+
+def test_interpreter_that_cannot_run_a_loop_is_off_and_says_why():
+    # triton 3.6's interpreter beside numpy >= 2.4 fails this way at every kernel's first launch
+    report = _report("""
+        import os, triton
+        os.environ['TRITON_INTERPRET'] = '1'
+        class Broken:
+            def __init__(self, fn): pass
+            def __getitem__(self, grid):
+                def launch(*args):
+                    raise TypeError('only 0-dimensional arrays can be converted to Python scalars')
+                return launch
+        triton.jit = Broken
+    """)
+    available, reason = report["triton-interpreter"]
+    assert available is False
+    assert "interpreter cannot run a loop" in reason and "0-dimensional arrays" in reason
+
+
+def test_interpreter_of_the_pinned_triton_runs_the_kernels():
+    # the suite's Triton tests skip where the interpreter is off: with the triton that CI pins
+    # (Makefile) they must not
+    import pytest
+    triton = pytest.importorskip("triton")
+    if tuple(int(part) for part in triton.__version__.split(".")[:2]) < (3, 9):
+        pytest.skip(f"triton {triton.__version__} is not the version the suite pins")
+    report = _report("import os; os.environ['TRITON_INTERPRET'] = '1'")
+    assert report["triton-interpreter"] == (True, report["triton-interpreter"][1])

@@ -101,7 +101,8 @@ def test_cpp_matches_reference(rng, batch, ncrops, k1, k2, dtype):
     _check_against_reference("cpp", batch, ncrops, k1, k2, dtype, rng)
 
 
-@pytest.mark.skipif("triton" not in BACKENDS, reason="Triton interpreter not available")
+@pytest.mark.skipif("triton" not in BACKENDS,
+                    reason="Triton interpreter off: " + clever_kernels.backends()["triton-interpreter"].reason)
 @pytest.mark.parametrize("batch,ncrops,k1,k2,dtype", TRITON_CASES)
 def test_triton_matches_reference(rng, batch, ncrops, k1, k2, dtype):
     _check_against_reference("triton", batch, ncrops, k1, k2, dtype, rng)

@@ -16,6 +16,8 @@ from conftest import tolerance  # noqa: E402
 if type(kt._loss_bwd_kernel).__name__ != "InterpretedFunction":
     pytest.skip("the kernels were compiled for a GPU: triton was imported before TRITON_INTERPRET=1 "
                 "was set; run this file on its own", allow_module_level=True)
+if not _backend.backends()["triton-interpreter"].available:
+    pytest.skip(_backend.backends()["triton-interpreter"].reason, allow_module_level=True)
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 TS, TT = 0.1, 0.04  # CLeVER's student and teacher temperatures
