@@ -47,6 +47,13 @@ struct Geometry {
 // rows-then-columns pass, in 0..255 units until one multiply at the end as on the CPU (a
 // division per tap would cost more than the tap).
 struct DirectResized {
+  // Column spans up to this many taps have their weights computed once per pixel instead of
+  // once per row tap, held in registers. An antialiased bicubic span has at most
+  // 2 ceil(2 scale) + 1 taps, so this covers crops up to 3x the output's side (6x bilinear):
+  // a 224 view from up to 672 pixels, a 96 view from up to 288, nearly every view of DINO's
+  // multi-crop of ImageNet-sized images. Longer spans recompute their weights.
+  static constexpr int kHeldTaps = 13;
+
   const uint8_t* image;
   int64_t height, width;
   int channels;
@@ -59,29 +66,57 @@ struct DirectResized {
     const int xs = flip ? size - 1 - x : x;
     const ResampleSpan sy = resample_span(y, crop_h, size, bicubic, antialias);
     const ResampleSpan sx = resample_span(xs, crop_w, size, bicubic, antialias);
-    const int64_t plane = height * width;
     float acc[3] = {0.0f, 0.0f, 0.0f};
-    for (int ky = 0; ky < sy.count; ++ky) {
-      const float wy = span_weight(sy, ky);
-      const uint8_t* row = image + (top + span_index(sy, ky)) * width + left;
-      float line[3] = {0.0f, 0.0f, 0.0f};
-      for (int kx = 0; kx < sx.count; ++kx) {
-        const float wx = span_weight(sx, kx);
-        const int col = span_index(sx, kx);
-        // channel loops of constant trip count: indexed by constants once unrolled, the arrays
-        // stay in registers (a runtime bound would put them in local memory)
-        for (int c = 0; c < 3; ++c) {
-          if (c < channels) {
-            line[c] += wx * static_cast<float>(row[c * plane + col]);
+    if (sx.count <= kHeldTaps) {
+      // constant trip counts and indices: the compiler unrolls these loops and keeps wx in
+      // registers (a runtime index would put it in local memory)
+      float wx[kHeldTaps];
+      for (int kx = 0; kx < kHeldTaps; ++kx) {
+        wx[kx] = kx < sx.count ? span_weight(sx, kx) : 0.0f;
+      }
+      for (int ky = 0; ky < sy.count; ++ky) {
+        float line[3] = {0.0f, 0.0f, 0.0f};
+        const uint8_t* row = source_row(sy, ky);
+        for (int kx = 0; kx < kHeldTaps; ++kx) {
+          if (kx < sx.count) {
+            add_tap(wx[kx], row, span_index(sx, kx), line);
           }
         }
+        add_row(span_weight(sy, ky), line, acc);
       }
-      for (int c = 0; c < 3; ++c) {
-        acc[c] += wy * line[c];
+    } else {
+      for (int ky = 0; ky < sy.count; ++ky) {
+        float line[3] = {0.0f, 0.0f, 0.0f};
+        const uint8_t* row = source_row(sy, ky);
+        for (int kx = 0; kx < sx.count; ++kx) {
+          add_tap(span_weight(sx, kx), row, span_index(sx, kx), line);
+        }
+        add_row(span_weight(sy, ky), line, acc);
       }
     }
     for (int c = 0; c < 3; ++c) {
       rgb[c] = clamp01((channels == 1 ? acc[0] : acc[c]) * (1.0f / 255.0f));
+    }
+  }
+
+  __device__ const uint8_t* source_row(const ResampleSpan& sy, int ky) const {
+    return image + (top + span_index(sy, ky)) * width + left;
+  }
+
+  __device__ void add_tap(float wx, const uint8_t* row, int col, float* line) const {
+    const int64_t plane = height * width;
+    // channel loops of constant trip count: indexed by constants once unrolled, the arrays stay
+    // in registers (a runtime bound would put them in local memory)
+    for (int c = 0; c < 3; ++c) {
+      if (c < channels) {
+        line[c] += wx * static_cast<float>(row[c * plane + col]);
+      }
+    }
+  }
+
+  __device__ static void add_row(float wy, const float* line, float* acc) {
+    for (int c = 0; c < 3; ++c) {
+      acc[c] += wy * line[c];
     }
   }
 };
