@@ -80,7 +80,7 @@ def bench_shape(batch, ncrops, k1, k2, dtype, device, reps, copy_bw):
         value = fn(*inputs).item()
         reference_value = value if reference_value is None else reference_value
         timing = harness.time_median(step, device, warmup=2, reps=reps)
-        peak = harness.peak_memory_bytes(step, device)
+        peak = harness.peak_memory_bytes(step, device)  # after timed steps: the grads are allocated
         saved = harness.saved_for_backward_bytes(lambda: fn(*inputs), inputs)
         row = {
             "shape": f"B={batch} V={ncrops} K1={k1} K2={k2} {str(dtype).replace('torch.', '')}",
@@ -149,7 +149,9 @@ def main(args):
                "x bandwidth floor", "loss", "|loss - authors|"]
     notes = ("Median of fwd+bwd over repeated steps after warm-up, one process. Saved for backward: "
              "bytes autograd keeps between forward and backward beyond the inputs (activation memory). "
-             "Peak extra: CUDA allocator peak of fwd+bwd above the allocated inputs (GPU only). "
+             "Peak extra: CUDA allocator peak of fwd+bwd above what is allocated before it, the inputs and "
+             "the students' gradients of the step before, which the step drops and allocates again "
+             "(GPU only). "
              "GPU only, the 'Triton forward' rows time the forward op of one head alone (its column "
              "'fwd+bwd ms' holds the forward's time) for fixed K splits per image and the default "
              "choice; their floor counts the student logits read once and the teacher's twice. ")
