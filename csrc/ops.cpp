@@ -8,32 +8,36 @@
 
 TORCH_LIBRARY(clever_kernels, m) {
   // DINO cross-entropy head (CLeVER's DIR term).
-  //   lse_student[r]   = logsumexp(student[r] / student_temp)                       (V*B,)
-  //   lse_teacher[r]   = logsumexp((teacher[r] - center) / teacher_temp)            (2*B,)
+  //   offset_student[:, r] = (m, log sum_k exp((x[r, k] - m) / student_temp))      (2, V*B)
+  //                      with x = student, m = max_k x[r, k] (0 for a row of -inf): the
+  //                      row's softmax offset in two parts (online_softmax.h, row_offset)
+  //   offset_teacher   = the same of x = teacher - center, with teacher_temp       (2, 2*B)
   //   ce[iq, v*B+b]    = -<q[iq,b], log_softmax(student[v*B+b] / student_temp)>      (2, V*B)
   //                      with q = softmax((teacher - center) / teacher_temp), every (iq, v)
   //   teacher_sum[k]   = sum over teacher rows of teacher[:, k]                      (K,)
   m.def(
       "dir_loss_fwd(Tensor student, Tensor teacher, Tensor center, int ncrops, float student_temp, "
-      "float teacher_temp) -> (Tensor lse_student, Tensor lse_teacher, Tensor ce, Tensor teacher_sum)");
+      "float teacher_temp) -> (Tensor offset_student, Tensor offset_teacher, Tensor ce, "
+      "Tensor teacher_sum)");
   //   grad[v*B+b] = alpha[v*B+b] * softmax(student[v*B+b] / student_temp)
   //                 - sum_iq beta[iq, v*B+b] * q[iq, b]                              (V*B, K)
   m.def(
-      "dir_loss_bwd(Tensor student, Tensor teacher, Tensor center, Tensor lse_student, "
-      "Tensor lse_teacher, Tensor alpha, Tensor beta, int ncrops, float student_temp, "
+      "dir_loss_bwd(Tensor student, Tensor teacher, Tensor center, Tensor offset_student, "
+      "Tensor offset_teacher, Tensor alpha, Tensor beta, int ncrops, float student_temp, "
       "float teacher_temp) -> Tensor");
   // Cosine head (CLeVER's DVR term), r = softmax(student / student_temp),
   // p = softmax((teacher - center) / teacher_temp):
+  //   offset_student, offset_teacher as dir_loss_fwd's,
   //   norm_student[r] = ||r||_2 (V*B,), norm_teacher = ||p||_2 (2*B,),
   //   cos[iq, v*B+b]  = <p[iq,b], r[v*B+b]> / (||p|| ||r||)                         (2, V*B)
   m.def(
       "dvr_loss_fwd(Tensor student, Tensor teacher, Tensor center, int ncrops, float student_temp, "
-      "float teacher_temp) -> (Tensor lse_student, Tensor lse_teacher, Tensor norm_student, "
+      "float teacher_temp) -> (Tensor offset_student, Tensor offset_teacher, Tensor norm_student, "
       "Tensor norm_teacher, Tensor cos, Tensor teacher_sum)");
   //   grad[v*B+b] = r ⊙ (sum_iq u[iq, v*B+b] * p[iq, b] - z[v*B+b] * r)             (V*B, K)
   m.def(
-      "dvr_loss_bwd(Tensor student, Tensor teacher, Tensor center, Tensor lse_student, "
-      "Tensor lse_teacher, Tensor u, Tensor z, int ncrops, float student_temp, "
+      "dvr_loss_bwd(Tensor student, Tensor teacher, Tensor center, Tensor offset_student, "
+      "Tensor offset_teacher, Tensor u, Tensor z, int ncrops, float student_temp, "
       "float teacher_temp) -> Tensor");
 
   // Augmentation: every view of one output size for a batch (clever_kernels/augment/_fused.py

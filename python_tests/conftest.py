@@ -20,8 +20,8 @@ TOLERANCES = {
 # dtype of the logits: (rtol, atol) for the float32 statistics, (rtol, atol) for the gradient,
 # atol relative to the largest reference value of the tensor.
 OP_TOLERANCES = {
-    # float32 sums over K terms, stored as float32; the backward recomputes softmax from the
-    # float32 lse, a relative error of about |lse| * 2^-24.
+    # float32 sums over K terms, stored as float32; the backward rebuilds each softmax from the
+    # row's stored float32 offset (maximum and log-sum) in float32 arithmetic.
     torch.float32: ((5e-6, 2e-7), (2e-5, 2e-6)),
     # statistics are float32 by contract and the backward starts from them: float32 bounds.
     torch.float64: ((5e-6, 2e-7), (2e-5, 2e-6)),

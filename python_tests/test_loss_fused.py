@@ -73,8 +73,8 @@ def _check_against_reference(backend, batch, ncrops, k1, k2, dtype, rng, tt=0.04
     assert g1.dtype == dtype and g2.dtype == dtype
     # A gradient row is a difference of softmax terms of size 1 / (n_terms * B * ts) each (SPEC.md),
     # which cancel where student and teacher are both near one-hot on one index (likely with
-    # B = 1 and tt = 0.04): there the reference is ~0 and the float32 statistics the kernels
-    # start from leave ~|lse| * 2^-24 of that size, so the tolerance is relative to it.
+    # B = 1 and tt = 0.04): there the reference is ~0 and the kernels' float32 arithmetic
+    # leaves a few ulps of that size, so the tolerance is relative to it.
     # The DVR gradient's terms carry one more student softmax factor (SPEC.md: r * (mix - coef
     # * r)), so their size is unit times the largest student probability: about unit / K for
     # spread rows, unit where K = 1 (there the gradient is exactly 0 and the kernels leave the
@@ -119,11 +119,38 @@ def test_extreme_logits_match_float64(rng, backend):
         torch.testing.assert_close(got.double(), exp, rtol=1e-4, atol=1e-3, msg=lambda m: f"{name}: {m}")
     # At |x| ~ 1e4 the softmaxes are (near) one-hot and the gradient lives on near-ties, where
     # float32 is the limit: t - c rounds to ulp(1e4) ~ 1e-3, an exponent error of ~2e-2 at
-    # tt = 0.04, and the stored float32 lse (~2.5e5) carries ~1.6e-2. So gradients are held to
-    # 3e-2 of their natural unit 1 / (n_terms * B * ts), not to the (possibly ~0) largest value.
+    # tt = 0.04. So gradients are held to 3e-2 of their natural unit 1 / (n_terms * B * ts), not
+    # to the (possibly ~0) largest value.
     unit = 1.0 / (2 * (4 - 1) * 2 * TS)
     for got, exp, name in ((g1, w1, "grad student_ir"), (g2, w2, "grad student_ef")):
         torch.testing.assert_close(got.double(), exp, atol=3e-2 * unit, rtol=0, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_saturated_cosine_gradient_matches_float64(rng, backend, dtype):
+    """Both softmaxes of the DVR head near one-hot (student logits / ts and teacher logits / tt
+    around 30, the first teacher on the students' peak): the cosine's gradient is a difference
+    of nearly equal terms and tiny (~1e-13 here). Rebuilt from one float32 logsumexp per row
+    (rounded to |lse| 2^-24), every probability carried a 2e-6 relative error and the gradient
+    came out at ~1e-6, some fifteen float32 ulps of its natural unit; from each row's maximum and
+    log-sum kept apart it is held here to 2 ulps of that unit."""
+    batch, ncrops, k = 3, 4, 1000
+    s1, s2, t1, t2, c1, c2 = _inputs(rng, batch, ncrops, k, k, torch.float32, scale=0.1, dvr_scale=0.1)
+    hot = torch.randint(0, k, (batch,), generator=rng)
+    images = torch.arange(batch)
+    for v in range(ncrops):
+        s2[v * batch + images, hot] += 3.0
+    for iq in range(2):
+        t2[iq * batch + images, (hot + iq) % k] += 1.2
+    c1, c2 = torch.zeros_like(c1), torch.zeros_like(c2)  # a centre would move the teacher's peak
+    inputs = [x.to(dtype) for x in (s1, s2, t1, t2)] + [c1, c2]
+    _, _, g2 = _run(clever_loss, *inputs, ncrops, 0.04, backend=backend)
+    _, _, w2 = _reference(*inputs, ncrops, 0.04)
+    assert w2.abs().max() < 1e-9  # the regime this test is about
+    unit = 1.0 / (2 * (ncrops - 1) * batch * TS)
+    eps = torch.finfo(torch.float32).eps
+    torch.testing.assert_close(g2.double(), w2, atol=2 * eps * unit, rtol=0)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -44,8 +44,34 @@ def reference(student, teacher, center, ncrops, ts=TS, tt=TT):
     norm_t_rows = norm_t.view(2, 1, batch).expand(2, ncrops, batch).reshape(2, -1)
     cos = (q_rows * r).sum(-1) / (norm_t_rows * norm_s)
     return dict(lse_student=torch.logsumexp(y, -1), lse_teacher=torch.logsumexp(x, -1), ce=ce,
+                max_student=row_max(student), max_teacher=row_max(centred(teacher, center)),
                 teacher_sum=t.sum(0), norm_student=norm_s, norm_teacher=norm_t, cos=cos,
                 r=r, q_rows=q_rows)
+
+
+def centred(teacher, center):
+    """teacher - center as the kernels compute it: in float32, in float64 for float64 logits."""
+    acc = torch.float64 if teacher.dtype == torch.float64 else torch.float32
+    return teacher.to(acc) - center.to(acc)
+
+
+def row_max(x):
+    """The maximum an offset holds, rounded to float32; 0 for a row of -inf."""
+    m = x.float().max(dim=-1).values
+    return torch.where(m == float("-inf"), torch.zeros_like(m), m)
+
+
+def with_lse(out, ts, tt):
+    """The ops' outputs, plus each row's logsumexp(x / temp) = max / temp + log_sum rebuilt from
+    its stored offset in float64 (what the offset stands for), and the offsets' maxima."""
+    for who, temp in (("student", ts), ("teacher", tt)):
+        offset = out[f"offset_{who}"]
+        out[f"lse_{who}"] = offset[0].double() / temp + offset[1].double()
+        out[f"max_{who}"] = offset[0]
+    return out
+
+
+DERIVED = ("lse_student", "lse_teacher", "max_student", "max_teacher")
 
 
 def ref_dir_grad(ref, alpha, beta):
@@ -58,13 +84,29 @@ def ref_dvr_grad(ref, u, z):
 
 
 def dir_fwd(student, teacher, center, ncrops, ts=TS, tt=TT):
-    return dict(zip(("lse_student", "lse_teacher", "ce", "teacher_sum"),
-                    ops.dir_loss_fwd(student, teacher, center, ncrops, ts, tt)))
+    out = dict(zip(("offset_student", "offset_teacher", "ce", "teacher_sum"),
+                   ops.dir_loss_fwd(student, teacher, center, ncrops, ts, tt)))
+    return with_lse(out, ts, tt)
 
 
 def dvr_fwd(student, teacher, center, ncrops, ts=TS, tt=TT):
-    names = ("lse_student", "lse_teacher", "norm_student", "norm_teacher", "cos", "teacher_sum")
-    return dict(zip(names, ops.dvr_loss_fwd(student, teacher, center, ncrops, ts, tt)))
+    names = ("offset_student", "offset_teacher", "norm_student", "norm_teacher", "cos", "teacher_sum")
+    out = dict(zip(names, ops.dvr_loss_fwd(student, teacher, center, ncrops, ts, tt)))
+    return with_lse(out, ts, tt)
+
+
+def check_stats(out, ref, tol):
+    """Every statistic against the formulas: the offsets through the logsumexp they rebuild
+    (their maxima exactly), the rest directly."""
+    for name, value in out.items():
+        if name.startswith("offset_"):
+            assert value.dtype == torch.float32 and value.shape[0] == 2, name
+        elif name.startswith("max_"):
+            assert torch.equal(value, ref[name]), name
+        elif name in ref:
+            if name not in DERIVED:
+                assert value.dtype == torch.float32, name
+            assert_close(value, ref[name], tol, name)
 
 
 def bwd_coefficients(rng, rows):
@@ -84,15 +126,13 @@ def check_ops(rng, student, teacher, center, ncrops, ts=TS, tt=TT):
     d = dir_fwd(student, teacher, center, ncrops, ts, tt)
     v = dvr_fwd(student, teacher, center, ncrops, ts, tt)
     for out in (d, v):
-        for name, value in out.items():
-            assert value.dtype == torch.float32, name
-            assert_close(value, ref[name], stat_tol, name)
+        check_stats(out, ref, stat_tol)
     alpha, beta, u, z = bwd_coefficients(rng, student.shape[0])
-    grad = ops.dir_loss_bwd(student, teacher, center, d["lse_student"], d["lse_teacher"], alpha,
+    grad = ops.dir_loss_bwd(student, teacher, center, d["offset_student"], d["offset_teacher"], alpha,
                             beta, ncrops, ts, tt)
     assert grad.dtype == dtype and grad.shape == student.shape
     assert_close(grad, ref_dir_grad(ref, alpha, beta), grad_tol, "dir grad")
-    grad = ops.dvr_loss_bwd(student, teacher, center, v["lse_student"], v["lse_teacher"], u, z,
+    grad = ops.dvr_loss_bwd(student, teacher, center, v["offset_student"], v["offset_teacher"], u, z,
                             ncrops, ts, tt)
     assert grad.dtype == dtype and grad.shape == student.shape
     assert_close(grad, ref_dvr_grad(ref, u, z), grad_tol, "dvr grad")
@@ -161,9 +201,9 @@ def test_deterministic_across_thread_counts(rng):
 def test_large_offset_small_spread(rng):
     """Logits near 1e4 that differ by O(1) after the temperature, the centre tracking the teacher
     as DINO's does. The kernel subtracts the centre and then the row maxima in raw units, exact
-    here, where scaling first would lose 0.016 (ulp(2.5e5)) in every exponent. The float32 lse
-    (~1e5) is too coarse to rebuild the softmax from, so the backward recomputes these rows'
-    offsets from the logits."""
+    here, where scaling first would lose 0.016 (ulp(2.5e5)) in every exponent. A float32 lse
+    (~1e5) would be too coarse to rebuild the softmax from: the forward keeps each row's maximum
+    and log-sum apart."""
     student, teacher, center = make_inputs(rng, torch.float32, 3, 4, 1000, s_scale=0.1,
                                            t_scale=0.04)
     student, teacher, center = student + 1e4, teacher + 1e4, center + 1e4
@@ -171,13 +211,12 @@ def test_large_offset_small_spread(rng):
     d = dir_fwd(student, teacher, center, 4)
     v = dvr_fwd(student, teacher, center, 4)
     for out in (d, v):
-        for name, value in out.items():
-            assert_close(value, ref[name], (1e-5, 1e-6), name)
+        check_stats(out, ref, (1e-5, 1e-6))
     alpha, beta, u, z = bwd_coefficients(rng, 12)
-    grad = ops.dir_loss_bwd(student, teacher, center, d["lse_student"], d["lse_teacher"], alpha,
+    grad = ops.dir_loss_bwd(student, teacher, center, d["offset_student"], d["offset_teacher"], alpha,
                             beta, 4, TS, TT)
     assert_close(grad, ref_dir_grad(ref, alpha, beta), TOLERANCES[torch.float32][1], "dir grad")
-    grad = ops.dvr_loss_bwd(student, teacher, center, v["lse_student"], v["lse_teacher"], u, z, 4,
+    grad = ops.dvr_loss_bwd(student, teacher, center, v["offset_student"], v["offset_teacher"], u, z, 4,
                             TS, TT)
     assert_close(grad, ref_dvr_grad(ref, u, z), TOLERANCES[torch.float32][1], "dvr grad")
 
@@ -195,13 +234,13 @@ def test_extreme_logits_finite_and_accurate(rng):
     for out in (d, v):
         for name, value in out.items():
             assert torch.isfinite(value).all(), name
-            assert_close(value, ref[name], (1e-6, 1e-7), name)
+        check_stats(out, ref, (1e-6, 1e-7))
     alpha, beta, u, z = bwd_coefficients(rng, ncrops * batch)
-    grad = ops.dir_loss_bwd(student, teacher, center, d["lse_student"], d["lse_teacher"], alpha,
+    grad = ops.dir_loss_bwd(student, teacher, center, d["offset_student"], d["offset_teacher"], alpha,
                             beta, ncrops, TS, TT)
     assert torch.isfinite(grad).all()
     assert_close(grad, ref_dir_grad(ref, alpha, beta), (1e-6, 1e-7), "dir grad")
-    grad = ops.dvr_loss_bwd(student, teacher, center, v["lse_student"], v["lse_teacher"], u, z,
+    grad = ops.dvr_loss_bwd(student, teacher, center, v["offset_student"], v["offset_teacher"], u, z,
                             ncrops, TS, TT)
     assert torch.isfinite(grad).all()
     assert_close(grad, ref_dvr_grad(ref, u, z), (1e-6, 1e-7), "dvr grad")
@@ -224,9 +263,9 @@ def run_all(student, teacher, center, rng):
     v = dvr_fwd(student, teacher, center, NCROPS)
     alpha, beta, u, z = bwd_coefficients(rng, NCROPS * BATCH)
     d.update(alpha=alpha, beta=beta, grad=ops.dir_loss_bwd(
-        student, teacher, center, d["lse_student"], d["lse_teacher"], alpha, beta, NCROPS, TS, TT))
+        student, teacher, center, d["offset_student"], d["offset_teacher"], alpha, beta, NCROPS, TS, TT))
     v.update(u=u, z=z, grad=ops.dvr_loss_bwd(
-        student, teacher, center, v["lse_student"], v["lse_teacher"], u, z, NCROPS, TS, TT))
+        student, teacher, center, v["offset_student"], v["offset_teacher"], u, z, NCROPS, TS, TT))
     return d, v
 
 
@@ -333,17 +372,17 @@ def good_args(batch=2, ncrops=4, k=7):
 def call(op, a, ts=TS, tt=TT, **stats):
     rows = a["student"].shape[0] if a["student"].dim() == 2 else 8
     batch = max(a["teacher"].shape[0] // 2, 1) if a["teacher"].dim() >= 1 else 2
-    lse_s = stats.get("lse_student", torch.zeros(rows))
-    lse_t = stats.get("lse_teacher", torch.zeros(2 * batch))
+    off_s = stats.get("offset_student", torch.zeros(2, rows))
+    off_t = stats.get("offset_teacher", torch.zeros(2, 2 * batch))
     common = (a["student"], a["teacher"], a["center"])
     if op == "dir_loss_fwd":
         return ops.dir_loss_fwd(*common, a["ncrops"], ts, tt)
     if op == "dvr_loss_fwd":
         return ops.dvr_loss_fwd(*common, a["ncrops"], ts, tt)
     if op == "dir_loss_bwd":
-        return ops.dir_loss_bwd(*common, lse_s, lse_t, stats.get("alpha", torch.zeros(rows)),
+        return ops.dir_loss_bwd(*common, off_s, off_t, stats.get("alpha", torch.zeros(rows)),
                                 stats.get("beta", torch.zeros(2, rows)), a["ncrops"], ts, tt)
-    return ops.dvr_loss_bwd(*common, lse_s, lse_t, stats.get("u", torch.zeros(2, rows)),
+    return ops.dvr_loss_bwd(*common, off_s, off_t, stats.get("u", torch.zeros(2, rows)),
                             stats.get("z", torch.zeros(rows)), a["ncrops"], ts, tt)
 
 
@@ -394,14 +433,15 @@ def test_temperature_errors(op, ts, tt, match):
 
 
 STAT_ERRORS = [
-    ("dir_loss_bwd", dict(lse_student=torch.zeros(7)),
-     r"lse_student must be a float32 tensor of shape \[8\], got Float \[7\]"),
-    ("dvr_loss_bwd", dict(lse_student=torch.zeros(8, dtype=torch.float64)),
-     r"lse_student must be a float32 tensor of shape \[8\], got Double \[8\]"),
-    ("dir_loss_bwd", dict(lse_teacher=torch.zeros(2, 2)),
-     r"lse_teacher must be a float32 tensor of shape \[4\]"),
-    ("dvr_loss_bwd", dict(lse_teacher=torch.zeros(5)),
-     r"lse_teacher must be a float32 tensor of shape \[4\]"),
+    ("dir_loss_bwd", dict(offset_student=torch.zeros(8)),
+     r"offset_student must be a float32 tensor of shape \[2, 8\], got Float \[8\]"),
+    ("dvr_loss_bwd", dict(offset_student=torch.zeros(2, 8, dtype=torch.float64)),
+     r"offset_student must be a float32 tensor of shape \[2, 8\], got Double \[2, 8\]"),
+    ("dir_loss_bwd", dict(offset_teacher=torch.zeros(4, 2)),
+     r"offset_teacher must be a float32 tensor of shape \[2, 4\]"),
+    ("dvr_loss_bwd", dict(offset_teacher=torch.zeros(2, 5)),
+     r"offset_teacher must be a float32 tensor of shape \[2, 4\]"),
+    ("dir_loss_bwd", dict(offset_student=torch.zeros(8, 2).t()), r"offset_student must be contiguous"),
     ("dir_loss_bwd", dict(alpha=torch.zeros(2, 8)), r"alpha must be a float32 tensor of shape \[8\]"),
     ("dir_loss_bwd", dict(alpha=torch.zeros(8, dtype=torch.float16)),
      r"alpha must be a float32 tensor"),
@@ -445,5 +485,5 @@ def test_stat_device_mismatch():
     with pytest.raises(RuntimeError, match=r"alpha must be on student's device cpu, got meta"):
         ops.dir_loss_bwd.default.redispatch(
             torch._C.DispatchKeySet(torch._C.DispatchKey.CPU), a["student"], a["teacher"],
-            a["center"], torch.zeros(rows), torch.zeros(4), torch.zeros(rows, device="meta"),
+            a["center"], torch.zeros(2, rows), torch.zeros(2, 4), torch.zeros(rows, device="meta"),
             torch.zeros(2, rows), 4, TS, TT)

@@ -63,7 +63,16 @@ def _reference(student, teacher, center, ncrops, ts, tt):
     dots = (q.view(2, 1, b, k) * r.view(1, ncrops, b, k)).sum(-1)
     cos = (dots / (norm_t.view(2, 1, b) * norm_s.view(1, ncrops, b))).reshape(2, -1)
     return dict(lse_s=xs.logsumexp(-1), lse_t=xt.logsumexp(-1), ce=ce, norm_s=norm_s, norm_t=norm_t,
-                cos=cos, teacher_sum=teacher.double().sum(0), r=r, q=q)
+                cos=cos, teacher_sum=teacher.double().sum(0), r=r, q=q,
+                off_s=_offsets(student.float(), ts), off_t=_offsets(teacher.float() - center.float(), tt))
+
+
+def _offsets(x, temp):
+    """The (2, rows) softmax offsets of the schema: each row's maximum as float32 holds it (0 for
+    a row of -inf) and log sum exp((x - max) / temp), the sum in float64."""
+    m = x.max(dim=-1).values
+    m = torch.where(m == float("-inf"), torch.zeros_like(m), m)
+    return torch.stack([m.double(), ((x.double() - m.double()[:, None]) / temp).logsumexp(-1)])
 
 
 def _mix(pair_coef, q, ncrops):
@@ -91,8 +100,8 @@ def _check_fwd(outs, ref, names):
         _close(out, ref[name], torch.float32, name)
 
 
-DIR_NAMES = ("lse_s", "lse_t", "ce", "teacher_sum")
-DVR_NAMES = ("lse_s", "lse_t", "norm_s", "norm_t", "cos", "teacher_sum")
+DIR_NAMES = ("off_s", "off_t", "ce", "teacher_sum")
+DVR_NAMES = ("off_s", "off_t", "norm_s", "norm_t", "cos", "teacher_sum")
 
 
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
@@ -118,7 +127,7 @@ def test_dir_backward(case, rng):
     ref = _reference(student, teacher, center, v, ts, tt)
     alpha = torch.randn(student.shape[0], generator=rng)
     beta = torch.randn(2, student.shape[0], generator=rng)
-    grad = kt.dir_loss_bwd(student, teacher, center, ref["lse_s"].float(), ref["lse_t"].float(), alpha, beta,
+    grad = kt.dir_loss_bwd(student, teacher, center, ref["off_s"].float(), ref["off_t"].float(), alpha, beta,
                            v, ts, tt, block_k=block)
     assert grad.dtype == dtype and grad.shape == student.shape
     _close(grad, _ref_dir_grad(ref, alpha, beta, v), dtype, "grad")
@@ -131,7 +140,7 @@ def test_dvr_backward(case, rng):
     ref = _reference(student, teacher, center, v, ts, tt)
     u = torch.randn(2, student.shape[0], generator=rng)
     z = torch.randn(student.shape[0], generator=rng)
-    grad = kt.dvr_loss_bwd(student, teacher, center, ref["lse_s"].float(), ref["lse_t"].float(), u, z,
+    grad = kt.dvr_loss_bwd(student, teacher, center, ref["off_s"].float(), ref["off_t"].float(), u, z,
                            v, ts, tt, block_k=block)
     assert grad.dtype == dtype and grad.shape == student.shape
     _close(grad, _ref_dvr_grad(ref, u, z, v), dtype, "grad")
@@ -141,9 +150,9 @@ def test_backward_consumes_forward_statistics(rng):
     case = (F32, 3, 4, 100, 3, 16, TS, TT)
     student, teacher, center = _inputs(case, rng)
     ref = _reference(student, teacher, center, 4, TS, TT)
-    lse_s, lse_t, _, _ = kt.dir_loss_fwd(student, teacher, center, 4, TS, TT, num_splits=3, block_k=16)
+    off_s, off_t, _, _ = kt.dir_loss_fwd(student, teacher, center, 4, TS, TT, num_splits=3, block_k=16)
     alpha, beta = torch.randn(12, generator=rng), torch.randn(2, 12, generator=rng)
-    grad = kt.dir_loss_bwd(student, teacher, center, lse_s, lse_t, alpha, beta, 4, TS, TT, block_k=16)
+    grad = kt.dir_loss_bwd(student, teacher, center, off_s, off_t, alpha, beta, 4, TS, TT, block_k=16)
     _close(grad, _ref_dir_grad(ref, alpha, beta, 4), F32, "grad")
 
 
@@ -167,25 +176,33 @@ def test_forward_propagates_nonfinite(fwd, names, value, rng):
     ref = _reference(student, teacher, center, 4, TS, TT)
     outs = fwd(student, teacher, center, 4, TS, TT, num_splits=3, block_k=16)
     for out, name in zip(outs, names):
-        bad = ~torch.isfinite(ref[name])
+        want, got = ref[name], out
+        if name.startswith("off_"):
+            # a poisoned row's log-sum is NaN; its maximum may or may not see the NaN
+            assert torch.isnan(out[1][~torch.isfinite(want).all(0)]).all(), name
+            want, got = want.T, out.T  # rows first, so that a row is judged as a whole
+            bad = ~torch.isfinite(want).all(1, keepdim=True).expand_as(want)
+            assert torch.equal(~torch.isfinite(got).all(1, keepdim=True).expand_as(got), bad), name
+        else:
+            bad = ~torch.isfinite(want)
+            if name != "teacher_sum":
+                # the reference's logsumexp gives +inf for a +inf logit; our statistics give NaN
+                assert torch.isnan(got[bad]).all(), name
+            assert torch.equal(~torch.isfinite(got), bad), name
         assert bad.any(), name
-        if name != "teacher_sum":
-            # the reference's logsumexp gives +inf for a +inf logit; our statistics give NaN
-            assert torch.isnan(out[bad]).all(), name
-        assert torch.equal(~torch.isfinite(out), bad), name
-        _close(out[~bad], ref[name][~bad], F32, name)
+        _close(got[~bad], want[~bad], F32, name)
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_backward_propagates_nan(rng):
     student, teacher, center = _poisoned(rng, float("nan"))
     ref = _reference(student, teacher, center, 4, TS, TT)
-    lse_s, lse_t = ref["lse_s"].float(), ref["lse_t"].float()
+    off_s, off_t = ref["off_s"].float(), ref["off_t"].float()
     alpha, beta = torch.randn(12, generator=rng), torch.randn(2, 12, generator=rng)
     for grad, expected in (
-        (kt.dir_loss_bwd(student, teacher, center, lse_s, lse_t, alpha, beta, 4, TS, TT, block_k=16),
+        (kt.dir_loss_bwd(student, teacher, center, off_s, off_t, alpha, beta, 4, TS, TT, block_k=16),
          _ref_dir_grad(ref, alpha, beta, 4)),
-        (kt.dvr_loss_bwd(student, teacher, center, lse_s, lse_t, beta, alpha, 4, TS, TT, block_k=16),
+        (kt.dvr_loss_bwd(student, teacher, center, off_s, off_t, beta, alpha, 4, TS, TT, block_k=16),
          _ref_dvr_grad(ref, beta, alpha, 4)),
     ):
         assert torch.isnan(expected).any() and not torch.isnan(expected).all()
@@ -210,7 +227,7 @@ def _extreme_inputs(rng, grid=True, b=3, v=4, k=1000):
     pattern = torch.where(holes, pattern - 1e4, pattern)
 
     def rows(n, scale):
-        # 1000 to 9000 either way: every row's |lse| is then far above _RECOMPUTE_LSE_ABOVE
+        # 1000 to 9000 either way: every row's |lse| is then 1e4 to 9e4, pinned by a float32 to 1e-3
         sign = torch.where(torch.rand(n, 1, generator=rng) < 0.5, -1.0, 1.0)
         offsets = sign * (1000 + torch.rand(n, 1, generator=rng) * 8000)
         noise = torch.randn(n, k, generator=rng) * 0.3
@@ -243,19 +260,21 @@ def test_extreme_logits_forward(rng):
 
 
 def test_extreme_logits_backward(rng):
-    """From the stored float32 log-sum-exps (~1e5 here, too coarse to pin an exponent) the
-    backward must still rebuild the float64 softmaxes: it recomputes those rows' offsets from the
-    logits, and x / T - lse must not lose the ~1e-2 that rounding x / T to float32 would."""
+    """Rows whose logsumexp is ~1e5, too large for one float32 to pin an exponent: from the
+    offsets the forward stored (maximum and log-sum apart) the backward must still rebuild the
+    float64 softmaxes, and x / T - lse must not lose the ~1e-2 that rounding x / T to float32
+    would."""
     student, teacher, center = _extreme_inputs(rng, grid=False)
-    lse_s, lse_t, _, _ = kt.dir_loss_fwd(student, teacher, center, 4, TS, TT, num_splits=2, block_k=64)
-    assert lse_s.abs().min() > kt._RECOMPUTE_LSE_ABOVE and lse_t.abs().min() > kt._RECOMPUTE_LSE_ABOVE
+    off_s, off_t, _, _ = kt.dir_loss_fwd(student, teacher, center, 4, TS, TT, num_splits=2, block_k=64)
+    for off, temp in ((off_s, TS), (off_t, TT)):
+        assert (off[0].double() / temp + off[1]).abs().min() > 1e4
     r = torch.softmax(student.double() / TS, dim=-1)
     q = torch.softmax((teacher.double() - center.double()) / TT, dim=-1)
     ref = dict(r=r, q=q)
     alpha, beta = torch.randn(12, generator=rng), torch.randn(2, 12, generator=rng)
-    grad = kt.dir_loss_bwd(student, teacher, center, lse_s, lse_t, alpha, beta, 4, TS, TT, block_k=64)
+    grad = kt.dir_loss_bwd(student, teacher, center, off_s, off_t, alpha, beta, 4, TS, TT, block_k=64)
     torch.testing.assert_close(grad.double(), _ref_dir_grad(ref, alpha, beta, 4), atol=1e-6, rtol=1e-5)
-    grad = kt.dvr_loss_bwd(student, teacher, center, lse_s, lse_t, beta, alpha, 4, TS, TT, block_k=64)
+    grad = kt.dvr_loss_bwd(student, teacher, center, off_s, off_t, beta, alpha, 4, TS, TT, block_k=64)
     torch.testing.assert_close(grad.double(), _ref_dvr_grad(ref, beta, alpha, 4), atol=1e-6, rtol=1e-5)
 
 
@@ -313,31 +332,34 @@ def test_forward_keyword_errors(kwargs, match, rng):
 
 def test_backward_argument_errors(rng):
     s, t, c = _good(rng)
-    lse_s, lse_t = torch.zeros(6), torch.zeros(4)
+    off_s, off_t = torch.zeros(2, 6), torch.zeros(2, 4)
     pair, row = torch.zeros(2, 6), torch.zeros(6)
-    with pytest.raises(ValueError, match="lse_student must have shape"):
-        kt.dir_loss_bwd(s, t, c, lse_s[:5], lse_t, row, pair, 3, TS, TT)
-    with pytest.raises(TypeError, match="lse_teacher must be a float32"):
-        kt.dir_loss_bwd(s, t, c, lse_s, lse_t.double(), row, pair, 3, TS, TT)
+    with pytest.raises(ValueError, match=r"offset_student must have shape \(2, 6\)"):
+        kt.dir_loss_bwd(s, t, c, off_s[0], off_t, row, pair, 3, TS, TT)
+    with pytest.raises(TypeError, match="offset_teacher must be a float32"):
+        kt.dir_loss_bwd(s, t, c, off_s, off_t.double(), row, pair, 3, TS, TT)
+    with pytest.raises(ValueError, match="offset_teacher must be contiguous"):
+        kt.dir_loss_bwd(s, t, c, off_s, torch.zeros(4, 2).t(), row, pair, 3, TS, TT)
     with pytest.raises(ValueError, match="beta must have shape"):
-        kt.dir_loss_bwd(s, t, c, lse_s, lse_t, row, row, 3, TS, TT)
+        kt.dir_loss_bwd(s, t, c, off_s, off_t, row, row, 3, TS, TT)
     with pytest.raises(ValueError, match="alpha must have shape"):
-        kt.dir_loss_bwd(s, t, c, lse_s, lse_t, pair, pair, 3, TS, TT)
+        kt.dir_loss_bwd(s, t, c, off_s, off_t, pair, pair, 3, TS, TT)
     with pytest.raises(ValueError, match="u must be contiguous"):
-        kt.dvr_loss_bwd(s, t, c, lse_s, lse_t, torch.zeros(6, 2).t(), row, 3, TS, TT)
+        kt.dvr_loss_bwd(s, t, c, off_s, off_t, torch.zeros(6, 2).t(), row, 3, TS, TT)
     with pytest.raises(TypeError, match="z must be a float32"):
-        kt.dvr_loss_bwd(s, t, c, lse_s, lse_t, pair, row.half(), 3, TS, TT)
+        kt.dvr_loss_bwd(s, t, c, off_s, off_t, pair, row.half(), 3, TS, TT)
     with pytest.raises(ValueError, match="student must have ncrops"):
-        kt.dvr_loss_bwd(s[:5], t, c, lse_s, lse_t, pair, row, 3, TS, TT)
+        kt.dvr_loss_bwd(s[:5], t, c, off_s, off_t, pair, row, 3, TS, TT)
 
 
 def test_backward_refuses_a_k_grid_beyond_cuda_limit():
     K = 2 * 65535 + 1  # 65536 blocks of 2
     s, t, c = torch.zeros(2, K), torch.zeros(2, K), torch.zeros(K)
-    rows = torch.zeros(2)
+    rows, offsets = torch.zeros(2), torch.zeros(2, 2)
     with pytest.raises(ValueError, match="block_k"):
-        kt.dir_loss_bwd(s, t, c, rows, rows, rows, torch.zeros(2, 2), 2, TS, TT, block_k=2)
-    launches, _ = kt.backward_launches(s, t, c, rows, rows, torch.zeros(2, 2), rows, 2, TS, TT, False, block_k=4)
+        kt.dir_loss_bwd(s, t, c, offsets, offsets, rows, torch.zeros(2, 2), 2, TS, TT, block_k=2)
+    launches, _ = kt.backward_launches(s, t, c, offsets, offsets, torch.zeros(2, 2), rows, 2, TS, TT, False,
+                                       block_k=4)
     assert launches[-1].grid == (1, 65536 // 2)
 
 

@@ -67,7 +67,7 @@ def launches_for(arch):
         teacher = torch.empty(2 * batch, k, dtype=dt, **meta)
         center = torch.empty(k, dtype=torch.float32, **meta)
         fwd, _ = kt.forward_launches(student, teacher, center, ncrops, TS, TT, cosine, device=cuda)
-        stats = [torch.empty(n, dtype=torch.float32, **meta) for n in (ncrops * batch, 2 * batch)]
+        stats = [torch.empty(2, n, dtype=torch.float32, **meta) for n in (ncrops * batch, 2 * batch)]
         pair, row = torch.empty(2, ncrops * batch, **meta), torch.empty(ncrops * batch, **meta)
         bwd, _ = kt.backward_launches(student, teacher, center, *stats, pair, row, ncrops, TS, TT, cosine,
                                       device=cuda)

@@ -87,23 +87,23 @@ def _register_fakes():
     @torch.library.register_fake("clever_kernels::dir_loss_fwd")
     def _dir_fwd(student, teacher, center, ncrops, student_temp, teacher_temp):
         rows, k = student.shape
-        return (stats(student, rows), stats(teacher, teacher.shape[0]), stats(student, 2, rows),
+        return (stats(student, 2, rows), stats(teacher, 2, teacher.shape[0]), stats(student, 2, rows),
                 stats(teacher, k))
 
     @torch.library.register_fake("clever_kernels::dvr_loss_fwd")
     def _dvr_fwd(student, teacher, center, ncrops, student_temp, teacher_temp):
         rows, k = student.shape
         trows = teacher.shape[0]
-        return (stats(student, rows), stats(teacher, trows), stats(student, rows), stats(teacher, trows),
+        return (stats(student, 2, rows), stats(teacher, 2, trows), stats(student, rows), stats(teacher, trows),
                 stats(student, 2, rows), stats(teacher, k))
 
     @torch.library.register_fake("clever_kernels::dir_loss_bwd")
-    def _dir_bwd(student, teacher, center, lse_student, lse_teacher, alpha, beta, ncrops,
+    def _dir_bwd(student, teacher, center, offset_student, offset_teacher, alpha, beta, ncrops,
                  student_temp, teacher_temp):
         return torch.empty_like(student)
 
     @torch.library.register_fake("clever_kernels::dvr_loss_bwd")
-    def _dvr_bwd(student, teacher, center, lse_student, lse_teacher, u, z, ncrops, student_temp,
+    def _dvr_bwd(student, teacher, center, offset_student, offset_teacher, u, z, ncrops, student_temp,
                  teacher_temp):
         return torch.empty_like(student)
 
@@ -126,9 +126,9 @@ class DirCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student, teacher, center, ncrops: int, student_temp: float, teacher_temp: float,
                 impl: str):
-        lse_s, lse_t, ce, teacher_sum = _ops(impl).dir_loss_fwd(
+        off_s, off_t, ce, teacher_sum = _ops(impl).dir_loss_fwd(
             student, teacher, center, ncrops, student_temp, teacher_temp)
-        ctx.save_for_backward(student, teacher, center, lse_s, lse_t)
+        ctx.save_for_backward(student, teacher, center, off_s, off_t)
         ctx.args = (ncrops, student_temp, teacher_temp, impl)
         ctx.mark_non_differentiable(teacher_sum)
         return ce, teacher_sum
@@ -137,12 +137,12 @@ class DirCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_ce, _grad_sum):
         if not ctx.needs_input_grad[0]:
             return (None,) * 7
-        student, teacher, center, lse_s, lse_t = ctx.saved_tensors
+        student, teacher, center, off_s, off_t = ctx.saved_tensors
         ncrops, ts, tt, impl = ctx.args
         # d ce[iq, r] / d student[r] = (softmax(student[r]/ts) - q[iq]) / ts
         beta = (grad_ce.float() / ts).contiguous()
         alpha = beta.sum(dim=0).contiguous()
-        grad = _ops(impl).dir_loss_bwd(student, teacher, center, lse_s, lse_t, alpha, beta, ncrops, ts, tt)
+        grad = _ops(impl).dir_loss_bwd(student, teacher, center, off_s, off_t, alpha, beta, ncrops, ts, tt)
         return grad, None, None, None, None, None, None
 
 
@@ -153,9 +153,9 @@ class DvrCosine(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student, teacher, center, ncrops: int, student_temp: float, teacher_temp: float,
                 impl: str):
-        lse_s, lse_t, norm_s, norm_t, cos, teacher_sum = _ops(impl).dvr_loss_fwd(
+        off_s, off_t, norm_s, norm_t, cos, teacher_sum = _ops(impl).dvr_loss_fwd(
             student, teacher, center, ncrops, student_temp, teacher_temp)
-        ctx.save_for_backward(student, teacher, center, lse_s, lse_t, norm_s, norm_t, cos)
+        ctx.save_for_backward(student, teacher, center, off_s, off_t, norm_s, norm_t, cos)
         ctx.args = (ncrops, student_temp, teacher_temp, impl)
         ctx.mark_non_differentiable(teacher_sum)
         return cos, teacher_sum
@@ -164,7 +164,7 @@ class DvrCosine(torch.autograd.Function):
     def backward(ctx, grad_cos, _grad_sum):
         if not ctx.needs_input_grad[0]:
             return (None,) * 7
-        student, teacher, center, lse_s, lse_t, norm_s, norm_t, cos = ctx.saved_tensors
+        student, teacher, center, off_s, off_t, norm_s, norm_t, cos = ctx.saved_tensors
         ncrops, ts, tt, impl = ctx.args
         batch = teacher.shape[0] // 2
         # With g_iq = d cos_iq / d r = p_iq/(|p_iq||r|) - cos_iq r/|r|^2 we have <r, g_iq> = 0, so
@@ -173,6 +173,6 @@ class DvrCosine(torch.autograd.Function):
         g = grad_cos.float()
         u = (g / (ts * norm_p * norm_s)).contiguous()
         z = ((g * cos).sum(dim=0) / (ts * norm_s * norm_s)).contiguous()
-        grad = _ops(impl).dvr_loss_bwd(student, teacher, center, lse_s, lse_t, u, z, ncrops, ts, tt)
+        grad = _ops(impl).dvr_loss_bwd(student, teacher, center, off_s, off_t, u, z, ncrops, ts, tt)
         return grad, None, None, None, None, None, None
 

@@ -11,8 +11,8 @@ chunk of K with online softmax, keeping per row a running maximum and the sums r
 and per (teacher row, student row) pair a running dot product. Each program writes these partial
 statistics, relative to its own maxima, to small float32 workspaces; a second kernel merges the
 chunks like flash-attention's LSE merge. The backward recomputes both softmaxes from the logits
-and the stored log-sum-exps (re-deriving a row's offsets from its logits only where its |lse| is
-too large for float32 to pin the exponent) and writes every gradient element once.
+and the softmax offsets the forward stored per row (its maximum and its log-sum, kept apart so
+that nothing large is rounded) and writes every gradient element once.
 """
 import contextlib
 import functools
@@ -44,12 +44,6 @@ _GPU_MAX_BLOCK_K = 2048
 _INTERPRETER_BLOCK_K = 128
 _SUM_ROWS = 8
 _SUM_BLOCK_K = 256
-# The backward's softmaxes start from the stored float32 log-sum-exps, which pin an exponent only
-# to about |lse| * 2^-24 (a relative error of 8e-6 in the softmax at |lse| = 128, 0.4% at 1e5).
-# Rows with a larger |lse| get their offsets recomputed from the logits, as in the C++ kernels
-# (csrc/include/clever_kernels/online_softmax.h, kRecomputeLseAbove).
-_RECOMPUTE_LSE_ABOVE = 128.0
-_OFFSET_BLOCK_K = 1024
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,7 +174,7 @@ def _loss_fwd_partial_kernel(
 @triton.jit
 def _loss_fwd_merge_kernel(
     part_s_ptr, part_t_ptr, part_d_ptr,
-    lse_s_ptr, lse_t_ptr, norm_s_ptr, norm_t_ptr, pair_ptr,
+    off_s_ptr, off_t_ptr, norm_s_ptr, norm_t_ptr, pair_ptr,
     B, num_splits, inv_ts, inv_tt,
     V: tl.constexpr, V_PAD: tl.constexpr, S_PAD: tl.constexpr, COSINE: tl.constexpr,
 ):
@@ -203,7 +197,10 @@ def _loss_fwd_merge_kernel(
     # Padding views have no mass; 1 keeps their (unstored) logs finite.
     big_l_s = tl.where(view_ok, tl.sum(l_s * w_s, axis=1), 1.0)
     log_l_s = tl.log(big_l_s)
-    tl.store(lse_s_ptr + rows, ref_s * inv_ts + log_l_s, mask=view_ok)
+    # each row's softmax offset in two parts (online_softmax.h, row_offset): folded into one
+    # float32 lse it would be rounded to |lse| 2^-24
+    tl.store(off_s_ptr + rows, ref_s, mask=view_ok)
+    tl.store(off_s_ptr + V * B + rows, log_l_s, mask=view_ok)
     if COSINE:
         sq_s = tl.load(ps + 2 * V_PAD, mask=split_ok[None, :], other=0.0)
         root_s = tl.sqrt(tl.where(view_ok, tl.sum(sq_s * w_s * w_s, axis=1), 1.0))
@@ -218,7 +215,8 @@ def _loss_fwd_merge_kernel(
         big_m_t = tl.max(m_t, axis=0)
         w_t = _weight(m_t, big_m_t, scale_t)
         big_l_t = tl.sum(l_t * w_t, axis=0)
-        tl.store(lse_t_ptr + iq * B + b, big_m_t * inv_tt + tl.log(big_l_t))
+        tl.store(off_t_ptr + iq * B + b, _finite_ref(big_m_t))
+        tl.store(off_t_ptr + (2 + iq) * B + b, tl.log(big_l_t))
         d = tl.load(part_d_ptr + rec[None, :] * (2 * V_PAD) + iq * V_PAD + views[:, None],
                     mask=split_ok[None, :], other=0.0)
         if COSINE:
@@ -234,42 +232,8 @@ def _loss_fwd_merge_kernel(
 
 
 @triton.jit
-def _row_offsets_kernel(x_ptr, center_ptr, lse_ptr, m_ptr, c_ptr, K, inv_temp,
-                        HAS_CENTER: tl.constexpr, LIMIT: tl.constexpr, BLOCK_K: tl.constexpr):
-    # Per row, (m, c) with softmax((x - center) / T) = exp((x - center - m) / T - c): m = 0 and
-    # c = lse as stored, or, where |lse| > LIMIT, m = the row's maximum and c the log of the sum
-    # relative to it, recomputed from the logits, so that nothing large is rounded. NaN lse
-    # stays as it is and reaches every exponent.
-    row = tl.program_id(0)
-    lse = tl.load(lse_ptr + row)
-    m_out = lse * 0.0
-    c_out = lse
-    if tl.abs(lse) > LIMIT:
-        base = x_ptr + row.to(tl.int64) * K
-        k = tl.arange(0, BLOCK_K)
-        run_max = tl.full([BLOCK_K], float("-inf"), tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            ok = k0 + k < K
-            x = tl.load(base + k0 + k, mask=ok, other=float("-inf")).to(tl.float32)
-            if HAS_CENTER:
-                x = x - tl.load(center_ptr + k0 + k, mask=ok, other=0.0)
-            run_max = tl.maximum(run_max, x)
-        m_out = tl.max(run_max, axis=0)
-        total = tl.zeros([BLOCK_K], tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            ok = k0 + k < K
-            x = tl.load(base + k0 + k, mask=ok, other=float("-inf")).to(tl.float32)
-            if HAS_CENTER:
-                x = x - tl.load(center_ptr + k0 + k, mask=ok, other=0.0)
-            total += tl.exp((x - m_out) * inv_temp)
-        c_out = tl.log(tl.sum(total, axis=0))
-    tl.store(m_ptr + row, m_out)
-    tl.store(c_ptr + row, c_out)
-
-
-@triton.jit
 def _loss_bwd_kernel(
-    student_ptr, teacher_ptr, center_ptr, m_s_ptr, c_s_ptr, m_t_ptr, c_t_ptr, pair_coef_ptr, row_coef_ptr,
+    student_ptr, teacher_ptr, center_ptr, off_s_ptr, off_t_ptr, pair_coef_ptr, row_coef_ptr,
     grad_ptr, B, K, inv_ts, inv_tt,
     V: tl.constexpr, V_PAD: tl.constexpr, BLOCK_K: tl.constexpr, COSINE: tl.constexpr,
 ):
@@ -284,12 +248,12 @@ def _loss_bwd_kernel(
     k_ok = k < K
     tile_ok = view_ok[:, None] & k_ok[None, :]
 
-    # exp((x - m) / T - c) as one fma, with (m, c) from _row_offsets_kernel: x / T and c can
-    # both be large, and rounding either before the subtraction would cost up to percent-level
-    # errors in the softmax for extreme logits.
+    # exp((x - m) / T - c) as one fma, with the row's maximum m and log-sum c as the forward
+    # stored them: x / T can be large, and rounding it before the subtraction would cost up to
+    # percent-level errors in the softmax for extreme logits.
     c = tl.load(center_ptr + k, mask=k_ok, other=0.0)
-    m_t0, m_t1 = tl.load(m_t_ptr + b), tl.load(m_t_ptr + B + b)
-    c_t0, c_t1 = tl.load(c_t_ptr + b), tl.load(c_t_ptr + B + b)
+    m_t0, m_t1 = tl.load(off_t_ptr + b), tl.load(off_t_ptr + B + b)
+    c_t0, c_t1 = tl.load(off_t_ptr + 2 * B + b), tl.load(off_t_ptr + 3 * B + b)
     # Masked lanes load -inf: their softmax values are exp(-inf) = 0 rather than overflowing.
     t0 = tl.load(teacher_ptr + b.to(tl.int64) * K + k, mask=k_ok, other=float("-inf")).to(tl.float32) - c
     t1 = tl.load(teacher_ptr + (b + B).to(tl.int64) * K + k, mask=k_ok, other=float("-inf")).to(tl.float32) - c
@@ -298,8 +262,8 @@ def _loss_bwd_kernel(
 
     offs = rows.to(tl.int64)[:, None] * K + k[None, :]
     s = tl.load(student_ptr + offs, mask=tile_ok, other=float("-inf")).to(tl.float32)
-    m_s = tl.load(m_s_ptr + rows, mask=view_ok, other=0.0)
-    c_s = tl.load(c_s_ptr + rows, mask=view_ok, other=0.0)
+    m_s = tl.load(off_s_ptr + rows, mask=view_ok, other=0.0)
+    c_s = tl.load(off_s_ptr + V * B + rows, mask=view_ok, other=0.0)
     r = tl.exp(tl.fma(s - m_s[:, None], inv_ts, -c_s[:, None]))
 
     w0 = tl.load(pair_coef_ptr + rows, mask=view_ok, other=0.0)
@@ -483,11 +447,11 @@ def forward_launches(student, teacher, center, ncrops, student_temp, teacher_tem
     part_s = torch.empty(batch * splits * 3 * v_pad, **f32)
     part_t = torch.empty(batch * splits * 6, **f32)
     part_d = torch.empty(batch * splits * 2 * v_pad, **f32)
-    lse_s = torch.empty(rows, **f32)
-    lse_t = torch.empty(2 * batch, **f32)
+    off_s = torch.empty(2, rows, **f32)
+    off_t = torch.empty(2, 2 * batch, **f32)
     pair = torch.empty(2, rows, **f32)
-    norm_s = torch.empty(rows, **f32) if cosine else lse_s
-    norm_t = torch.empty(2 * batch, **f32) if cosine else lse_t
+    norm_s = torch.empty(rows, **f32) if cosine else off_s  # unused by the cross-entropy head
+    norm_t = torch.empty(2 * batch, **f32) if cosine else off_t
     teacher_sum = torch.empty(K, **f32)
     sum_block = _SUM_BLOCK_K if device.type == "cuda" else min(_SUM_BLOCK_K, block)
     launches = [
@@ -496,42 +460,31 @@ def forward_launches(student, teacher, center, ncrops, student_temp, teacher_tem
                dict(V=ncrops, V_PAD=v_pad, BLOCK_K=block, COSINE=cosine,
                     num_warps=_num_warps(v_pad, block))),
         Launch(_loss_fwd_merge_kernel, (batch,),
-               (part_s, part_t, part_d, lse_s, lse_t, norm_s, norm_t, pair, batch, splits, inv_ts, inv_tt),
+               (part_s, part_t, part_d, off_s, off_t, norm_s, norm_t, pair, batch, splits, inv_ts, inv_tt),
                dict(V=ncrops, V_PAD=v_pad, S_PAD=max(2, triton.next_power_of_2(splits)), COSINE=cosine,
                     num_warps=4)),
         Launch(_column_sum_kernel, (triton.cdiv(K, sum_block),), (teacher, teacher_sum, 2 * batch, K),
                dict(BLOCK_R=_SUM_ROWS, BLOCK_K=sum_block, num_warps=4)),
     ]
     if cosine:
-        return launches, (lse_s, lse_t, norm_s, norm_t, pair, teacher_sum)
-    return launches, (lse_s, lse_t, pair, teacher_sum)
+        return launches, (off_s, off_t, norm_s, norm_t, pair, teacher_sum)
+    return launches, (off_s, off_t, pair, teacher_sum)
 
 
-def backward_launches(student, teacher, center, lse_student, lse_teacher, pair_coef, row_coef, ncrops,
+def backward_launches(student, teacher, center, offset_student, offset_teacher, pair_coef, row_coef, ncrops,
                       student_temp, teacher_temp, cosine, block_k=None, device=None):
     """(launches, grad) of a backward on checked arguments, as forward_launches."""
     batch = teacher.shape[0] // 2
     K = student.shape[1]
-    rows = ncrops * batch
     device = student.device if device is None else device
     v_pad = _view_pad(ncrops)
     block = _block_k(K, v_pad, device, block_k, _BWD_TILE)
     grad = torch.empty_like(student)
-    f32 = dict(dtype=torch.float32, device=student.device)
-    m_s, c_s = torch.empty(rows, **f32), torch.empty(rows, **f32)
-    m_t, c_t = torch.empty(2 * batch, **f32), torch.empty(2 * batch, **f32)
-    offset_block = min(_OFFSET_BLOCK_K, triton.next_power_of_2(K)) if device.type == "cuda" else block
-    launches = [
-        Launch(_row_offsets_kernel, (x.shape[0],), (x, center, lse, m, c, K, inv_temp),
-               dict(HAS_CENTER=centred, LIMIT=_RECOMPUTE_LSE_ABOVE, BLOCK_K=offset_block, num_warps=4))
-        for x, centred, lse, m, c, inv_temp in ((student, False, lse_student, m_s, c_s, 1.0 / student_temp),
-                                                (teacher, True, lse_teacher, m_t, c_t, 1.0 / teacher_temp))
-    ]
-    launches.append(Launch(
+    launches = [Launch(
         _loss_bwd_kernel, (batch, _k_blocks(K, block)),
-        (student, teacher, center, m_s, c_s, m_t, c_t, pair_coef, row_coef, grad,
+        (student, teacher, center, offset_student, offset_teacher, pair_coef, row_coef, grad,
          batch, K, 1.0 / student_temp, 1.0 / teacher_temp),
-        dict(V=ncrops, V_PAD=v_pad, BLOCK_K=block, COSINE=cosine, num_warps=_num_warps(v_pad, block))))
+        dict(V=ncrops, V_PAD=v_pad, BLOCK_K=block, COSINE=cosine, num_warps=_num_warps(v_pad, block)))]
     return launches, grad
 
 
@@ -548,16 +501,16 @@ def _forward(student, teacher, center, ncrops, student_temp, teacher_temp, cosin
     return outputs
 
 
-def _backward(student, teacher, center, lse_student, lse_teacher, pair_coef, row_coef, names,
+def _backward(student, teacher, center, offset_student, offset_teacher, pair_coef, row_coef, names,
               ncrops, student_temp, teacher_temp, cosine, block_k):
     batch = _check_logits(student, teacher, center, ncrops, student_temp, teacher_temp)
     rows = ncrops * batch
     device = student.device
-    _check_stat("lse_student", lse_student, (rows,), device)
-    _check_stat("lse_teacher", lse_teacher, (2 * batch,), device)
+    _check_stat("offset_student", offset_student, (2, rows), device)
+    _check_stat("offset_teacher", offset_teacher, (2, 2 * batch), device)
     _check_stat(names[0], pair_coef, (2, rows), device)
     _check_stat(names[1], row_coef, (rows,), device)
-    launches, grad = backward_launches(student, teacher, center, lse_student, lse_teacher, pair_coef, row_coef,
+    launches, grad = backward_launches(student, teacher, center, offset_student, offset_teacher, pair_coef, row_coef,
                                        ncrops, student_temp, teacher_temp, cosine, block_k)
     with _device_guard(student):
         for launch in launches:
@@ -571,23 +524,24 @@ def dir_loss_fwd(student: Tensor, teacher: Tensor, center: Tensor, ncrops: int, 
 
     student (ncrops*B, K) and teacher (2*B, K) logits in float32/float16/bfloat16, contiguous,
     rows view-major; center float32 with K elements. Returns float32
-    (lse_student (ncrops*B,), lse_teacher (2*B,), ce (2, ncrops*B), teacher_sum (K,)) with
-    ce[iq, v*B+b] = -<q[iq,b], log_softmax(student[v*B+b] / student_temp)> for every (iq, v).
+    (offset_student (2, ncrops*B), offset_teacher (2, 2*B), ce (2, ncrops*B), teacher_sum (K,))
+    with ce[iq, v*B+b] = -<q[iq,b], log_softmax(student[v*B+b] / student_temp)> for every (iq, v)
+    and each row's softmax offset (its maximum, its log-sum) as csrc/ops.cpp defines it.
     num_splits: K chunks per image (default: chosen from B, K and the SM count).
     block_k: K elements per step, a power of two (default: chosen from ncrops and the device).
     """
     return _forward(student, teacher, center, ncrops, student_temp, teacher_temp, False, num_splits, block_k)
 
 
-def dir_loss_bwd(student: Tensor, teacher: Tensor, center: Tensor, lse_student: Tensor,
-                 lse_teacher: Tensor, alpha: Tensor, beta: Tensor, ncrops: int, student_temp: float,
+def dir_loss_bwd(student: Tensor, teacher: Tensor, center: Tensor, offset_student: Tensor,
+                 offset_teacher: Tensor, alpha: Tensor, beta: Tensor, ncrops: int, student_temp: float,
                  teacher_temp: float, *, block_k=None) -> Tensor:
     """grad[v*B+b] = alpha[v*B+b] * softmax(student[v*B+b]/ts) - sum_iq beta[iq, v*B+b] * q[iq, b].
 
-    lse_student (ncrops*B,), lse_teacher (2*B,) from dir_loss_fwd; alpha (ncrops*B,) and
-    beta (2, ncrops*B) float32. Returns grad (ncrops*B, K) in student's dtype.
+    offset_student (2, ncrops*B), offset_teacher (2, 2*B) from dir_loss_fwd; alpha (ncrops*B,)
+    and beta (2, ncrops*B) float32. Returns grad (ncrops*B, K) in student's dtype.
     """
-    return _backward(student, teacher, center, lse_student, lse_teacher, beta, alpha, ("beta", "alpha"),
+    return _backward(student, teacher, center, offset_student, offset_teacher, beta, alpha, ("beta", "alpha"),
                      ncrops, student_temp, teacher_temp, False, block_k)
 
 
@@ -595,21 +549,21 @@ def dvr_loss_fwd(student: Tensor, teacher: Tensor, center: Tensor, ncrops: int, 
                  teacher_temp: float, *, num_splits=None, block_k=None):
     """Cosine head, forward statistics, r = softmax(student/ts), p = softmax((teacher-center)/tt).
 
-    Inputs as dir_loss_fwd. Returns float32 (lse_student (ncrops*B,), lse_teacher (2*B,),
+    Inputs as dir_loss_fwd. Returns float32 (offset_student (2, ncrops*B), offset_teacher (2, 2*B),
     norm_student = ||r|| (ncrops*B,), norm_teacher = ||p|| (2*B,),
     cos (2, ncrops*B) = <p[iq,b], r[v*B+b]> / (||p|| ||r||), teacher_sum (K,)).
     """
     return _forward(student, teacher, center, ncrops, student_temp, teacher_temp, True, num_splits, block_k)
 
 
-def dvr_loss_bwd(student: Tensor, teacher: Tensor, center: Tensor, lse_student: Tensor,
-                 lse_teacher: Tensor, u: Tensor, z: Tensor, ncrops: int, student_temp: float,
+def dvr_loss_bwd(student: Tensor, teacher: Tensor, center: Tensor, offset_student: Tensor,
+                 offset_teacher: Tensor, u: Tensor, z: Tensor, ncrops: int, student_temp: float,
                  teacher_temp: float, *, block_k=None) -> Tensor:
     """grad[v*B+b] = r * (sum_iq u[iq, v*B+b] * p[iq, b] - z[v*B+b] * r), r and p as in dvr_loss_fwd.
 
     u (2, ncrops*B) and z (ncrops*B,) float32. Returns grad (ncrops*B, K) in student's dtype.
     """
-    return _backward(student, teacher, center, lse_student, lse_teacher, u, z, ("u", "z"),
+    return _backward(student, teacher, center, offset_student, offset_teacher, u, z, ("u", "z"),
                      ncrops, student_temp, teacher_temp, True, block_k)
 
 

@@ -7,8 +7,8 @@
 // threads, K is split too and the partial statistics are merged the same way.
 // Backward: every gradient element is a function of its logits and per-row statistics, so the
 // gradient is written once, in parallel over (image, K tile); a tile's teacher probabilities are
-// computed once and shared by the image's V student rows. Rows whose float32 lse is too coarse to
-// rebuild the softmax from (|lse| > 128) first get their offset recomputed from the logits.
+// computed once and shared by the image's V student rows, each softmax rebuilt from the offset the
+// forward stored for its row (row_offset in online_softmax.h).
 //
 // Accumulation is in float (double for float64 inputs); half and bfloat16 tiles are converted to
 // float once per tile.
@@ -215,17 +215,6 @@ CK_SIMD_CLONES void store(const acc_t* src, int64_t n, scalar_t* dst) {
   for (int64_t k = 0; k < n; ++k) {
     dst[k] = static_cast<scalar_t>(src[k]);
   }
-}
-
-// sum_k exp((x_k - offset) * inv_temp)
-template <typename T>
-CK_SIMD_CLONES T sum_exp(const T* x, int64_t n, T offset, T inv_temp) {
-  T l = 0;
-#pragma omp simd reduction(+ : l)
-  for (int64_t k = 0; k < n; ++k) {
-    l += softmax_exp((x[k] - offset) * inv_temp);
-  }
-  return l;
 }
 
 // A teacher segment's probabilities q = softmax_from_offset(t - c) with its row offset (m, off).
@@ -486,7 +475,7 @@ Problem<scalar_t> make_problem(const Tensor& student, const Tensor& teacher, con
 
 template <typename scalar_t>
 void dir_fwd_kernel(const Problem<scalar_t>& pb, double student_temp, double teacher_temp,
-                    float* lse_s, float* lse_t, float* ce, float* teacher_sum) {
+                    float* off_s, float* off_t, float* ce, float* teacher_sum) {
   using T = acc_type<scalar_t>;
   const int64_t B = pb.B, V = pb.V;
   const auto stats = image_stats<DirStats<T>>(
@@ -496,10 +485,10 @@ void dir_fwd_kernel(const Problem<scalar_t>& pb, double student_temp, double tea
   for (int64_t b = 0; b < B; ++b) {
     const DirStats<T>& st = stats[b];
     for (int iq = 0; iq < 2; ++iq) {
-      lse_t[iq * B + b] = static_cast<float>(row_lse(st.mt[iq], st.lt[iq], teacher_temp));
+      row_offset(st.mt[iq], st.lt[iq], off_t + iq * B + b, off_t + (2 + iq) * B + b);
     }
     for (int64_t v = 0; v < V; ++v) {
-      lse_s[v * B + b] = static_cast<float>(row_lse(st.ms[v], st.ls[v], student_temp));
+      row_offset(st.ms[v], st.ls[v], off_s + v * B + b, off_s + (V + v) * B + b);
       for (int iq = 0; iq < 2; ++iq) {
         ce[iq * V * B + v * B + b] = static_cast<float>(
             cross_entropy(st.ls[v], st.d[iq * V + v], st.lt[iq], student_temp));
@@ -511,7 +500,7 @@ void dir_fwd_kernel(const Problem<scalar_t>& pb, double student_temp, double tea
 
 template <typename scalar_t>
 void dvr_fwd_kernel(const Problem<scalar_t>& pb, double student_temp, double teacher_temp,
-                    float* lse_s, float* lse_t, float* norm_s, float* norm_t, float* cos,
+                    float* off_s, float* off_t, float* norm_s, float* norm_t, float* cos,
                     float* teacher_sum) {
   using T = acc_type<scalar_t>;
   const int64_t B = pb.B, V = pb.V;
@@ -522,11 +511,11 @@ void dvr_fwd_kernel(const Problem<scalar_t>& pb, double student_temp, double tea
   for (int64_t b = 0; b < B; ++b) {
     const DvrStats<T>& st = stats[b];
     for (int iq = 0; iq < 2; ++iq) {
-      lse_t[iq * B + b] = static_cast<float>(row_lse(st.mt[iq], st.lt[iq], teacher_temp));
+      row_offset(st.mt[iq], st.lt[iq], off_t + iq * B + b, off_t + (2 + iq) * B + b);
       norm_t[iq * B + b] = static_cast<float>(softmax_norm(st.lt[iq], st.sqt[iq]));
     }
     for (int64_t v = 0; v < V; ++v) {
-      lse_s[v * B + b] = static_cast<float>(row_lse(st.ms[v], st.ls[v], student_temp));
+      row_offset(st.ms[v], st.ls[v], off_s + v * B + b, off_s + (V + v) * B + b);
       norm_s[v * B + b] = static_cast<float>(softmax_norm(st.ls[v], st.sqs[v]));
       for (int iq = 0; iq < 2; ++iq) {
         cos[iq * V * B + v * B + b] =
@@ -537,51 +526,17 @@ void dvr_fwd_kernel(const Problem<scalar_t>& pb, double student_temp, double tea
   teacher_column_sum(pb.teacher, 2 * B, pb.K, teacher_sum);
 }
 
-// Per-row softmax offsets for the backward (see softmax_from_offset): m = 0, c = temp * lse from
-// the stored lse, or the row's maximum and temp * log(sum) recomputed from its logits when the
-// float32 lse is too coarse. rows: the logits of nrows rows; center: subtracted first when given.
-template <typename scalar_t, typename T>
-void row_offsets(const scalar_t* rows, const float* center, int64_t nrows, int64_t K,
-                 const float* lse, double temp, T inv_temp, std::vector<T>& m,
-                 std::vector<T>& c) {
-  m.assign(nrows, T(0));
+// The offsets (m, c) of softmax_from_offset for nrows rows, from the (2, nrows) table the
+// forward stored (row_offset).
+template <typename T>
+void read_offsets(const float* offsets, int64_t nrows, double temp, std::vector<T>& m,
+                  std::vector<T>& c) {
+  m.resize(nrows);
   c.resize(nrows);
-  std::vector<int64_t> recompute;
   for (int64_t r = 0; r < nrows; ++r) {
-    c[r] = static_cast<T>(temp * static_cast<double>(lse[r]));
-    if (lse_too_coarse(lse[r])) {
-      recompute.push_back(r);
-    }
+    m[r] = static_cast<T>(offsets[r]);
+    c[r] = static_cast<T>(temp * static_cast<double>(offsets[nrows + r]));
   }
-  at::parallel_for(0, static_cast<int64_t>(recompute.size()), grain_for(2 * K),
-                   [&](int64_t begin, int64_t end) {
-    Scratch<T> ws;
-    // A segment of row r as acc_t, centred when there is a centre. The row is read twice: its
-    // maximum, then the sum relative to it.
-    auto segment = [&](int64_t r, int64_t k0, int64_t n) -> const T* {
-      const T* x = as_acc(rows + r * K + k0, n, ws.row.data());
-      if (center == nullptr) {
-        return x;
-      }
-      centred_max(x, center + k0, n, ws.e0.data());
-      return ws.e0.data();
-    };
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t r = recompute[i];
-      T row_max = -std::numeric_limits<T>::infinity();
-      for (int64_t k0 = 0; k0 < K; k0 += kTile) {
-        const int64_t n = std::min(kTile, K - k0);
-        row_max = nan_max(row_max, segment_max(segment(r, k0, n), n));
-      }
-      T sum = 0;
-      for (int64_t k0 = 0; k0 < K; k0 += kTile) {
-        const int64_t n = std::min(kTile, K - k0);
-        sum += sum_exp(segment(r, k0, n), n, exp_offset(row_max), inv_temp);
-      }
-      m[r] = row_max;
-      c[r] = static_cast<T>(temp * std::log(static_cast<double>(sum)));
-    }
-  });
 }
 
 // Shared backward driver: for every (image b, K tile), the teacher probabilities q0, q1 of the
@@ -589,14 +544,13 @@ void row_offsets(const scalar_t* rows, const float* center, int64_t nrows, int64
 // segment into g, which is the output itself for float / double and a buffer converted afterwards
 // otherwise; (m, c) is the row's softmax offset.
 template <typename scalar_t, typename GradFn>
-void backward_tiles(const Problem<scalar_t>& pb, const float* lse_student,
-                    const float* lse_teacher, double student_temp, double teacher_temp,
+void backward_tiles(const Problem<scalar_t>& pb, const float* offset_student,
+                    const float* offset_teacher, double student_temp, double teacher_temp,
                     scalar_t* grad, GradFn grad_fn) {
   using T = acc_type<scalar_t>;
   std::vector<T> ms, cs, mt, ct;
-  row_offsets(pb.student, static_cast<const float*>(nullptr), pb.V * pb.B, pb.K, lse_student,
-              student_temp, pb.inv_ts, ms, cs);
-  row_offsets(pb.teacher, pb.center, 2 * pb.B, pb.K, lse_teacher, teacher_temp, pb.inv_tt, mt, ct);
+  read_offsets(offset_student, pb.V * pb.B, student_temp, ms, cs);
+  read_offsets(offset_teacher, 2 * pb.B, teacher_temp, mt, ct);
   const int64_t tiles = (pb.K + kTile - 1) / kTile;
   at::parallel_for(0, pb.B * tiles, grain_for((pb.V + 2) * kTile), [&](int64_t begin, int64_t end) {
     Scratch<T> ws;
@@ -627,11 +581,11 @@ void backward_tiles(const Problem<scalar_t>& pb, const float* lse_student,
 
 template <typename scalar_t>
 void dir_bwd_kernel(const Problem<scalar_t>& pb, double student_temp, double teacher_temp,
-                    const float* lse_s, const float* lse_t, const float* alpha, const float* beta,
+                    const float* off_s, const float* off_t, const float* alpha, const float* beta,
                     scalar_t* grad) {
   using T = acc_type<scalar_t>;
   const int64_t rows = pb.V * pb.B;
-  backward_tiles(pb, lse_s, lse_t, student_temp, teacher_temp, grad,
+  backward_tiles(pb, off_s, off_t, student_temp, teacher_temp, grad,
                  [&](int64_t row, T m, T c, const T* s, const T* q0, const T* q1, int64_t n,
                      T* g) {
                    dir_grad_segment(s, q0, q1, n, m, c, pb.inv_ts, static_cast<T>(alpha[row]),
@@ -641,11 +595,11 @@ void dir_bwd_kernel(const Problem<scalar_t>& pb, double student_temp, double tea
 
 template <typename scalar_t>
 void dvr_bwd_kernel(const Problem<scalar_t>& pb, double student_temp, double teacher_temp,
-                    const float* lse_s, const float* lse_t, const float* u, const float* z,
+                    const float* off_s, const float* off_t, const float* u, const float* z,
                     scalar_t* grad) {
   using T = acc_type<scalar_t>;
   const int64_t rows = pb.V * pb.B;
-  backward_tiles(pb, lse_s, lse_t, student_temp, teacher_temp, grad,
+  backward_tiles(pb, off_s, off_t, student_temp, teacher_temp, grad,
                  [&](int64_t row, T m, T c, const T* s, const T* p0, const T* p1, int64_t n,
                      T* g) {
                    dvr_grad_segment(s, p0, p1, n, m, c, pb.inv_ts, static_cast<T>(u[row]),
@@ -664,19 +618,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dir_loss_fwd_cpu(const Tensor& studen
   const int64_t B = check_logits(student, teacher, center, ncrops, student_temp, teacher_temp);
   const int64_t rows = ncrops * B;
   const auto f32 = student.options().dtype(at::kFloat);
-  Tensor lse_student = at::empty({rows}, f32);
-  Tensor lse_teacher = at::empty({2 * B}, f32);
+  Tensor offset_student = at::empty({2, rows}, f32);
+  Tensor offset_teacher = at::empty({2, 2 * B}, f32);
   Tensor ce = at::empty({2, rows}, f32);
   Tensor teacher_sum = at::empty({student.size(1)}, f32);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student.scalar_type(), "dir_loss_fwd",
                                   [&] {
     const auto pb = make_problem<scalar_t>(student, teacher, center, B, ncrops, student_temp,
                                            teacher_temp);
-    dir_fwd_kernel(pb, student_temp, teacher_temp, lse_student.data_ptr<float>(),
-                   lse_teacher.data_ptr<float>(), ce.data_ptr<float>(),
+    dir_fwd_kernel(pb, student_temp, teacher_temp, offset_student.data_ptr<float>(),
+                   offset_teacher.data_ptr<float>(), ce.data_ptr<float>(),
                    teacher_sum.data_ptr<float>());
   });
-  return {lse_student, lse_teacher, ce, teacher_sum};
+  return {offset_student, offset_teacher, ce, teacher_sum};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> dvr_loss_fwd_cpu(
@@ -685,8 +639,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> dvr_loss_fwd_cpu(
   const int64_t B = check_logits(student, teacher, center, ncrops, student_temp, teacher_temp);
   const int64_t rows = ncrops * B;
   const auto f32 = student.options().dtype(at::kFloat);
-  Tensor lse_student = at::empty({rows}, f32);
-  Tensor lse_teacher = at::empty({2 * B}, f32);
+  Tensor offset_student = at::empty({2, rows}, f32);
+  Tensor offset_teacher = at::empty({2, 2 * B}, f32);
   Tensor norm_student = at::empty({rows}, f32);
   Tensor norm_teacher = at::empty({2 * B}, f32);
   Tensor cos = at::empty({2, rows}, f32);
@@ -695,22 +649,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> dvr_loss_fwd_cpu(
                                   [&] {
     const auto pb = make_problem<scalar_t>(student, teacher, center, B, ncrops, student_temp,
                                            teacher_temp);
-    dvr_fwd_kernel(pb, student_temp, teacher_temp, lse_student.data_ptr<float>(),
-                   lse_teacher.data_ptr<float>(), norm_student.data_ptr<float>(),
+    dvr_fwd_kernel(pb, student_temp, teacher_temp, offset_student.data_ptr<float>(),
+                   offset_teacher.data_ptr<float>(), norm_student.data_ptr<float>(),
                    norm_teacher.data_ptr<float>(), cos.data_ptr<float>(),
                    teacher_sum.data_ptr<float>());
   });
-  return {lse_student, lse_teacher, norm_student, norm_teacher, cos, teacher_sum};
+  return {offset_student, offset_teacher, norm_student, norm_teacher, cos, teacher_sum};
 }
 
 Tensor dir_loss_bwd_cpu(const Tensor& student, const Tensor& teacher, const Tensor& center,
-                        const Tensor& lse_student, const Tensor& lse_teacher, const Tensor& alpha,
-                        const Tensor& beta, int64_t ncrops, double student_temp,
-                        double teacher_temp) {
+                        const Tensor& offset_student, const Tensor& offset_teacher,
+                        const Tensor& alpha, const Tensor& beta, int64_t ncrops,
+                        double student_temp, double teacher_temp) {
   const int64_t B = check_logits(student, teacher, center, ncrops, student_temp, teacher_temp);
   const int64_t rows = ncrops * B;
-  check_stat(lse_student, "lse_student", {rows}, student);
-  check_stat(lse_teacher, "lse_teacher", {2 * B}, student);
+  check_stat(offset_student, "offset_student", {2, rows}, student);
+  check_stat(offset_teacher, "offset_teacher", {2, 2 * B}, student);
   check_stat(alpha, "alpha", {rows}, student);
   check_stat(beta, "beta", {2, rows}, student);
   Tensor grad = at::empty_like(student);
@@ -718,21 +672,21 @@ Tensor dir_loss_bwd_cpu(const Tensor& student, const Tensor& teacher, const Tens
                                   [&] {
     const auto pb = make_problem<scalar_t>(student, teacher, center, B, ncrops, student_temp,
                                            teacher_temp);
-    dir_bwd_kernel(pb, student_temp, teacher_temp, lse_student.data_ptr<float>(),
-                   lse_teacher.data_ptr<float>(), alpha.data_ptr<float>(), beta.data_ptr<float>(),
-                   grad.data_ptr<scalar_t>());
+    dir_bwd_kernel(pb, student_temp, teacher_temp, offset_student.data_ptr<float>(),
+                   offset_teacher.data_ptr<float>(), alpha.data_ptr<float>(),
+                   beta.data_ptr<float>(), grad.data_ptr<scalar_t>());
   });
   return grad;
 }
 
 Tensor dvr_loss_bwd_cpu(const Tensor& student, const Tensor& teacher, const Tensor& center,
-                        const Tensor& lse_student, const Tensor& lse_teacher, const Tensor& u,
-                        const Tensor& z, int64_t ncrops, double student_temp,
+                        const Tensor& offset_student, const Tensor& offset_teacher,
+                        const Tensor& u, const Tensor& z, int64_t ncrops, double student_temp,
                         double teacher_temp) {
   const int64_t B = check_logits(student, teacher, center, ncrops, student_temp, teacher_temp);
   const int64_t rows = ncrops * B;
-  check_stat(lse_student, "lse_student", {rows}, student);
-  check_stat(lse_teacher, "lse_teacher", {2 * B}, student);
+  check_stat(offset_student, "offset_student", {2, rows}, student);
+  check_stat(offset_teacher, "offset_teacher", {2, 2 * B}, student);
   check_stat(u, "u", {2, rows}, student);
   check_stat(z, "z", {rows}, student);
   Tensor grad = at::empty_like(student);
@@ -740,8 +694,8 @@ Tensor dvr_loss_bwd_cpu(const Tensor& student, const Tensor& teacher, const Tens
                                   [&] {
     const auto pb = make_problem<scalar_t>(student, teacher, center, B, ncrops, student_temp,
                                            teacher_temp);
-    dvr_bwd_kernel(pb, student_temp, teacher_temp, lse_student.data_ptr<float>(),
-                   lse_teacher.data_ptr<float>(), u.data_ptr<float>(), z.data_ptr<float>(),
+    dvr_bwd_kernel(pb, student_temp, teacher_temp, offset_student.data_ptr<float>(),
+                   offset_teacher.data_ptr<float>(), u.data_ptr<float>(), z.data_ptr<float>(),
                    grad.data_ptr<scalar_t>());
   });
   return grad;

@@ -140,16 +140,22 @@ C10_HOST_DEVICE inline T merge_dot_cross(T p_a, T alpha_t_a, T alpha_s_a, T p_b,
   return alpha_t_a * alpha_s_a * p_a + alpha_t_b * alpha_s_b * p_b;
 }
 
-// logsumexp(x / temp) from a row's statistics (m, l); in double so that m / temp keeps the
-// precision of the maximum when it dominates.
+// What the forward stores of a row for the backward: its softmax offset in two parts,
+// softmax(x / temp) = exp(((x - max) - temp * log_sum) / temp), with max = exp_offset(m) in raw
+// units (one of the row's values, so x - max is exact for the elements that matter) and
+// log_sum = log(l) in [0, log K]. Folded into one float32 lse = max / temp + log_sum, the offset
+// would be rounded to |lse| 2^-24: for a peaked row (|lse| ~ 30) that is a relative error of 2e-6
+// in every probability, which the cancelling terms of the cosine gradient can turn into an error
+// far above the gradient itself.
 template <typename T>
-C10_HOST_DEVICE inline double row_lse(T m, T l, double temp) {
-  return static_cast<double>(m) / temp + ::log(static_cast<double>(l));
+C10_HOST_DEVICE inline void row_offset(T m, T l, float* max_out, float* log_sum_out) {
+  *max_out = static_cast<float>(exp_offset(m));
+  *log_sum_out = static_cast<float>(::log(static_cast<double>(l)));
 }
 
-// ce = lse_s - <q, s> / ts with q = softmax of the teacher row. Writing <q, s> relative to the
-// student maximum makes the maximum cancel: ce = log(l_s) - d / (l_t * ts), a sum of two
-// non-negative terms, accurate however large the logits are.
+// ce = logsumexp(s / ts) - <q, s> / ts with q = softmax of the teacher row. Writing <q, s>
+// relative to the student maximum makes the maximum cancel: ce = log(l_s) - d / (l_t * ts), a
+// sum of two non-negative terms, accurate however large the logits are.
 template <typename T>
 C10_HOST_DEVICE inline double cross_entropy(T l_s, T d, T l_t, double student_temp) {
   return ::log(static_cast<double>(l_s)) -
@@ -169,19 +175,7 @@ C10_HOST_DEVICE inline double cosine(T dot, T sq_t, T sq_s) {
          (::sqrt(static_cast<double>(sq_t)) * ::sqrt(static_cast<double>(sq_s)));
 }
 
-// The backward recomputes softmax(x / temp) = exp(((x - m) - c) / temp) with the row's offset
-// split in two raw-unit parts. From the stored lse: m = 0, c = temp * lse, and x - c is exact for
-// the elements whose probability matters; but lse is float32, so it pins the exponent only to
-// about |lse| * 2^-24 (a relative error in the softmax of 8e-6 at |lse| = 128, 0.4% at 1e5). Rows
-// with a larger |lse| get m = their maximum and c = temp * log(sum) recomputed from the logits
-// instead, where nothing large is ever rounded.
-constexpr double kRecomputeLseAbove = 128.0;
-
-C10_HOST_DEVICE inline bool lse_too_coarse(float lse) {
-  // false for NaN, which then reaches every exponent through c
-  return lse > kRecomputeLseAbove || lse < -kRecomputeLseAbove;
-}
-
+// The backward's softmax from a stored offset (row_offset): m = max, c = temp * log_sum.
 template <typename T>
 C10_HOST_DEVICE C10_ALWAYS_INLINE T softmax_from_offset(T x, T m, T c, T inv_temp) {
   return softmax_exp(((x - m) - c) * inv_temp);
