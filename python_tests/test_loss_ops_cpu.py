@@ -198,14 +198,15 @@ def test_deterministic_across_thread_counts(rng):
             assert torch.equal(value, other[name]), name
 
 
-def test_large_offset_small_spread(rng):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_large_offset_small_spread(rng, dtype):
     """Logits near 1e4 that differ by O(1) after the temperature, the centre tracking the teacher
     as DINO's does. The kernel subtracts the centre and then the row maxima in raw units, exact
     here, where scaling first would lose 0.016 (ulp(2.5e5)) in every exponent. A float32 lse
     (~1e5) would be too coarse to rebuild the softmax from: the forward keeps each row's maximum
-    and log-sum apart."""
-    student, teacher, center = make_inputs(rng, torch.float32, 3, 4, 1000, s_scale=0.1,
-                                           t_scale=0.04)
+    and log-sum apart. float64 logits here are not float32 values: their maxima are rounded to
+    float32, and the rounding must move into the log-sum (else 4e-3 relative errors)."""
+    student, teacher, center = make_inputs(rng, dtype, 3, 4, 1000, s_scale=0.1, t_scale=0.04)
     student, teacher, center = student + 1e4, teacher + 1e4, center + 1e4
     ref = reference(student, teacher, center, 4)
     d = dir_fwd(student, teacher, center, 4)

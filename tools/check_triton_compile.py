@@ -12,7 +12,8 @@ both heads, tensors on and off 16-byte boundaries).
 
 The test suite runs these kernels through the interpreter, which accepts code a GPU compile
 rejects (types, layouts, shared-memory limits); this is the check that they lower for real
-devices. `make triton-check` runs it with CI's triton and with the GPU machines' (3.6).
+devices. `make triton-check` runs it with CI's triton, tools/check_gpu_torch.sh with the GPU
+machines' (3.6).
 
     python tools/check_triton_compile.py [--arch 80 90] [--jobs N] [--verbose]
 """

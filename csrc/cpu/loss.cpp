@@ -485,10 +485,10 @@ void dir_fwd_kernel(const Problem<scalar_t>& pb, double student_temp, double tea
   for (int64_t b = 0; b < B; ++b) {
     const DirStats<T>& st = stats[b];
     for (int iq = 0; iq < 2; ++iq) {
-      row_offset(st.mt[iq], st.lt[iq], off_t + iq * B + b, off_t + (2 + iq) * B + b);
+      row_offset(st.mt[iq], st.lt[iq], teacher_temp, off_t + iq * B + b, off_t + (2 + iq) * B + b);
     }
     for (int64_t v = 0; v < V; ++v) {
-      row_offset(st.ms[v], st.ls[v], off_s + v * B + b, off_s + (V + v) * B + b);
+      row_offset(st.ms[v], st.ls[v], student_temp, off_s + v * B + b, off_s + (V + v) * B + b);
       for (int iq = 0; iq < 2; ++iq) {
         ce[iq * V * B + v * B + b] = static_cast<float>(
             cross_entropy(st.ls[v], st.d[iq * V + v], st.lt[iq], student_temp));
@@ -511,11 +511,11 @@ void dvr_fwd_kernel(const Problem<scalar_t>& pb, double student_temp, double tea
   for (int64_t b = 0; b < B; ++b) {
     const DvrStats<T>& st = stats[b];
     for (int iq = 0; iq < 2; ++iq) {
-      row_offset(st.mt[iq], st.lt[iq], off_t + iq * B + b, off_t + (2 + iq) * B + b);
+      row_offset(st.mt[iq], st.lt[iq], teacher_temp, off_t + iq * B + b, off_t + (2 + iq) * B + b);
       norm_t[iq * B + b] = static_cast<float>(softmax_norm(st.lt[iq], st.sqt[iq]));
     }
     for (int64_t v = 0; v < V; ++v) {
-      row_offset(st.ms[v], st.ls[v], off_s + v * B + b, off_s + (V + v) * B + b);
+      row_offset(st.ms[v], st.ls[v], student_temp, off_s + v * B + b, off_s + (V + v) * B + b);
       norm_s[v * B + b] = static_cast<float>(softmax_norm(st.ls[v], st.sqs[v]));
       for (int iq = 0; iq < 2; ++iq) {
         cos[iq * V * B + v * B + b] =

@@ -17,6 +17,15 @@
 #include "clever_kernels/augment_pixel.h"
 #include "clever_kernels/render_views_args.h"
 
+// Full unrolling for loops that index a register array by their counter: nvcc's own heuristic
+// unrolls them today, but a loop it kept would move the array to local memory. The host compiler
+// of the emulated build gets no pragma (it would warn about an unknown one).
+#if defined(__CUDACC__)
+#define CK_UNROLL _Pragma("unroll")
+#else
+#define CK_UNROLL
+#endif
+
 namespace clever_kernels {
 namespace render_views_kernels {
 namespace {  // internal to each build that includes this header
@@ -68,15 +77,16 @@ struct DirectResized {
     const ResampleSpan sx = resample_span(xs, crop_w, size, bicubic, antialias);
     float acc[3] = {0.0f, 0.0f, 0.0f};
     if (sx.count <= kHeldTaps) {
-      // constant trip counts and indices: the compiler unrolls these loops and keeps wx in
-      // registers (a runtime index would put it in local memory)
+      // constant trip counts, unrolled: wx is indexed by constants and stays in registers
       float wx[kHeldTaps];
+      CK_UNROLL
       for (int kx = 0; kx < kHeldTaps; ++kx) {
         wx[kx] = kx < sx.count ? span_weight(sx, kx) : 0.0f;
       }
       for (int ky = 0; ky < sy.count; ++ky) {
         float line[3] = {0.0f, 0.0f, 0.0f};
         const uint8_t* row = source_row(sy, ky);
+        CK_UNROLL
         for (int kx = 0; kx < kHeldTaps; ++kx) {
           if (kx < sx.count) {
             add_tap(wx[kx], row, span_index(sx, kx), line);

@@ -140,17 +140,24 @@ C10_HOST_DEVICE inline T merge_dot_cross(T p_a, T alpha_t_a, T alpha_s_a, T p_b,
   return alpha_t_a * alpha_s_a * p_a + alpha_t_b * alpha_s_b * p_b;
 }
 
-// What the forward stores of a row for the backward: its softmax offset in two parts,
+// What the forward stores of a row for the backward: its softmax offset in two float32 parts,
 // softmax(x / temp) = exp(((x - max) - temp * log_sum) / temp), with max = exp_offset(m) in raw
-// units (one of the row's values, so x - max is exact for the elements that matter) and
-// log_sum = log(l) in [0, log K]. Folded into one float32 lse = max / temp + log_sum, the offset
-// would be rounded to |lse| 2^-24: for a peaked row (|lse| ~ 30) that is a relative error of 2e-6
-// in every probability, which the cancelling terms of the cosine gradient can turn into an error
-// far above the gradient itself.
+// units and log_sum = log(l) in [0, log K]. For float32, float16 and bfloat16 logits max is one
+// of the row's values, so x - max is exact for the elements that matter; for float64 logits max
+// is rounded to float32 and the rounding, (m - max) / temp, moves into log_sum, which is small
+// enough to hold it. Folded into one float32 lse = max / temp + log_sum, the offset would be
+// rounded to |lse| 2^-24: for a peaked row (|lse| ~ 30) that is a relative error of 2e-6 in every
+// probability, which the cancelling terms of the cosine gradient can turn into an error far above
+// the gradient itself.
 template <typename T>
-C10_HOST_DEVICE inline void row_offset(T m, T l, float* max_out, float* log_sum_out) {
-  *max_out = static_cast<float>(exp_offset(m));
-  *log_sum_out = static_cast<float>(::log(static_cast<double>(l)));
+C10_HOST_DEVICE inline void row_offset(T m, T l, double temp, float* max_out,
+                                       float* log_sum_out) {
+  const double exact = static_cast<double>(exp_offset(m));
+  const float rounded = static_cast<float>(exact);
+  *max_out = rounded;
+  // (exact - rounded) is 0 unless the logits are float64; NaN m stays NaN through it
+  *log_sum_out = static_cast<float>(::log(static_cast<double>(l)) +
+                                    (exact - static_cast<double>(rounded)) / temp);
 }
 
 // ce = logsumexp(s / ts) - <q, s> / ts with q = softmax of the teacher row. Writing <q, s>
