@@ -44,7 +44,8 @@ triton-check: build
 
 # The extension built with its CUDA sources against the GPU machines' torch (2.11 + CUDA 13.0,
 # triton 3.6) in a venv of its own under build/gpu-torch/, loaded, its CUDA registrations and the
-# Triton cubin compiles checked, and the whole suite run against it (about 2.5 minutes, 5 GB).
+# Triton cubin compiles checked, and the whole suite run against it (3 to 8 minutes on two cores,
+# the longer with a cold Triton cache; 5 GB).
 gpu-torch-check:
 	PYTHON_BIN=$(PYTHON_BIN) bash tools/check_gpu_torch.sh
 

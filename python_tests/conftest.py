@@ -36,6 +36,15 @@ def tolerance(dtype):
     return TOLERANCES[dtype]
 
 
+def softmax_offsets(x, temp):
+    """The (2, rows) softmax offsets of the loss ops' schemas (csrc/ops.cpp) for rows x as the
+    kernels see them: each row's maximum rounded to float32 (0 for a row of -inf), and
+    log sum exp((x - max) / temp) relative to that rounded maximum, in float64."""
+    m = x.max(dim=-1).values.float()
+    m = torch.where(m == float("-inf"), torch.zeros_like(m), m)
+    return torch.stack([m.double(), ((x.double() - m.double()[:, None]) / temp).logsumexp(-1)])
+
+
 @pytest.fixture
 def rng():
     """A freshly seeded generator per test; the seed is printed, so a failure shows it

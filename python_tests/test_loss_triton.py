@@ -11,7 +11,7 @@ pytest.importorskip("triton")
 
 from clever_kernels import _backend  # noqa: E402
 from clever_kernels.loss import _triton as kt  # noqa: E402
-from conftest import tolerance  # noqa: E402
+from conftest import softmax_offsets, tolerance  # noqa: E402
 
 if type(kt._loss_bwd_kernel).__name__ != "InterpretedFunction":
     pytest.skip("the kernels were compiled for a GPU: triton was imported before TRITON_INTERPRET=1 "
@@ -64,15 +64,7 @@ def _reference(student, teacher, center, ncrops, ts, tt):
     cos = (dots / (norm_t.view(2, 1, b) * norm_s.view(1, ncrops, b))).reshape(2, -1)
     return dict(lse_s=xs.logsumexp(-1), lse_t=xt.logsumexp(-1), ce=ce, norm_s=norm_s, norm_t=norm_t,
                 cos=cos, teacher_sum=teacher.double().sum(0), r=r, q=q,
-                off_s=_offsets(student.float(), ts), off_t=_offsets(teacher.float() - center.float(), tt))
-
-
-def _offsets(x, temp):
-    """The (2, rows) softmax offsets of the schema: each row's maximum as float32 holds it (0 for
-    a row of -inf) and log sum exp((x - max) / temp), the sum in float64."""
-    m = x.max(dim=-1).values
-    m = torch.where(m == float("-inf"), torch.zeros_like(m), m)
-    return torch.stack([m.double(), ((x.double() - m.double()[:, None]) / temp).logsumexp(-1)])
+                off_s=softmax_offsets(student, ts), off_t=softmax_offsets(teacher.float() - center.float(), tt))
 
 
 def _mix(pair_coef, q, ncrops):

@@ -54,7 +54,7 @@ fi
   "$py" -m pip install --quiet --no-index --no-deps --no-build-isolation -e .)
 echo "check_gpu_torch: built (CUDA sources: $with_cuda) in $(( $(date +%s) - start )) s"
 
-(cd "$tree" && WITH_CUDA=$with_cuda "$py" - <<'EOF'
+(cd "$tree" && WITH_CUDA=$with_cuda TRITON_INTERPRET=1 "$py" - <<'EOF'
 import os
 
 import torch
@@ -73,13 +73,11 @@ for op in ("render_views", "dir_loss_fwd", "dir_loss_bwd", "dvr_loss_fwd", "dvr_
             continue
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"clever_kernels::{op}", key), (op, key)
 print("check_gpu_torch: _C loads; its kernels and the Triton launchers are registered for every op")
+# the suite skips its Triton tests where the interpreter is off: here they must run
+status = _backend.backends()["triton-interpreter"]
+assert status.available, f"the Triton interpreter is off: {status.reason}"
 EOF
 )
-# the suite skips its Triton tests where the interpreter is off: here they must run
-(cd "$tree" && TRITON_INTERPRET=1 "$py" -c "
-import clever_kernels
-status = clever_kernels.backends()['triton-interpreter']
-assert status.available, f'the Triton interpreter is off: {status.reason}'")
 (cd "$tree" && "$py" tools/check_triton_compile.py)
 # triton 3.6's interpreter warns at every loop bound it converts; the rest of its warnings stay
 (cd "$tree" && TRITON_INTERPRET=1 "$py" -m pytest python_tests -q -p no:cacheprovider \
