@@ -15,10 +15,13 @@ TORCH_LIBRARY(clever_kernels, m) {
   //   ce[iq, v*B+b]    = -<q[iq,b], log_softmax(student[v*B+b] / student_temp)>      (2, V*B)
   //                      with q = softmax((teacher - center) / teacher_temp), every (iq, v)
   //   teacher_sum[k]   = sum over teacher rows of teacher[:, k]                      (K,)
+  //   center_used      = a copy of center, for the backward: callers update their centre
+  //                      in place once the forward has run, and a copy taken outside the op
+  //                      is one a graph compiler may fold back into the buffer itself   (K,)
   m.def(
       "dir_loss_fwd(Tensor student, Tensor teacher, Tensor center, int ncrops, float student_temp, "
       "float teacher_temp) -> (Tensor offset_student, Tensor offset_teacher, Tensor ce, "
-      "Tensor teacher_sum)");
+      "Tensor teacher_sum, Tensor center_used)");
   //   grad[v*B+b] = alpha[v*B+b] * softmax(student[v*B+b] / student_temp)
   //                 - sum_iq beta[iq, v*B+b] * q[iq, b]                              (V*B, K)
   m.def(
@@ -27,13 +30,13 @@ TORCH_LIBRARY(clever_kernels, m) {
       "float teacher_temp) -> Tensor");
   // Cosine head (CLeVER's DVR term), r = softmax(student / student_temp),
   // p = softmax((teacher - center) / teacher_temp):
-  //   offset_student, offset_teacher as dir_loss_fwd's,
+  //   offset_student, offset_teacher, teacher_sum, center_used as dir_loss_fwd's,
   //   norm_student[r] = ||r||_2 (V*B,), norm_teacher = ||p||_2 (2*B,),
   //   cos[iq, v*B+b]  = <p[iq,b], r[v*B+b]> / (||p|| ||r||)                         (2, V*B)
   m.def(
       "dvr_loss_fwd(Tensor student, Tensor teacher, Tensor center, int ncrops, float student_temp, "
       "float teacher_temp) -> (Tensor offset_student, Tensor offset_teacher, Tensor norm_student, "
-      "Tensor norm_teacher, Tensor cos, Tensor teacher_sum)");
+      "Tensor norm_teacher, Tensor cos, Tensor teacher_sum, Tensor center_used)");
   //   grad[v*B+b] = r ⊙ (sum_iq u[iq, v*B+b] * p[iq, b] - z[v*B+b] * r)             (V*B, K)
   m.def(
       "dvr_loss_bwd(Tensor student, Tensor teacher, Tensor center, Tensor offset_student, "

@@ -52,3 +52,25 @@ def rng():
     seed = int(os.environ.get("CLEVER_TEST_SEED", int.from_bytes(os.urandom(4), "little")))
     print(f"CLEVER_TEST_SEED={seed}")
     return torch.Generator().manual_seed(seed)
+
+
+def minus_inf_against_positive_teacher(student, teacher, tile):
+    """-inf student logits at columns where the teacher's probability is positive but far below
+    float32's range: the cross-entropy is +inf there (float64 reference). Image 1, view 0: the
+    teacher weight underflows inside its tile; image 0, view 2: it is positive inside its tile,
+    and a later tile's far larger teacher maximum rescales the tile by a factor that underflows.
+    Image 0, view 1 also meets a teacher probability of exactly 0 (both teacher rows -inf), which
+    adds 0 (0 log 0). Returns the (iq, student row) pairs that must be +inf, and a copy of
+    student for the float64 reference, whose -q * log r is NaN at 0 * -inf: there the -inf is
+    -1e30, whose probability is 0 all the same."""
+    batch = teacher.shape[0] // 2
+    student[1, 7] = float("-inf")  # view 0 of image 1
+    teacher[1, 7] = -5.0  # (-5 - max) / 0.04 < -125
+    student[2 * batch, 2] = float("-inf")  # view 2 of image 0
+    teacher[0, tile + 3] = 8.0  # rescales earlier tiles by < exp(-170)
+    teacher[batch, tile + 3] = 8.0
+    for_reference = student.clone()
+    student[batch, 11] = float("-inf")  # view 1 of image 0
+    for_reference[batch, 11] = -1e30
+    teacher[0, 11] = teacher[batch, 11] = float("-inf")
+    return [(0, 1), (1, 1), (0, 2 * batch), (1, 2 * batch)], for_reference

@@ -222,7 +222,12 @@ def test_teacher_receives_no_gradient(rng, backend):
     (dict(t2=torch.zeros(3, 5)), "teacher_ef must have 2"),
     (dict(t1=torch.zeros(4, 9)), "same width"),
     (dict(s2=torch.zeros(6, 5, dtype=torch.int32)), "student_ef must be a floating"),
-    (dict(c2=torch.zeros(1, 6)), "center_ef must have K"),
+    (dict(c2=torch.zeros(1, 6)), r"center_ef must have shape \(1, K\) or \(K,\) with K = 5"),
+    (dict(c1=torch.zeros(2, 4)), r"center_ir must have shape .* got \(2, 4\)"),
+    (dict(c1=None), "center_ir must be a torch.Tensor"),
+    (dict(ncrops=3.0), "ncrops must be an int"),
+    (dict(s1=torch.zeros(6, 0), t1=torch.zeros(4, 0), c1=torch.zeros(1, 0)), "K >= 1"),
+    (dict(ts=float("inf")), "student_temp must be finite"),
     (dict(t2=torch.zeros(6, 5), s2=torch.zeros(9, 5)), "same batch"),
     (dict(ts=0.0), "student_temp"),
     (dict(backend="cuda-magic"), "backend"),
@@ -269,6 +274,13 @@ def test_module_takes_the_authors_calls(rng):
     (lambda m, x: CLeVERLoss(8, 2, 0.04, 0.04, 0, 3, sep_lambd="1.0"), TypeError, "sep_lambd"),
     (lambda m, x: CLeVERLoss(8, 2, 0.04, 0.04, 0, 3, center_momentum="0.9"), TypeError, "center_momentum"),
     (lambda m, x: CLeVERLoss(8, 2.0, 0.04, 0.04, 0, 3), TypeError, "ncrops"),
+    (lambda m, x: CLeVERLoss(8, 2, 0.04, 0.04, 0, 3, 0.1, 0.9, types.SimpleNamespace(sep_lambd=1.0)),
+     TypeError, "dvr_out_dim must be an int.*args=args"),
+    (lambda m, x: CLeVERLoss(0, 2, 0.04, 0.04, 0, 3), ValueError, "out_dim must be >= 1"),
+    (lambda m, x: m(torch.zeros(4, 9), *x[1:], 0), ValueError, "student_ir has K = 9 columns.*out_dim=8"),
+    (lambda m, x: m(x[0], torch.zeros(4, 9), *x[2:], 0), ValueError, "student_ef has K = 9.*dvr_out_dim=8"),
+    (lambda m, x: DINOLoss(8, 2, 0.04, 0.04, 0, 3)(torch.zeros(4, 6), torch.zeros(4, 6), 0), ValueError,
+     "student_output has K = 6 columns.*out_dim=8"),
 ])
 def test_module_arguments_errors_name_the_argument(call, exc, match):
     module = CLeVERLoss(8, 2, 0.04, 0.04, 0, 3, backend=BACKENDS[0])
@@ -301,24 +313,58 @@ def test_mixed_precision_inputs_under_autocast(rng):
 @pytest.mark.skipif("cpp" not in BACKENDS, reason="C++ extension not built")
 def test_torch_compile_without_graph_breaks(rng):
     head = torch.nn.Linear(16, 40)
-    # momentum 1 keeps the centres fixed, so every call below computes the same loss
-    loss_fn = CLeVERLoss(40, 3, 0.04, 0.04, 0, 2, dvr_out_dim=40, center_momentum=1.0, backend="cpp")
+    loss_fn = CLeVERLoss(40, 3, 0.04, 0.04, 0, 2, dvr_out_dim=40, backend="cpp")
 
     def step(x, t):
         out = head(x)
         return loss_fn(out, out * 0.5, t, t * 0.5, 0)[0]
 
-    x = torch.randn(9, 16, generator=rng)
-    t = torch.randn(6, 40, generator=rng)
-    eager = step(x, t)
+    x, t = torch.randn(9, 16, generator=rng), torch.randn(6, 40, generator=rng)
+    step(x, t)  # the backend is chosen (and memoised) on the first call, outside the trace
     torch._dynamo.reset()
     explanation = torch._dynamo.explain(step)(x, t)
     assert explanation.graph_break_count == 0, explanation.break_reasons
-    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
-    got = compiled(x, t)
-    got.backward()
-    assert head.weight.grad is not None and torch.isfinite(head.weight.grad).all()
-    torch.testing.assert_close(got.detach(), eager.detach(), rtol=1e-5, atol=1e-5)
+
+
+def check_compiled_matches_eager(rng, compiler, backend, device=torch.device("cpu")):
+    """A compiled step whose loss updates its centres in place: the same losses, centres and
+    gradients as eager over two steps, to the rounding of a compiler's own reduction order. The
+    backward must read the centre the forward used; a copy of it taken outside the op, inductor
+    folded back into the buffer it updates (gradients then differed by O(1))."""
+    heads = [torch.nn.Linear(16, 40).to(device) for _ in range(2)]
+    heads[1].load_state_dict(heads[0].state_dict())
+    losses = [CLeVERLoss(40, 3, 0.04, 0.04, 0, 2, dvr_out_dim=40, backend=backend).to(device) for _ in range(2)]
+    with torch.no_grad():
+        losses[0].center.copy_(torch.randn(1, 40, generator=rng))
+        losses[0].center2.copy_(torch.randn(1, 40, generator=rng))
+    losses[1].load_state_dict(losses[0].state_dict())
+
+    def step(head, loss_fn, x, t):
+        out = head(x)
+        return loss_fn(out, out * 0.5, t, t * 0.5, 0)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x, t: step(heads[1], losses[1], x, t), backend=compiler, fullgraph=True)
+    for _ in range(2):
+        x = torch.randn(9, 16, generator=rng).to(device)
+        t = (torch.randn(6, 40, generator=rng) * 3).to(device)
+        want = step(heads[0], losses[0], x, t)
+        got = compiled(x, t)
+        want[0].backward()
+        got[0].backward()
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-4, atol=1e-5)
+        for name in ("center", "center2"):
+            torch.testing.assert_close(getattr(losses[1], name), getattr(losses[0], name), rtol=1e-5, atol=1e-6)
+        for a, b in zip(heads[1].parameters(), heads[0].parameters()):
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
+            a.grad = b.grad = None
+
+
+@pytest.mark.skipif("cpp" not in BACKENDS, reason="C++ extension not built")
+@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
+def test_torch_compile_matches_eager(rng, compiler):
+    check_compiled_matches_eager(rng, compiler, "cpp")
 
 
 class FusedFactory:
@@ -340,3 +386,15 @@ def test_center_sync_two_gloo_ranks():
         torch.testing.assert_close(c1, want1)
         torch.testing.assert_close(c2, want2)
         assert kept
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_double_backward_is_refused(rng, backend):
+    """The fused backward has no derivative of its own: a gradient penalty through it must raise,
+    not come back zero or detached."""
+    s1, s2, t1, t2, c1, c2 = _inputs(rng, 2, 3, 20, 12, torch.float32)
+    a, b = s1.requires_grad_(), s2.requires_grad_()
+    total = clever_loss(a, b, t1, t2, c1, c2, 3, TS, 0.04, backend=backend)[0]
+    g_ir, g_ef = torch.autograd.grad(total, (a, b), create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        (g_ir.square().sum() + g_ef.square().sum()).backward()

@@ -8,7 +8,7 @@ pytest.importorskip("clever_kernels._C", reason="the C++ extension is not built"
 ops = torch.ops.clever_kernels
 
 from conftest import OP_TOLERANCES as TOLERANCES
-from conftest import softmax_offsets
+from conftest import minus_inf_against_positive_teacher, softmax_offsets
 
 TS, TT = 0.1, 0.04  # DINO's student and teacher temperatures
 
@@ -47,7 +47,8 @@ def reference(student, teacher, center, ncrops, ts=TS, tt=TT):
     return dict(lse_student=torch.logsumexp(y, -1), lse_teacher=torch.logsumexp(x, -1), ce=ce,
                 max_student=softmax_offsets(student, ts)[0].float(),
                 max_teacher=softmax_offsets(centred(teacher, center), tt)[0].float(),
-                teacher_sum=t.sum(0), norm_student=norm_s, norm_teacher=norm_t, cos=cos,
+                teacher_sum=t.sum(0), center_used=center.reshape(-1), norm_student=norm_s, norm_teacher=norm_t,
+                cos=cos,
                 r=r, q_rows=q_rows)
 
 
@@ -79,15 +80,21 @@ def ref_dvr_grad(ref, u, z):
     return r * ((u.double()[..., None] * ref["q_rows"]).sum(0) - z.double()[:, None] * r)
 
 
+def named(names, outputs):
+    assert len(outputs) == len(names), (len(outputs), names)
+    return dict(zip(names, outputs))
+
+
 def dir_fwd(student, teacher, center, ncrops, ts=TS, tt=TT):
-    out = dict(zip(("offset_student", "offset_teacher", "ce", "teacher_sum"),
-                   ops.dir_loss_fwd(student, teacher, center, ncrops, ts, tt)))
+    names = ("offset_student", "offset_teacher", "ce", "teacher_sum", "center_used")
+    out = named(names, ops.dir_loss_fwd(student, teacher, center, ncrops, ts, tt))
     return with_lse(out, ts, tt)
 
 
 def dvr_fwd(student, teacher, center, ncrops, ts=TS, tt=TT):
-    names = ("offset_student", "offset_teacher", "norm_student", "norm_teacher", "cos", "teacher_sum")
-    out = dict(zip(names, ops.dvr_loss_fwd(student, teacher, center, ncrops, ts, tt)))
+    names = ("offset_student", "offset_teacher", "norm_student", "norm_teacher", "cos", "teacher_sum",
+             "center_used")
+    out = named(names, ops.dvr_loss_fwd(student, teacher, center, ncrops, ts, tt))
     return with_lse(out, ts, tt)
 
 
@@ -97,7 +104,7 @@ def check_stats(out, ref, tol):
     for name, value in out.items():
         if name.startswith("offset_"):
             assert value.dtype == torch.float32 and value.shape[0] == 2, name
-        elif name.startswith("max_"):
+        elif name.startswith("max_") or name == "center_used":
             assert torch.equal(value, ref[name]), name
         elif name in ref:
             if name not in DERIVED:
@@ -347,6 +354,20 @@ def test_minus_inf_logits_are_zero_probabilities(rng):
     grad_tol = TOLERANCES[torch.float32][1]
     assert_close(d["grad"], ref_dir_grad(ref, d["alpha"], d["beta"]), grad_tol, "dir grad")
     assert_close(v["grad"], ref_dvr_grad(ref, v["u"], v["z"]), grad_tol, "dvr grad")
+
+
+def test_minus_inf_logit_with_positive_teacher_probability_is_inf(rng):
+    student, teacher, center = make_inputs(rng, torch.float32, BATCH, NCROPS, 2 * TILE + 5)
+    pairs, for_reference = minus_inf_against_positive_teacher(student, teacher, TILE)
+    ref = reference(for_reference, teacher, center, NCROPS)
+    d = dir_fwd(student, teacher, center, NCROPS)
+    want_inf = torch.zeros_like(d["ce"], dtype=torch.bool)
+    for iq, row in pairs:
+        want_inf[iq, row] = True
+    assert torch.equal(ref["ce"] == float("inf"), want_inf)
+    assert torch.equal(d["ce"] == float("inf"), want_inf)
+    tol = TOLERANCES[torch.float32][0]
+    assert_close(d["ce"][~want_inf], ref["ce"][~want_inf], tol, "ce")
 
 
 def test_all_nan_row(rng):

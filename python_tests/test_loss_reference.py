@@ -106,8 +106,12 @@ def test_teacher_temp_schedule():
     assert (sched[30:] == 0.07).all()
     with pytest.raises(ValueError, match="warmup_teacher_temp_epochs"):
         ref.teacher_temp_schedule(0.04, 0.07, 200, 100)
-    with pytest.raises(ValueError, match="teacher_temp"):
-        ref.teacher_temp_schedule(0.0, 0.07, 0, 100)
+    with pytest.raises(ValueError, match="warmup_teacher_temp must be finite and > 0"):
+        ref.teacher_temp_schedule(0.0, 0.07, 5, 100)
+    with pytest.raises(ValueError, match="teacher_temp must be finite and > 0"):
+        ref.teacher_temp_schedule(0.04, float("inf"), 5, 100)
+    # without warm-up epochs the warm-up start is unused, as in DINO's schedule
+    assert (ref.teacher_temp_schedule(0.0, 0.07, 0, 10) == 0.07).all()
 
 
 def test_module_center_ema_and_distinct_widths(rng):
@@ -128,7 +132,7 @@ def test_module_center_ema_and_distinct_widths(rng):
     (dict(teacher=torch.zeros(3, 5)), "teacher must have 2"),
     (dict(teacher=torch.zeros(4, 6)), "same width"),
     (dict(student=torch.zeros(6, 5, dtype=torch.int64)), "student must be a floating"),
-    (dict(center=torch.zeros(1, 4)), "center must have K"),
+    (dict(center=torch.zeros(1, 4)), r"center must have shape \(1, K\) or \(K,\)"),
     (dict(student=torch.zeros(6)), "student must be 2-D"),
 ])
 def test_bad_inputs_name_the_argument(bad, match):

@@ -11,7 +11,7 @@ pytest.importorskip("triton")
 
 from clever_kernels import _backend  # noqa: E402
 from clever_kernels.loss import _triton as kt  # noqa: E402
-from conftest import softmax_offsets, tolerance  # noqa: E402
+from conftest import minus_inf_against_positive_teacher, softmax_offsets, tolerance  # noqa: E402
 
 if type(kt._loss_bwd_kernel).__name__ != "InterpretedFunction":
     pytest.skip("the kernels were compiled for a GPU: triton was imported before TRITON_INTERPRET=1 "
@@ -63,7 +63,7 @@ def _reference(student, teacher, center, ncrops, ts, tt):
     dots = (q.view(2, 1, b, k) * r.view(1, ncrops, b, k)).sum(-1)
     cos = (dots / (norm_t.view(2, 1, b) * norm_s.view(1, ncrops, b))).reshape(2, -1)
     return dict(lse_s=xs.logsumexp(-1), lse_t=xt.logsumexp(-1), ce=ce, norm_s=norm_s, norm_t=norm_t,
-                cos=cos, teacher_sum=teacher.double().sum(0), r=r, q=q,
+                cos=cos, teacher_sum=teacher.double().sum(0), center_used=center.double().reshape(-1), r=r, q=q,
                 off_s=softmax_offsets(student, ts), off_t=softmax_offsets(teacher.float() - center.float(), tt))
 
 
@@ -87,13 +87,14 @@ def _close(actual, expected, dtype, what):
 
 
 def _check_fwd(outs, ref, names):
+    assert len(outs) == len(names)
     for out, name in zip(outs, names):
         assert out.dtype == torch.float32 and out.shape == ref[name].shape, name
         _close(out, ref[name], torch.float32, name)
 
 
-DIR_NAMES = ("off_s", "off_t", "ce", "teacher_sum")
-DVR_NAMES = ("off_s", "off_t", "norm_s", "norm_t", "cos", "teacher_sum")
+DIR_NAMES = ("off_s", "off_t", "ce", "teacher_sum", "center_used")
+DVR_NAMES = ("off_s", "off_t", "norm_s", "norm_t", "cos", "teacher_sum", "center_used")
 
 
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
@@ -142,7 +143,7 @@ def test_backward_consumes_forward_statistics(rng):
     case = (F32, 3, 4, 100, 3, 16, TS, TT)
     student, teacher, center = _inputs(case, rng)
     ref = _reference(student, teacher, center, 4, TS, TT)
-    off_s, off_t, _, _ = kt.dir_loss_fwd(student, teacher, center, 4, TS, TT, num_splits=3, block_k=16)
+    off_s, off_t, *_ = kt.dir_loss_fwd(student, teacher, center, 4, TS, TT, num_splits=3, block_k=16)
     alpha, beta = torch.randn(12, generator=rng), torch.randn(2, 12, generator=rng)
     grad = kt.dir_loss_bwd(student, teacher, center, off_s, off_t, alpha, beta, 4, TS, TT, block_k=16)
     _close(grad, _ref_dir_grad(ref, alpha, beta, 4), F32, "grad")
@@ -167,8 +168,12 @@ def test_forward_propagates_nonfinite(fwd, names, value, rng):
     student, teacher, center = _poisoned(rng, value)
     ref = _reference(student, teacher, center, 4, TS, TT)
     outs = fwd(student, teacher, center, 4, TS, TT, num_splits=3, block_k=16)
+    assert len(outs) == len(names)
     for out, name in zip(outs, names):
         want, got = ref[name], out
+        if name == "center_used":
+            assert torch.equal(out, center), name
+            continue
         if name.startswith("off_"):
             # a poisoned row's log-sum is NaN; its maximum may or may not see the NaN
             assert torch.isnan(out[1][~torch.isfinite(want).all(0)]).all(), name
@@ -183,6 +188,23 @@ def test_forward_propagates_nonfinite(fwd, names, value, rng):
             assert torch.equal(~torch.isfinite(got), bad), name
         assert bad.any(), name
         _close(got[~bad], want[~bad], F32, name)
+
+
+@pytest.mark.parametrize("splits, block", [(1, 16), (3, 16), (1, 128)])
+def test_minus_inf_logit_with_positive_teacher_probability_is_inf(rng, splits, block):
+    """As the C++ kernel's test of the same name: within a block, across blocks and across
+    split programs, the cross-entropy is +inf wherever a -inf student logit meets a positive
+    teacher probability, however far that probability is below float32's range."""
+    student, teacher, center = _inputs((F32, 2, 3, 100, splits, block, TS, TT), rng)
+    pairs, for_reference = minus_inf_against_positive_teacher(student, teacher, 60)
+    ref = _reference(for_reference, teacher, center, 3, TS, TT)
+    ce = kt.dir_loss_fwd(student, teacher, center, 3, TS, TT, num_splits=splits, block_k=block)[2]
+    want_inf = torch.zeros_like(ce, dtype=torch.bool)
+    for iq, row in pairs:
+        want_inf[iq, row] = True
+    assert torch.equal(ref["ce"] == float("inf"), want_inf)
+    assert torch.equal(ce == float("inf"), want_inf)
+    _close(ce[~want_inf], ref["ce"][~want_inf], F32, "ce")
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -258,7 +280,7 @@ def test_extreme_logits_backward(rng):
     float64 softmaxes, and x / T - lse must not lose the ~1e-2 that rounding x / T to float32
     would."""
     student, teacher, center = _extreme_inputs(rng, grid=False)
-    off_s, off_t, _, _ = kt.dir_loss_fwd(student, teacher, center, 4, TS, TT, num_splits=2, block_k=64)
+    off_s, off_t, *_ = kt.dir_loss_fwd(student, teacher, center, 4, TS, TT, num_splits=2, block_k=64)
     for off, temp in ((off_s, TS), (off_t, TT)):
         assert (off[0].double() / temp + off[1]).abs().min() > 1e4
     r = torch.softmax(student.double() / TS, dim=-1)
@@ -303,8 +325,10 @@ FWD_ERRORS = {
     "center-f64": (lambda s, t, c: (s, t, c.double(), 3, TS, TT), TypeError, "center must be a float32"),
     "center-numel": (lambda s, t, c: (s, t, c[:9], 3, TS, TT), ValueError, "center must be contiguous with K"),
     "ncrops": (lambda s, t, c: (s[:4], t[:2], c, 1, TS, TT), ValueError, "ncrops must be"),
-    "student_temp": (lambda s, t, c: (s, t, c, 3, 0.0, TT), ValueError, "student_temp must be > 0"),
-    "teacher_temp": (lambda s, t, c: (s, t, c, 3, TS, -1.0), ValueError, "teacher_temp must be > 0"),
+    "student_temp": (lambda s, t, c: (s, t, c, 3, 0.0, TT), ValueError, "student_temp must be finite and > 0"),
+    "teacher_temp": (lambda s, t, c: (s, t, c, 3, TS, -1.0), ValueError, "teacher_temp must be finite and > 0"),
+    "teacher_temp inf": (lambda s, t, c: (s, t, c, 3, TS, float("inf")), ValueError,
+                         "teacher_temp must be finite and > 0"),
 }
 
 

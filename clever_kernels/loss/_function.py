@@ -9,6 +9,7 @@ needs the per-pair upstream gradient and never sees how the pairs were combined.
 import warnings
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from .. import _backend
 
@@ -88,14 +89,14 @@ def _register_fakes():
     def _dir_fwd(student, teacher, center, ncrops, student_temp, teacher_temp):
         rows, k = student.shape
         return (stats(student, 2, rows), stats(teacher, 2, teacher.shape[0]), stats(student, 2, rows),
-                stats(teacher, k))
+                stats(teacher, k), stats(center, k))
 
     @torch.library.register_fake("clever_kernels::dvr_loss_fwd")
     def _dvr_fwd(student, teacher, center, ncrops, student_temp, teacher_temp):
         rows, k = student.shape
         trows = teacher.shape[0]
         return (stats(student, 2, rows), stats(teacher, 2, trows), stats(student, rows), stats(teacher, trows),
-                stats(student, 2, rows), stats(teacher, k))
+                stats(student, 2, rows), stats(teacher, k), stats(center, k))
 
     @torch.library.register_fake("clever_kernels::dir_loss_bwd")
     def _dir_bwd(student, teacher, center, offset_student, offset_teacher, alpha, beta, ncrops,
@@ -126,7 +127,7 @@ class DirCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student, teacher, center, ncrops: int, student_temp: float, teacher_temp: float,
                 impl: str):
-        off_s, off_t, ce, teacher_sum = _ops(impl).dir_loss_fwd(
+        off_s, off_t, ce, teacher_sum, center = _ops(impl).dir_loss_fwd(
             student, teacher, center, ncrops, student_temp, teacher_temp)
         ctx.save_for_backward(student, teacher, center, off_s, off_t)
         ctx.args = (ncrops, student_temp, teacher_temp, impl)
@@ -134,6 +135,7 @@ class DirCrossEntropy(torch.autograd.Function):
         return ce, teacher_sum
 
     @staticmethod
+    @once_differentiable  # the backward ops have no derivative: a second one is refused, never 0
     def backward(ctx, grad_ce, _grad_sum):
         if not ctx.needs_input_grad[0]:
             return (None,) * 7
@@ -153,7 +155,7 @@ class DvrCosine(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student, teacher, center, ncrops: int, student_temp: float, teacher_temp: float,
                 impl: str):
-        off_s, off_t, norm_s, norm_t, cos, teacher_sum = _ops(impl).dvr_loss_fwd(
+        off_s, off_t, norm_s, norm_t, cos, teacher_sum, center = _ops(impl).dvr_loss_fwd(
             student, teacher, center, ncrops, student_temp, teacher_temp)
         ctx.save_for_backward(student, teacher, center, off_s, off_t, norm_s, norm_t, cos)
         ctx.args = (ncrops, student_temp, teacher_temp, impl)
@@ -161,6 +163,7 @@ class DvrCosine(torch.autograd.Function):
         return cos, teacher_sum
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_cos, _grad_sum):
         if not ctx.needs_input_grad[0]:
             return (None,) * 7

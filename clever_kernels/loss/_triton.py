@@ -16,6 +16,7 @@ that nothing large is rounded) and writes every gradient element once.
 """
 import contextlib
 import functools
+import math
 from typing import Dict, NamedTuple, Tuple
 
 import torch
@@ -63,6 +64,13 @@ def _weight(m_part, m_total, scale):
     # relative to m_total >= m_part; a part that has seen nothing (-inf) weighs 0. NaN or +inf
     # in the data still make the weight, and so every statistic it scales, NaN.
     return tl.exp2((m_part - _finite_ref(m_total)) * scale)
+
+
+@triton.jit
+def _scale_ce_cross(w, d):
+    # w * d for a cross-entropy cross term d <= 0: -inf (a -inf student logit where the teacher's
+    # probability is positive, the cross-entropy +inf) stays -inf where w underflows to 0.
+    return tl.where(d == float("-inf"), d, w * d)
 
 
 @triton.jit
@@ -136,13 +144,15 @@ def _loss_fwd_partial_kernel(
             # Moving the student reference from m_s to m_s_new adds (m_s - m_s_new)/ts per unit
             # of teacher mass seen so far, l_t (still relative to the old teacher maximum).
             shift = tl.where(m_s == float("-inf"), 0.0, (m_s - ref_s) * inv_ts)
-            # A -inf student logit where the teacher weight has underflowed to 0 adds 0 (0 log 0 in
-            # the cross-entropy), not 0 * -inf = NaN; NaN and +inf still reach the sums.
-            zero_log_zero = x_s == float("-inf")
-            c0 = tl.where(zero_log_zero & (e_t0[None, :] == 0.0), 0.0, e_t0[None, :] * x_s)
-            c1 = tl.where(zero_log_zero & (e_t1[None, :] == 0.0), 0.0, e_t1[None, :] * x_s)
-            d0 = a_t0 * (d0 + shift * l_t0) + tl.sum(c0, axis=1)
-            d1 = a_t1 * (d1 + shift * l_t1) + tl.sum(c1, axis=1)
+            # A -inf student logit adds 0 where the teacher's probability is exactly 0 (its centred
+            # logit is -inf: 0 log 0 in the cross-entropy, not 0 * -inf = NaN) and -inf wherever
+            # it is positive, its weight underflowed or not (the cross-entropy is +inf); NaN and
+            # +inf still reach the sums.
+            log_zero = x_s == float("-inf")
+            c0 = tl.where(log_zero, tl.where(t0 == float("-inf"), 0.0, float("-inf"))[None, :], e_t0[None, :] * x_s)
+            c1 = tl.where(log_zero, tl.where(t1 == float("-inf"), 0.0, float("-inf"))[None, :], e_t1[None, :] * x_s)
+            d0 = _scale_ce_cross(a_t0, d0 + shift * l_t0) + tl.sum(c0, axis=1)
+            d1 = _scale_ce_cross(a_t1, d1 + shift * l_t1) + tl.sum(c1, axis=1)
 
         l_s = l_s * a_s + tl.sum(e_s, axis=1)
         l_t0 = l_t0 * a_t0 + tl.sum(e_t0, axis=0)
@@ -226,7 +236,7 @@ def _loss_fwd_merge_kernel(
             dot = tl.sum(d * w_t[None, :] * w_s, axis=1)
             pair = dot / (root_t * root_s)
         else:
-            dot = tl.sum(w_t[None, :] * (d + shift_s * l_t[None, :]), axis=1)
+            dot = tl.sum(_scale_ce_cross(w_t[None, :], d + shift_s * l_t[None, :]), axis=1)
             pair = log_l_s - dot / big_l_t
         tl.store(pair_ptr + iq * (V * B) + rows, pair, mask=view_ok)
 
@@ -278,11 +288,14 @@ def _loss_bwd_kernel(
 
 
 @triton.jit
-def _column_sum_kernel(x_ptr, out_ptr, ROWS, K, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+def _column_sum_kernel(x_ptr, c_ptr, out_ptr, c_out_ptr, ROWS, K, BLOCK_R: tl.constexpr,
+                      BLOCK_K: tl.constexpr):
     # One program owns a block of columns and adds all rows in a fixed order: the sum is the
     # same bit for bit on every run, unlike atomics from the row-parallel forward programs.
+    # It also copies the centre's columns for the backward (center_used in csrc/ops.cpp).
     k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
     k_ok = k < K
+    tl.store(c_out_ptr + k, tl.load(c_ptr + k, mask=k_ok), mask=k_ok)
     r = tl.arange(0, BLOCK_R)
     acc = tl.zeros([BLOCK_R, BLOCK_K], tl.float32)
     for r0 in range(0, ROWS, BLOCK_R):
@@ -365,8 +378,8 @@ def _check_logits(student, teacher, center, ncrops, student_temp, teacher_temp) 
     if not isinstance(ncrops, int) or ncrops < 2:
         raise ValueError(f"ncrops must be an int >= 2 (two global views at least), got {ncrops!r}")
     for name, temp in (("student_temp", student_temp), ("teacher_temp", teacher_temp)):
-        if not temp > 0:
-            raise ValueError(f"{name} must be > 0, got {temp!r}")
+        if not 0 < temp < math.inf:
+            raise ValueError(f"{name} must be finite and > 0, got {temp!r}")
     for name, x in (("student", student), ("teacher", teacher)):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -453,6 +466,7 @@ def forward_launches(student, teacher, center, ncrops, student_temp, teacher_tem
     norm_s = torch.empty(rows, **f32) if cosine else off_s  # unused by the cross-entropy head
     norm_t = torch.empty(2 * batch, **f32) if cosine else off_t
     teacher_sum = torch.empty(K, **f32)
+    center_used = torch.empty(K, **f32)
     sum_block = _SUM_BLOCK_K if device.type == "cuda" else min(_SUM_BLOCK_K, block)
     launches = [
         Launch(_loss_fwd_partial_kernel, (batch, splits),
@@ -463,12 +477,12 @@ def forward_launches(student, teacher, center, ncrops, student_temp, teacher_tem
                (part_s, part_t, part_d, off_s, off_t, norm_s, norm_t, pair, batch, splits, inv_ts, inv_tt),
                dict(V=ncrops, V_PAD=v_pad, S_PAD=max(2, triton.next_power_of_2(splits)), COSINE=cosine,
                     num_warps=4)),
-        Launch(_column_sum_kernel, (triton.cdiv(K, sum_block),), (teacher, teacher_sum, 2 * batch, K),
+        Launch(_column_sum_kernel, (triton.cdiv(K, sum_block),), (teacher, center, teacher_sum, center_used, 2 * batch, K),
                dict(BLOCK_R=_SUM_ROWS, BLOCK_K=sum_block, num_warps=4)),
     ]
     if cosine:
-        return launches, (off_s, off_t, norm_s, norm_t, pair, teacher_sum)
-    return launches, (off_s, off_t, pair, teacher_sum)
+        return launches, (off_s, off_t, norm_s, norm_t, pair, teacher_sum, center_used)
+    return launches, (off_s, off_t, pair, teacher_sum, center_used)
 
 
 def backward_launches(student, teacher, center, offset_student, offset_teacher, pair_coef, row_coef, ncrops,
@@ -524,8 +538,9 @@ def dir_loss_fwd(student: Tensor, teacher: Tensor, center: Tensor, ncrops: int, 
 
     student (ncrops*B, K) and teacher (2*B, K) logits in float32/float16/bfloat16, contiguous,
     rows view-major; center float32 with K elements. Returns float32
-    (offset_student (2, ncrops*B), offset_teacher (2, 2*B), ce (2, ncrops*B), teacher_sum (K,))
-    with ce[iq, v*B+b] = -<q[iq,b], log_softmax(student[v*B+b] / student_temp)> for every (iq, v)
+    (offset_student (2, ncrops*B), offset_teacher (2, 2*B), ce (2, ncrops*B), teacher_sum (K,),
+    center_used (K,), a copy of center) with
+    ce[iq, v*B+b] = -<q[iq,b], log_softmax(student[v*B+b] / student_temp)> for every (iq, v)
     and each row's softmax offset (its maximum, its log-sum) as csrc/ops.cpp defines it.
     num_splits: K chunks per image (default: chosen from B, K and the SM count).
     block_k: K elements per step, a power of two (default: chosen from ncrops and the device).
@@ -551,7 +566,7 @@ def dvr_loss_fwd(student: Tensor, teacher: Tensor, center: Tensor, ncrops: int, 
 
     Inputs as dir_loss_fwd. Returns float32 (offset_student (2, ncrops*B), offset_teacher (2, 2*B),
     norm_student = ||r|| (ncrops*B,), norm_teacher = ||p|| (2*B,),
-    cos (2, ncrops*B) = <p[iq,b], r[v*B+b]> / (||p|| ||r||), teacher_sum (K,)).
+    cos (2, ncrops*B) = <p[iq,b], r[v*B+b]> / (||p|| ||r||), teacher_sum (K,), center_used (K,)).
     """
     return _forward(student, teacher, center, ncrops, student_temp, teacher_temp, True, num_splits, block_k)
 

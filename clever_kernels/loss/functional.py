@@ -3,6 +3,7 @@
 Both take centres and temperatures explicitly and return this rank's batch centres (the mean
 of the teacher rows, (1, K) float32); syncing them across ranks and the EMA are the modules'.
 """
+import math
 from typing import Tuple
 
 import torch
@@ -22,8 +23,8 @@ def _pairs(stats: Tensor, ncrops: int) -> Tensor:
 
 def _check_temperatures(student_temp, teacher_temp):
     for name, value in (("student_temp", student_temp), ("teacher_temp", teacher_temp)):
-        if not value > 0:
-            raise ValueError(f"{name} must be > 0, got {value}")
+        if not 0 < value < math.inf:
+            raise ValueError(f"{name} must be finite and > 0, got {value}")
 
 
 def _prepare(student: Tensor, teacher: Tensor, center: Tensor):
@@ -34,9 +35,9 @@ def _prepare(student: Tensor, teacher: Tensor, center: Tensor):
     dtype = torch.promote_types(student.dtype, teacher.dtype)
     student = student.to(dtype).contiguous()
     teacher = teacher.detach().to(dtype).contiguous()
-    # a copy, not a view: the modules update their centre buffers in place right after the
-    # forward, and the backward must see the centre the forward used
-    center = center.detach().to(torch.float32).reshape(-1).clone()
+    # may be a view of a centre buffer that is updated in place before the backward runs: the
+    # forward ops return the copy the backward reads (center_used in csrc/ops.cpp)
+    center = center.detach().to(torch.float32).reshape(-1)
     return student, teacher, center
 
 

@@ -27,6 +27,24 @@ def _as_int(name: str, value) -> int:
         raise TypeError(f"{name} must be an integer, got {value!r}") from None
 
 
+def _as_width(name: str, value) -> int:
+    if hasattr(value, "sep_lambd"):
+        raise TypeError(f"{name} must be an int, got {value!r}: the authors' args goes by keyword, "
+                        "CLeVERLoss(..., center_momentum, args=args)")
+    width = _as_int(name, value)
+    if width < 1:
+        raise ValueError(f"{name} must be >= 1, got {width}")
+    return width
+
+
+def _check_width(name: str, logits, center, dim_name: str):
+    # named after the constructor argument: the centre the functional check would name is the
+    # module's own
+    if isinstance(logits, torch.Tensor) and logits.dim() == 2 and logits.shape[1] != center.shape[-1]:
+        raise ValueError(f"{name} has K = {logits.shape[1]} columns, but this loss was built with "
+                         f"{dim_name}={center.shape[-1]}")
+
+
 def _as_float(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise TypeError(f"{name} must be a finite real number, got {value!r}")
@@ -138,11 +156,15 @@ class CLeVERLoss(_CenteredLoss):
                 raise ValueError(f"sep_lambd={sep_lambd} and args.sep_lambd={from_args} disagree; give one")
             sep_lambd = from_args
         self.sep_lambd = 1.0 if sep_lambd is None else _as_float("sep_lambd", sep_lambd)
+        out_dim = _as_width("out_dim", out_dim)
+        dvr_out_dim = out_dim if dvr_out_dim is None else _as_width("dvr_out_dim", dvr_out_dim)
         self.register_buffer("center", torch.zeros(1, out_dim))
-        self.register_buffer("center2", torch.zeros(1, out_dim if dvr_out_dim is None else dvr_out_dim))
+        self.register_buffer("center2", torch.zeros(1, dvr_out_dim))
 
     def forward(self, student_ir, student_ef, teacher_ir, teacher_ef, *criterion_l1_epoch, epoch=None):
         epoch = _authors_epoch(criterion_l1_epoch, epoch, student_ef)
+        _check_width("student_ir", student_ir, self.center, "out_dim")
+        _check_width("student_ef", student_ef, self.center2, "dvr_out_dim")
         self.sync_centers()
         total, loss_dir, loss_dvr, mean_ir, mean_ef = clever_loss(
             student_ir, student_ef, teacher_ir, teacher_ef, self.center, self.center2, self.ncrops,
@@ -187,9 +209,10 @@ class DINOLoss(_CenteredLoss):
                  nepochs, student_temp=0.1, center_momentum=0.9, backend="auto"):
         super().__init__(ncrops, warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs,
                          student_temp, center_momentum, backend)
-        self.register_buffer("center", torch.zeros(1, out_dim))
+        self.register_buffer("center", torch.zeros(1, _as_width("out_dim", out_dim)))
 
     def forward(self, student_output, teacher_output, epoch):
+        _check_width("student_output", student_output, self.center, "out_dim")
         self.sync_centers()
         loss, mean = dino_loss(student_output, teacher_output, self.center, self.ncrops, self.student_temp,
                                self.teacher_temp(epoch), backend=self.backend)

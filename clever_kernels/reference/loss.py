@@ -4,7 +4,8 @@ Notation follows SPEC.md: B images, V = ncrops student views stacked view-major 
 2 teacher (global) views, head 1 (IR) of width K1 and head 2 (EF) of width K2, student
 temperature ts, teacher temperature tt, centres c1 (1, K1) and c2 (1, K2).
 """
-from typing import Optional, Tuple
+import math
+from typing import Tuple
 
 import numpy as np
 import torch
@@ -23,9 +24,11 @@ def teacher_temp_schedule(warmup_teacher_temp: float, teacher_temp: float,
     if warmup_teacher_temp_epochs > nepochs:
         raise ValueError(f"warmup_teacher_temp_epochs ({warmup_teacher_temp_epochs}) must not exceed "
                          f"nepochs ({nepochs})")
-    if warmup_teacher_temp <= 0 or teacher_temp <= 0:
-        raise ValueError(f"teacher temperatures must be > 0, got warmup_teacher_temp={warmup_teacher_temp}, "
-                         f"teacher_temp={teacher_temp}")
+    # the warm-up start is unused without warm-up epochs (DINO's schedule takes any value then)
+    used = (("warmup_teacher_temp", warmup_teacher_temp),) if warmup_teacher_temp_epochs > 0 else ()
+    for name, value in used + (("teacher_temp", teacher_temp),):
+        if not 0 < value < math.inf:
+            raise ValueError(f"{name} must be finite and > 0, got {value}")
     return np.concatenate((
         np.linspace(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs),
         np.ones(nepochs - warmup_teacher_temp_epochs) * teacher_temp,
@@ -101,10 +104,12 @@ def update_center(center: Tensor, batch_mean: Tensor, momentum: float) -> Tensor
     return center * momentum + batch_mean * (1 - momentum)
 
 
-def check_loss_inputs(ncrops: int, student: Tensor, teacher: Tensor, center: Optional[Tensor],
+def check_loss_inputs(ncrops: int, student: Tensor, teacher: Tensor, center: Tensor,
                       names: Tuple[str, str, str]) -> int:
     """Validates one head's logits; returns B. Raises ValueError/TypeError naming the argument."""
     s_name, t_name, c_name = names
+    if isinstance(ncrops, bool) or not hasattr(ncrops, "__index__"):
+        raise TypeError(f"ncrops must be an int, got {ncrops!r}")
     if ncrops < 2:
         raise ValueError(f"ncrops must be >= 2 (two global views at least), got {ncrops}")
     for name, x in ((s_name, student), (t_name, teacher)):
@@ -124,15 +129,18 @@ def check_loss_inputs(ncrops: int, student: Tensor, teacher: Tensor, center: Opt
     if student.shape[1] != teacher.shape[1]:
         raise ValueError(f"{s_name} and {t_name} must have the same width K, got "
                          f"{student.shape[1]} and {teacher.shape[1]}")
+    if student.shape[1] == 0:
+        raise ValueError(f"{s_name} and {t_name} must have K >= 1 columns, got 0")
     if student.device != teacher.device:
         raise ValueError(f"{s_name} and {t_name} must be on one device, got {student.device} and "
                          f"{teacher.device}")
-    if center is not None:
-        if center.numel() != teacher.shape[1]:
-            raise ValueError(f"{c_name} must have K = {teacher.shape[1]} elements, got shape "
-                             f"{tuple(center.shape)}")
-        if center.device != teacher.device:
-            raise ValueError(f"{c_name} must be on {teacher.device}, got {center.device}")
+    if not isinstance(center, torch.Tensor):
+        raise TypeError(f"{c_name} must be a torch.Tensor, got {type(center).__name__}")
+    if tuple(center.shape) not in ((teacher.shape[1],), (1, teacher.shape[1])):
+        raise ValueError(f"{c_name} must have shape (1, K) or (K,) with K = {teacher.shape[1]}, got "
+                         f"{tuple(center.shape)}")
+    if center.device != teacher.device:
+        raise ValueError(f"{c_name} must be on {teacher.device}, got {center.device}")
     return batch
 
 

@@ -169,24 +169,44 @@ CK_SIMD_CLONES void exp_in_place(T* a, int64_t n, T offset, T inv_temp, T& sum, 
 
 // One student segment against the image's two teacher segments e0, e1 (weights relative to the
 // teacher maxima): sum of exp((s - offset) * inv_ts) and the cross terms sum e_t * (s - offset).
-// A -inf student logit (probability 0) where the teacher weight has underflowed to 0 adds 0, as
-// 0 log 0 does in the cross-entropy, not 0 * -inf = NaN; NaN and +inf still reach the sums.
+// Plain products: a -inf student logit against a weight of 0 makes the cross term NaN here, and
+// dir_cross_exact then redoes the segment (a NaN term is rare; no test on the common path).
 template <typename T>
 CK_SIMD_CLONES void dir_student_segment(const T* s, const T* e0, const T* e1, int64_t n, T offset,
                                         T inv_ts, T& sum, T& d0, T& d1) {
   T l = 0, x0 = 0, x1 = 0;
-  constexpr T minus_inf = -std::numeric_limits<T>::infinity();
 #pragma omp simd reduction(+ : l, x0, x1)
   for (int64_t k = 0; k < n; ++k) {
     const T x = s[k] - offset;
     l += softmax_exp(x * inv_ts);
-    const T c0 = e0[k] * x, c1 = e1[k] * x;
-    x0 += (x == minus_inf && e0[k] == T(0)) ? T(0) : c0;
-    x1 += (x == minus_inf && e1[k] == T(0)) ? T(0) : c1;
+    x0 += e0[k] * x;
+    x1 += e1[k] * x;
   }
   sum = l;
   d0 = x0;
   d1 = x1;
+}
+
+// The cross term of one student segment against one teacher segment, term by term, for a
+// segment whose plain sum came out NaN. A -inf student logit (probability 0) adds 0 where the
+// teacher's probability is exactly 0 (its centred logit is -inf), as 0 log 0 does in the
+// cross-entropy, and -inf wherever it is positive, its weight e_t underflowed or not (the
+// cross-entropy is +inf); NaN stays NaN.
+template <typename T, typename scalar_t>
+T dir_cross_exact(const T* s, const T* e, const scalar_t* teacher, const float* center, int64_t n,
+                  T offset) {
+  constexpr T minus_inf = -std::numeric_limits<T>::infinity();
+  T d = 0;
+  for (int64_t k = 0; k < n; ++k) {
+    const T x = s[k] - offset;
+    if (x == minus_inf && !std::isnan(e[k])) {
+      const bool absent = static_cast<T>(teacher[k]) - static_cast<T>(center[k]) == minus_inf;
+      d += absent ? T(0) : minus_inf;
+    } else {
+      d += e[k] * x;
+    }
+  }
+  return d;
 }
 
 // Same for the cosine head: sum e_s, sum e_s^2 and the dot products sum e_t * e_s.
@@ -370,8 +390,15 @@ void dir_range(const Problem<scalar_t>& pb, int64_t b, int64_t k_begin, int64_t 
     for (int64_t v = 0; v < pb.V; ++v) {
       const T* s = as_acc(pb.student_row(v, b) + k0, n, ws.row.data());
       tile.ms[v] = segment_max(s, n);
-      dir_student_segment(s, ws.e0.data(), ws.e1.data(), n, exp_offset(tile.ms[v]), pb.inv_ts,
-                          tile.ls[v], tile.d[v], tile.d[pb.V + v]);
+      const T offset = exp_offset(tile.ms[v]);
+      dir_student_segment(s, ws.e0.data(), ws.e1.data(), n, offset, pb.inv_ts, tile.ls[v],
+                          tile.d[v], tile.d[pb.V + v]);
+      for (int iq = 0; iq < 2; ++iq) {
+        T& d = tile.d[iq * pb.V + v];
+        if (std::isnan(d)) {
+          d = dir_cross_exact(s, ws.e(iq), pb.teacher_row(iq, b) + k0, pb.center + k0, n, offset);
+        }
+      }
     }
     tile.empty = false;
     acc.merge(tile, pb.inv_ts, pb.inv_tt);
@@ -610,11 +637,9 @@ void dvr_bwd_kernel(const Problem<scalar_t>& pb, double student_temp, double tea
 // ----------------------------------------------------------------------------------------------
 // Ops
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> dir_loss_fwd_cpu(const Tensor& student,
-                                                            const Tensor& teacher,
-                                                            const Tensor& center, int64_t ncrops,
-                                                            double student_temp,
-                                                            double teacher_temp) {
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> dir_loss_fwd_cpu(
+    const Tensor& student, const Tensor& teacher, const Tensor& center, int64_t ncrops,
+    double student_temp, double teacher_temp) {
   const int64_t B = check_logits(student, teacher, center, ncrops, student_temp, teacher_temp);
   const int64_t rows = ncrops * B;
   const auto f32 = student.options().dtype(at::kFloat);
@@ -630,10 +655,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dir_loss_fwd_cpu(const Tensor& studen
                    offset_teacher.data_ptr<float>(), ce.data_ptr<float>(),
                    teacher_sum.data_ptr<float>());
   });
-  return {offset_student, offset_teacher, ce, teacher_sum};
+  return {offset_student, offset_teacher, ce, teacher_sum, center.reshape({-1}).clone()};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> dvr_loss_fwd_cpu(
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> dvr_loss_fwd_cpu(
     const Tensor& student, const Tensor& teacher, const Tensor& center, int64_t ncrops,
     double student_temp, double teacher_temp) {
   const int64_t B = check_logits(student, teacher, center, ncrops, student_temp, teacher_temp);
@@ -654,7 +679,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> dvr_loss_fwd_cpu(
                    norm_teacher.data_ptr<float>(), cos.data_ptr<float>(),
                    teacher_sum.data_ptr<float>());
   });
-  return {offset_student, offset_teacher, norm_student, norm_teacher, cos, teacher_sum};
+  return {offset_student, offset_teacher, norm_student, norm_teacher, cos, teacher_sum,
+          center.reshape({-1}).clone()};
 }
 
 Tensor dir_loss_bwd_cpu(const Tensor& student, const Tensor& teacher, const Tensor& center,

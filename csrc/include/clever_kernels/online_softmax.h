@@ -126,11 +126,18 @@ C10_HOST_DEVICE inline MaxMerge<T> merge_max(T m_a, T m_b, T inv_temp) {
 // with a = teacher - center. Every term is <= 0, so nothing cancels. Merging segments moves the
 // teacher weights by their factor alpha_t and the student offset by shift = m_s(merged) - m_s:
 //   d = alpha_t_a * (d_a - shift_a * l_t_a) + alpha_t_b * (d_b - shift_b * l_t_b)
-// where l_t is the segment's teacher sum before the merge.
+// where l_t is the segment's teacher sum before the merge. d = -inf (a -inf student logit where
+// the teacher's probability is positive: the cross-entropy is +inf) stays -inf even where alpha_t
+// underflows to 0, rather than 0 * -inf = NaN.
+template <typename T>
+C10_HOST_DEVICE inline T scale_ce_cross(T alpha_t, T d) {
+  return d == -std::numeric_limits<T>::infinity() ? d : alpha_t * d;
+}
+
 template <typename T>
 C10_HOST_DEVICE inline T merge_ce_cross(T d_a, T l_t_a, T alpha_t_a, T shift_a, T d_b, T l_t_b,
                                         T alpha_t_b, T shift_b) {
-  return alpha_t_a * (d_a - shift_a * l_t_a) + alpha_t_b * (d_b - shift_b * l_t_b);
+  return scale_ce_cross(alpha_t_a, d_a - shift_a * l_t_a) + scale_ce_cross(alpha_t_b, d_b - shift_b * l_t_b);
 }
 
 // Cosine cross term over a segment: sum_k exp((a_k - m_t) * inv_tt) * exp((s_k - m_s) * inv_ts).
