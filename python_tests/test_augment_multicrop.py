@@ -3,7 +3,7 @@ and a sample's views depend on its id, not on its batch."""
 import pytest
 import torch
 
-from clever_kernels.augment import MultiCrop, render, sample_params
+from clever_kernels.augment import MultiCrop, make_config, render, sample_params
 
 
 def _images(rng, sizes):
@@ -63,6 +63,24 @@ def test_bad_config_names_the_argument(kwargs, match):
         MultiCrop("caug", **kwargs)
 
 
+def test_unprefixed_overrides_and_configs_are_not_shadowed():
+    """MultiCrop's named sizes and scales apply only when given: `size=` / `scale=` reach every
+    view, an AugConfig keeps its own values, and MultiCrop draws what sample_params draws."""
+    mc = MultiCrop("baug", n_local=1, size=16, scale=(0.9, 1.0))
+    assert [v.size for v in mc.config.views()] == [16, 16, 16]
+    assert all(v.scale == (0.9, 1.0) for v in mc.config.views())
+    sizes = torch.tensor([[40, 50], [33, 21]])
+    for a, b in zip(mc.sample_params(sizes, step=4), sample_params(sizes, "baug", n_local=1, size=16,
+                                                                      scale=(0.9, 1.0), step=4)):
+        assert torch.equal(a.to_tensor(torch.float64), b.to_tensor(torch.float64))
+    cfg = make_config("caug", n_local=2, global_size=32, local_size=16, global_scale=(0.9, 1.0))
+    assert MultiCrop(cfg).config == cfg
+    assert MultiCrop(cfg, local_size=8).config == make_config(cfg, local_size=8)
+    default = MultiCrop("caug").config
+    assert (default.n_local, default.global1.size, default.local.size) == (8, 224, 96)
+    assert (default.global1.scale, default.local.scale) == ((0.4, 1.0), (0.05, 0.4))
+
+
 @pytest.mark.parametrize("images,match", [
     (torch.zeros(2, 3, 8, 8), "uint8"),
     ([], "empty"),
@@ -94,5 +112,9 @@ def test_fused_render_checks_values_in_one_host_copy(rng, monkeypatch):
     assert calls == [6, 6]
     bad = params[4].index(slice(None))
     bad.top[1] = 100
-    with pytest.raises(ValueError, match="crop box"):
+    with pytest.raises(ValueError, match="params of view 4: crop box .* of sample 1 is not inside"):
         render(images, params[:4] + [bad] + params[5:], backend="fused")
+    bad = params[3].index(slice(None))
+    bad.order[0] = torch.tensor([0, 1, 1, 3])
+    with pytest.raises(ValueError, match=r"params of view 3: order of sample 0 is \[0, 1, 1, 3\]"):
+        render(images, params[:3] + [bad] + params[4:], backend="fused")

@@ -2,6 +2,8 @@
 import colorsys
 import dataclasses
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -397,3 +399,11 @@ def test_bad_inputs_raise_naming_the_argument(noise_images):
     for call, exc, match in cases:
         with pytest.raises(exc, match=match):
             call()
+
+
+def test_reference_imports_on_its_own():
+    """`import clever_kernels.reference.augment` first, in a fresh interpreter: it imports the
+    augment package, whose MultiCrop refers back to it."""
+    code = "import clever_kernels.reference.augment as r; print(r.render.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "render", out.stderr

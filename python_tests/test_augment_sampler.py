@@ -9,6 +9,7 @@ import torch
 from clever_kernels.augment import (COLUMNS, AugConfig, AugParams, Op, ViewConfig, image_sizes,
                                     make_config, sample_params, sample_view)
 from clever_kernels.augment import rng as ck_rng
+from clever_kernels.augment import sampler
 from clever_kernels.augment.sampler import CROP_LEFT_DRAW, CROP_TOP_DRAW, permutation_from_index
 
 N_STAT = 20000
@@ -152,6 +153,12 @@ def test_overrides_and_precedence():
     (dict(n_local=-1), "n_local"),
     (dict(std=(0.2, 0.0, 0.2)), "std"),
     (dict(mean=(0.5, 0.5)), "mean"),
+    # ranges that float32 draws would turn into inf, and sizes no renderer takes
+    (dict(degrees=(-3e38, 3e38)), "degrees must lie within"),
+    (dict(brightness=1e39), "brightness must be a strength"),
+    (dict(contrast=(0.0, 3.5e38)), "contrast must lie within"),
+    (dict(elastic_alpha=1e39), "elastic_alpha"),
+    (dict(global_size=5000), r"size must be an int in \[1, 4080\]"),
 ])
 def test_bad_config_raises_naming_the_argument(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -165,6 +172,9 @@ def test_unknown_preset_and_override():
         make_config("baug", flip_prob=0.5)
     with pytest.raises(ValueError, match="flip_p"):
         ViewConfig(flip_p=2)
+    with pytest.raises(TypeError, match="flip_p must be a Python or numpy number"):
+        make_config("baug", flip_p=torch.tensor(0.5))
+    assert make_config("baug", flip_p=np.float32(0.25), brightness=np.float64(0.3)).global1.flip_p == 0.25
 
 
 # ----------------------------------------------------------------------------- sampling statistics
@@ -408,6 +418,9 @@ def test_no_host_sync(monkeypatch):
         raise AssertionError("host sync in sample_params")
 
     sizes = torch.tensor([[100, 120]] * 8)
+    # the one read-back allowed: the values of CPU size tensors (the meta call above shows that
+    # sizes elsewhere are not read)
+    monkeypatch.setattr(sampler, "_check_size_values", lambda *args: None)
     for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__"):
         monkeypatch.setattr(torch.Tensor, name, trap)
     params = sample_params(sizes, "caug+", seed=torch.tensor(3), step=torch.tensor(4))
@@ -420,9 +433,14 @@ def test_no_host_sync(monkeypatch):
 def test_same_draws_on_cuda():
     sizes = torch.randint(20, 500, (256, 2), generator=torch.Generator().manual_seed(1))
     cpu = sample_params(sizes, "caug+", seed=3, step=8)
+    # the copy of the sizes, and the sampler's per-config constants (copied once per config),
+    # are blocking host-to-device copies, which sync debug mode counts: made before it is on
+    gpu_sizes = sizes.cuda()
+    sample_params(gpu_sizes, "caug+", seed=0, step=0)
+    torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        gpu = sample_params(sizes.cuda(), "caug+", seed=3, step=8)
+        gpu = sample_params(gpu_sizes, "caug+", seed=3, step=8)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     for a, b in zip(cpu, gpu):
@@ -466,6 +484,20 @@ def test_aug_params_validation():
         AugParams.from_tensor(torch.zeros(2, 5), size=8, view=0)
 
 
+def test_from_tensor_refuses_what_it_cannot_rebuild():
+    """A float32 table has rounded the elastic seeds, and no table holds the view's elastic
+    strength: rebuilding either would render other views than the recorded ones."""
+    p = sample_params([(40, 50)] * 6, "caug+", seed=3)[0]
+    assert p.elastic.any()
+    with pytest.raises(ValueError, match="float64 or int64"):
+        AugParams.from_tensor(p.to_tensor(), p.size, p.view, p.elastic_alpha, p.elastic_sigma)
+    with pytest.raises(ValueError, match="elastic_alpha and elastic_sigma"):
+        AugParams.from_tensor(p.to_tensor(torch.float64), p.size, p.view)
+    plain = sample_params([(40, 50)] * 6, "caug", seed=3)[0]
+    back = AugParams.from_tensor(plain.to_tensor(), plain.size, plain.view)
+    assert torch.equal(back.to_tensor(torch.float64), plain.to_tensor(torch.float64))
+
+
 @pytest.mark.parametrize("call, exc, match", [
     (lambda: sample_params([]), ValueError, "sizes_or_images"),
     (lambda: sample_params(torch.zeros(0, 3, 8, 8, dtype=torch.uint8)), ValueError, "sizes_or_images"),
@@ -478,6 +510,10 @@ def test_aug_params_validation():
     (lambda: sample_params(torch.zeros(2, 3, 8, 8), seed=torch.tensor([1, 2])), ValueError, "seed"),
     (lambda: sample_params(torch.zeros(2, 3, 8, 8), "caug", n_local=-2), ValueError, "n_local"),
     (lambda: sample_params(torch.zeros(2, 3, 8, 8), "caug", local_scale=(0.5, 0.1)), ValueError, "scale"),
+    (lambda: sample_params(torch.tensor([[0, 5]])), ValueError, "sizes_or_images: image sizes must be >= 1"),
+    (lambda: sample_params(torch.tensor([[-5, 10]])), ValueError, "sizes_or_images"),
+    (lambda: sample_params(torch.zeros(2, 3, 8, 8), ids=[5.7, 6.2]), TypeError, "ids must be"),
+    (lambda: sample_params(torch.zeros(2, 3, 8, 8), ids=[True, False]), TypeError, "ids must be"),
 ])
 def test_sample_params_bad_inputs(call, exc, match):
     with pytest.raises(exc, match=match):

@@ -12,10 +12,11 @@ A more specific prefix wins over a less specific one. `global_size`, `local_size
 """
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Dict, List, Tuple, Union
 
-from .params import MAX_SIGMA
+from .params import MAX_MAGNITUDE, MAX_SIGMA, MAX_SIZE
 
 Range = Tuple[float, float]
 
@@ -24,8 +25,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 PRESET_NAMES = ("baug", "caug", "caug+")
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def _check_prob(name: str, p) -> float:
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+    if not _is_number(p):
+        raise TypeError(f"{name} must be a Python or numpy number (a probability in [0, 1]), "
+                        f"got {type(p).__name__} {p!r}")
+    if not 0.0 <= p <= 1.0:
         raise ValueError(f"{name} must be a probability in [0, 1], got {p!r}")
     return float(p)
 
@@ -37,6 +45,8 @@ def _check_range(name: str, value, low=None, high=None, positive=False) -> Range
         raise ValueError(f"{name} must be a pair (min, max) of numbers, got {value!r}") from None
     if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
         raise ValueError(f"{name} must be a finite pair with min <= max, got {value!r}")
+    if max(abs(lo), abs(hi)) > MAX_MAGNITUDE:
+        raise ValueError(f"{name} must lie within +-{MAX_MAGNITUDE:g}, got {value!r}")
     if positive and lo <= 0:
         raise ValueError(f"{name} must be > 0, got {value!r}")
     if (low is not None and lo < low) or (high is not None and hi > high):
@@ -46,24 +56,23 @@ def _check_range(name: str, value, low=None, high=None, positive=False) -> Range
 
 def _factor_range(name: str, value) -> Range:
     """ColorJitter's convention: a strength a gives [max(0, 1 - a), 1 + a]; a pair is taken as is."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not (math.isfinite(value) and value >= 0):
-            raise ValueError(f"{name} must be a finite strength >= 0, got {value!r}")
-        return max(0.0, 1.0 - value), 1.0 + value
+    if _is_number(value):
+        if not (math.isfinite(value) and 0 <= value <= MAX_MAGNITUDE):
+            raise ValueError(f"{name} must be a strength in [0, {MAX_MAGNITUDE:g}], got {value!r}")
+        return max(0.0, 1.0 - float(value)), 1.0 + float(value)
     return _check_range(name, value, low=0.0)
 
 
 def _hue_range(name: str, value) -> Range:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if _is_number(value):
         if not 0.0 <= value <= 0.5:
             raise ValueError(f"{name} must be a strength in [0, 0.5], got {value!r}")
         return -float(value), float(value)
     return _check_range(name, value, low=-0.5, high=0.5)
 
 
-def _check_nonneg(name: str, value, high=math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-            math.isfinite(value) and 0 <= value <= high):
+def _check_nonneg(name: str, value, high=MAX_MAGNITUDE) -> float:
+    if not _is_number(value) or not (math.isfinite(value) and 0 <= value <= high):
         raise ValueError(f"{name} must be a finite number in [0, {high}], got {value!r}")
     return float(value)
 
@@ -98,8 +107,8 @@ class ViewConfig:
     solarize_p: float = 0.0
 
     def __post_init__(self):
-        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
-            raise ValueError(f"size must be an int >= 1, got {self.size!r}")
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or not 1 <= self.size <= MAX_SIZE:
+            raise ValueError(f"size must be an int in [1, {MAX_SIZE}], got {self.size!r}")
         checked = {
             "scale": _check_range("scale", self.scale, high=1.0, positive=True),
             "ratio": _check_range("ratio", self.ratio, positive=True),
@@ -200,13 +209,19 @@ def _split_overrides(overrides: Dict[str, object]) -> Dict[str, Dict[str, object
     return per_view
 
 
+_OPTIONAL_NAMED = ("n_local", "global_size", "local_size", "global_scale", "local_scale")
+
+
 def make_config(preset: Union[str, AugConfig] = "baug", **overrides) -> AugConfig:
     """The AugConfig of a preset ("baug", "caug", "caug+"), with overrides applied.
 
     A ready AugConfig may be passed instead of a name; the overrides then apply to it.
-    Raises ValueError for an unknown preset or an out-of-range value (naming the argument) and
-    TypeError for an unknown override.
+    n_local, global_size, local_size, global_scale and local_scale given as None keep the
+    preset's (or the AugConfig's) values, so that callers can forward their own optional
+    arguments. Raises ValueError for an unknown preset or an out-of-range value (naming the
+    argument) and TypeError for an unknown override.
     """
+    overrides = {k: v for k, v in overrides.items() if not (k in _OPTIONAL_NAMED and v is None)}
     if isinstance(preset, AugConfig):
         return preset.replace(**overrides)
     if not isinstance(preset, str) or preset.lower() not in _PRESETS:

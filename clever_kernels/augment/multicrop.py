@@ -1,10 +1,10 @@
 """MultiCrop: sample every view's parameters, then render them, as one call."""
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..reference.augment import _check_images
-from .config import make_config
+from ..reference import augment as reference
+from .config import AugConfig, make_config
 from .params import AugParams
 from .render import render, render_checked
 from .sampler import sample_params
@@ -26,10 +26,16 @@ class MultiCrop:
     `render(images, sample_params(images, ...))` exactly.
     Every probability and range of SPEC.md's table can be overridden by keyword (see
     clever_kernels.augment.config, e.g. `flip_p=0.3`, `global2_solarize_p=0.5`).
+    n_local, global_size, local_size, global_scale and local_scale left at None keep the
+    preset's (8, 224, 96, (0.4, 1.0), (0.05, 0.4)) or, for an AugConfig passed as `preset`, its
+    own; so do unprefixed overrides such as `size=` or `scale=`, which a default here would
+    otherwise shadow.
     """
 
-    def __init__(self, preset: str = "baug", n_local: int = 8, global_size: int = 224, local_size: int = 96,
-                 global_scale: Tuple[float, float] = (0.4, 1.0), local_scale: Tuple[float, float] = (0.05, 0.4),
+    def __init__(self, preset: Union[str, AugConfig] = "baug", n_local: Optional[int] = None,
+                 global_size: Optional[int] = None, local_size: Optional[int] = None,
+                 global_scale: Optional[Tuple[float, float]] = None,
+                 local_scale: Optional[Tuple[float, float]] = None,
                  antialias: bool = True, out_dtype: torch.dtype = torch.float32, channels_last: bool = False,
                  seed: int = 0, interpolation: str = "bicubic", rotation_interpolation: str = "nearest",
                  backend: str = "auto", **overrides):
@@ -50,7 +56,7 @@ class MultiCrop:
         return render(images, params, **self.render_options)
 
     def __call__(self, images, step: int = 0, ids: Optional[Tensor] = None):
-        images = _check_images(images)
+        images = reference._check_images(images)
         params = self.sample_params(images, step=step, ids=ids)
         # freshly drawn parameters are valid by construction: no device-to-host copy to check them
         return render_checked(images, params, check_values=False, **self.render_options), params

@@ -7,7 +7,7 @@ AugParams in the authors' view order: global 1, global 2, then the local views.
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -29,6 +29,14 @@ COLUMNS = ("top", "left", "height", "width", "flip", "angle", "elastic", "elasti
 #: Largest blur or elastic sigma a renderer takes (output pixels). The kernels' work grows with
 #: the square of the radius (3 sigma), so an unbounded sigma would be a render that never ends.
 MAX_SIGMA = 1000.0
+
+#: Largest output side a renderer takes: the CUDA kernels put one block per 16 x 16 tile of a view
+#: in a grid dimension of at most 65535 (csrc/include/clever_kernels/render_views_args.h).
+MAX_SIZE = 4080
+
+#: Largest magnitude of any other number in a recipe (angles, factors, strengths): parameters
+#: are drawn and rendered in float32, where a range near float32's limit would draw inf.
+MAX_MAGNITUDE = 1e6
 
 #: Colour-jitter op numbering used by `order`.
 JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
@@ -127,19 +135,36 @@ class AugParams:
         """(B, len(COLUMNS)) tensor of every per-sample parameter, columns as in `self.columns`.
 
         Booleans become 0/1. elastic_seed is a 32-bit integer: exact in float64, rounded in
-        float32 (pass dtype=torch.float64 to keep it, e.g. for `from_tensor`).
+        float32 (pass dtype=torch.float64 to keep it: `from_tensor` refuses a float32 table
+        with elastic samples).
         """
         parts = [getattr(self, name).to(dtype).unsqueeze(1) if name != "order" else self.order.to(dtype)
                  for name in TENSOR_FIELDS]
         return torch.cat(parts, dim=1)
 
     @classmethod
-    def from_tensor(cls, table: Tensor, size: int, view: int, elastic_alpha: float = 0.0,
-                    elastic_sigma: float = 0.0) -> "AugParams":
-        """Inverse of to_tensor: (B, len(COLUMNS)) float tensor back to an AugParams."""
-        if table.dim() != 2 or table.shape[1] != len(COLUMNS):
-            raise ValueError(f"table must have shape (B, {len(COLUMNS)}), got {tuple(table.shape)}")
+    def from_tensor(cls, table: Tensor, size: int, view: int, elastic_alpha: Optional[float] = None,
+                    elastic_sigma: Optional[float] = None) -> "AugParams":
+        """Inverse of to_tensor: (B, len(COLUMNS)) tensor back to an AugParams.
+
+        The table holds no view-level constants: where any sample has elastic set, pass the
+        view's elastic_alpha and elastic_sigma (they default to 0 only where no sample has), and
+        the table must be float64 or int64, float32 having rounded the 32-bit elastic seeds.
+        """
+        if not isinstance(table, Tensor) or table.dim() != 2 or table.shape[1] != len(COLUMNS):
+            raise ValueError(f"table must be a tensor of shape (B, {len(COLUMNS)}), got "
+                             f"{tuple(table.shape) if isinstance(table, Tensor) else type(table).__name__}")
         col = {name: table[:, i] for i, name in enumerate(COLUMNS)}
+        if bool((col["elastic"] != 0).any()):
+            if elastic_alpha is None or elastic_sigma is None:
+                raise ValueError("table has samples with elastic set: pass the view's elastic_alpha and "
+                                 "elastic_sigma (AugParams.elastic_alpha / .elastic_sigma), which the table "
+                                 "does not hold")
+            if table.dtype not in (torch.float64, torch.int64):
+                raise ValueError(f"table has samples with elastic set, so it must be float64 or int64 "
+                                 f"(to_tensor(torch.float64)): {table.dtype} rounds the 32-bit elastic_seed")
+        elastic_alpha = 0.0 if elastic_alpha is None else elastic_alpha
+        elastic_sigma = 0.0 if elastic_sigma is None else elastic_sigma
         fields = {}
         for name in TENSOR_FIELDS:
             if name == "order":

@@ -33,6 +33,7 @@ with its aspect ratio clamped to the range, centred with floor division.
 import enum
 import functools
 import math
+import operator
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -265,13 +266,29 @@ def sample_params(sizes_or_images, preset: Union[str, AugConfig] = "baug",
 
     Returns a list of 2 + n_local AugParams on the images' device: global 1, global 2, locals.
     """
-    named = dict(n_local=n_local, global_size=global_size, local_size=local_size,
-                 global_scale=global_scale, local_scale=local_scale)
-    config = make_config(preset, **{k: v for k, v in named.items() if v is not None}, **overrides)
+    config = make_config(preset, n_local=n_local, global_size=global_size, local_size=local_size,
+                         global_scale=global_scale, local_scale=local_scale, **overrides)
     sizes = image_sizes(sizes_or_images)
     if ids is not None and not isinstance(ids, Tensor):
-        ids = _backend.host_to_device(torch.as_tensor(list(ids), dtype=torch.int64), sizes.device)
+        ids = _backend.host_to_device(torch.tensor(_as_ids(ids), dtype=torch.int64), sizes.device)
     return sample_views(sizes, config.views(), seed=seed, step=step, ids=ids)
+
+
+def _check_size_values(sizes: Tensor, name: str) -> None:
+    # for CPU tensors only, where reading values back costs no wait on a device: sizes on a GPU
+    # are taken as given
+    if bool((sizes < 1).any()):
+        raise ValueError(f"{name}: image sizes must be >= 1, got {sizes.tolist()}")
+
+
+def _as_ids(ids) -> List[int]:
+    """Sample ids as ints: a float id would be truncated into another sample's draws."""
+    try:
+        if any(isinstance(i, bool) for i in ids):
+            raise TypeError
+        return [operator.index(i) for i in ids]
+    except TypeError:
+        raise TypeError(f"ids must be a tensor or a sequence of ints, got {ids!r}") from None
 
 
 def _const_sizes(batch: int, height: int, width: int, device) -> Tensor:
@@ -293,6 +310,8 @@ def image_sizes(sizes_or_images) -> Tensor:
         if x.dim() == 2 and x.shape[1] == 2 and not x.is_floating_point() and x.dtype != torch.bool:
             if x.shape[0] == 0:
                 raise ValueError(f"{name}: empty batch")
+            if x.device.type == "cpu":
+                _check_size_values(x, name)
             return x.to(torch.int64)
         raise ValueError(f"{name} must be a (B, C, H, W) image batch or a (B, 2) integer tensor of "
                          f"sizes, got shape {tuple(x.shape)} dtype {x.dtype}")

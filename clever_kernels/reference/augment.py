@@ -309,23 +309,27 @@ def check_param_values(views: Sequence[AugParams], images: List[Tensor]) -> None
     heights = torch.tensor([x.shape[1] for x in images])
     widths = torch.tensor([x.shape[2] for x in images])
     for v in range(len(views)):
+        where = f"params of view {views[v].view}"
         top, left, h, w = host[v, :, :4].unbind(1)
         bad = (top < 0) | (left < 0) | (h < 1) | (w < 1) | (top + h > heights) | (left + w > widths)
         if bad.any():
             b = int(bad.nonzero()[0, 0])
-            raise ValueError(f"params: crop box (top {int(top[b])}, left {int(left[b])}, height {int(h[b])}, "
+            raise ValueError(f"{where}: crop box (top {int(top[b])}, left {int(left[b])}, height {int(h[b])}, "
                              f"width {int(w[b])}) of sample {b} is not inside its "
                              f"{heights[b].item()}x{widths[b].item()} image")
         order = host[v, :, 4:n_ints]
-        if not torch.equal(order.sort(dim=1).values, torch.arange(4).expand_as(order)):
-            raise ValueError("params.order: every row must be a permutation of 0, 1, 2, 3")
+        not_perm = (order.sort(dim=1).values != torch.arange(4)).any(dim=1)
+        if not_perm.any():
+            b = int(not_perm.nonzero()[0, 0])
+            raise ValueError(f"{where}: order of sample {b} is {order[b].tolist()}; every row must be a "
+                             "permutation of 0, 1, 2, 3")
         for name, column in zip(FLOAT_FIELDS, host_floats[v].unbind(1)):
             if not torch.isfinite(column).all():
                 b = int((~torch.isfinite(column)).nonzero()[0, 0])
-                raise ValueError(f"params.{name} of sample {b} is {column[b].item()}; expected a finite value")
+                raise ValueError(f"{where}: {name} of sample {b} is {column[b].item()}; expected a finite value")
         sigma = host_floats[v, :, FLOAT_FIELDS.index("blur_sigma")]
         if ((sigma < 0) | (sigma > MAX_SIGMA)).any():
-            raise ValueError(f"params.blur_sigma must be in [0, {MAX_SIGMA}] (0 means no blur), "
+            raise ValueError(f"{where}: blur_sigma must be in [0, {MAX_SIGMA}] (0 means no blur), "
                              f"got {sigma.min().item()}..{sigma.max().item()}")
 
 
