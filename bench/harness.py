@@ -23,21 +23,74 @@ def sync(device: torch.device):
         torch.cuda.synchronize(device)
 
 
+# On a GPU each timed rep runs fn() back to back for at least this long between two events, so
+# that neither the synchronisation after a rep nor the launch latency of the first call counts:
+# steady-state time per call, as a training loop sees it.
+_CUDA_REP_SECONDS = 2e-3
+_CUDA_MAX_INNER = 200
+
+
 def time_median(fn: Callable[[], object], device: torch.device, warmup: int = 3, reps: int = 10,
                 min_seconds: float = 0.0) -> Dict[str, float]:
-    """Median, min and max seconds of fn() over `reps` runs after `warmup`; keeps repeating
-    until `min_seconds` have been spent so short ops are not dominated by noise."""
+    """Median, min and max seconds per fn() over `reps` runs after `warmup`; keeps repeating
+    until `min_seconds` have been spent so short ops are not dominated by noise. On a GPU a rep
+    is `inner` calls back to back timed by CUDA events (inner is in the result)."""
     for _ in range(warmup):
         fn()
     sync(device)
+    inner = _calibrate_inner(fn, device) if device.type == "cuda" else 1
     times = []
     start = time.perf_counter()
     while len(times) < reps or time.perf_counter() - start < min_seconds:
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "reps": len(times)}
+        if device.type == "cuda":
+            times.append(_cuda_events_seconds(lambda: _repeat(fn, inner)) / inner)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "reps": len(times),
+            "inner": inner}
+
+
+def _repeat(fn: Callable[[], object], times: int) -> None:
+    for _ in range(times):
+        fn()  # each result dropped before the next call, as in a training loop
+
+
+def _cuda_events_seconds(work: Callable[[], object]) -> float:
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    begin.record()
+    work()
+    end.record()
+    end.synchronize()
+    return begin.elapsed_time(end) / 1e3
+
+
+def _calibrate_inner(fn: Callable[[], object], device: torch.device) -> int:
+    one = _cuda_events_seconds(fn)
+    return max(1, min(_CUDA_MAX_INNER, int(_CUDA_REP_SECONDS / max(one, 1e-7))))
+
+
+def time_cuda_graph(fn: Callable[[], object], device: torch.device, reps: int = 10) -> Dict[str, float]:
+    """As time_median, with `inner` calls of fn() captured once in a CUDA graph and replayed:
+    the kernels' own time, with no host work (argument checks, launches) between them. Raises
+    whatever capture raises (fn must not synchronise or read back)."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    sync(device)
+    inner = _calibrate_inner(fn, device)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        _repeat(fn, inner)
+    graph.replay()
+    sync(device)
+    times = [_cuda_events_seconds(graph.replay) / inner for _ in range(reps)]
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "reps": reps,
+            "inner": inner}
 
 
 def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> Optional[int]:
@@ -77,7 +130,7 @@ def copy_bandwidth(device: torch.device, nbytes: int = 1 << 28) -> float:
     """Measured device copy bandwidth in bytes/s (read + write of a large buffer)."""
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
     dst = torch.empty_like(src)
-    stats = time_median(lambda: dst.copy_(src), device, warmup=2, reps=10)
+    stats = time_median(lambda: dst.copy_(src), device, warmup=2, reps=10)  # back to back, by events
     return 2 * nbytes / stats["median_s"]
 
 
