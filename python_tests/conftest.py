@@ -60,9 +60,11 @@ def minus_inf_against_positive_teacher(student, teacher, tile):
     teacher weight underflows inside its tile; image 0, view 2: it is positive inside its tile,
     and a later tile's far larger teacher maximum rescales the tile by a factor that underflows.
     Image 0, view 1 also meets a teacher probability of exactly 0 (both teacher rows -inf), which
-    adds 0 (0 log 0). Returns the (iq, student row) pairs that must be +inf, and a copy of
-    student for the float64 reference, whose -q * log r is NaN at 0 * -inf: there the -inf is
-    -1e30, whose probability is 0 all the same."""
+    adds 0 (0 log 0), and so does image 1, view 2 over the whole of columns tile..2 tile (whole
+    tiles or blocks of -inf whose offsets must not turn the merge into NaN). Returns the
+    (iq, student row) pairs that must be +inf, and a copy of student for the float64 reference,
+    whose -q * log r is NaN at 0 * -inf: there the -inf is -1e30, whose probability is 0 all the
+    same."""
     batch = teacher.shape[0] // 2
     student[1, 7] = float("-inf")  # view 0 of image 1
     teacher[1, 7] = -5.0  # (-5 - max) / 0.04 < -125
@@ -73,4 +75,7 @@ def minus_inf_against_positive_teacher(student, teacher, tile):
     student[batch, 11] = float("-inf")  # view 1 of image 0
     for_reference[batch, 11] = -1e30
     teacher[0, 11] = teacher[batch, 11] = float("-inf")
+    student[2 * batch + 1, tile:2 * tile] = float("-inf")  # view 2 of image 1
+    for_reference[2 * batch + 1, tile:2 * tile] = -1e30
+    teacher[1, tile:2 * tile] = teacher[batch + 1, tile:2 * tile] = float("-inf")
     return [(0, 1), (1, 1), (0, 2 * batch), (1, 2 * batch)], for_reference

@@ -489,11 +489,13 @@ def test_from_tensor_refuses_what_it_cannot_rebuild():
     strength: rebuilding either would render other views than the recorded ones."""
     p = sample_params([(40, 50)] * 6, "caug+", seed=3)[0]
     assert p.elastic.any()
-    with pytest.raises(ValueError, match="float64 or int64"):
+    with pytest.raises(ValueError, match="must be float64"):
         AugParams.from_tensor(p.to_tensor(), p.size, p.view, p.elastic_alpha, p.elastic_sigma)
     with pytest.raises(ValueError, match="elastic_alpha and elastic_sigma"):
         AugParams.from_tensor(p.to_tensor(torch.float64), p.size, p.view)
     plain = sample_params([(40, 50)] * 6, "caug", seed=3)[0]
+    with pytest.raises(ValueError, match="floating point"):
+        AugParams.from_tensor(plain.to_tensor(torch.float64).to(torch.int64), plain.size, plain.view)
     back = AugParams.from_tensor(plain.to_tensor(), plain.size, plain.view)
     assert torch.equal(back.to_tensor(torch.float64), plain.to_tensor(torch.float64))
 
@@ -514,10 +516,17 @@ def test_from_tensor_refuses_what_it_cannot_rebuild():
     (lambda: sample_params(torch.tensor([[-5, 10]])), ValueError, "sizes_or_images"),
     (lambda: sample_params(torch.zeros(2, 3, 8, 8), ids=[5.7, 6.2]), TypeError, "ids must be"),
     (lambda: sample_params(torch.zeros(2, 3, 8, 8), ids=[True, False]), TypeError, "ids must be"),
+    (lambda: sample_params(torch.zeros(2, 3, 8, 8), ids=iter([1, 2, 3])), ValueError, "ids must be an int64"),
 ])
 def test_sample_params_bad_inputs(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+def test_ids_may_be_any_iterable():
+    want = sample_params(torch.zeros(3, 3, 8, 8), ids=[4, 5, 9])
+    got = sample_params(torch.zeros(3, 3, 8, 8), ids=(i for i in (4, 5, 9)))
+    assert all(torch.equal(a.to_tensor(torch.float64), b.to_tensor(torch.float64)) for a, b in zip(got, want))
 
 
 def test_sample_params_accepts_config():

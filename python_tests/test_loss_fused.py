@@ -398,3 +398,12 @@ def test_double_backward_is_refused(rng, backend):
     g_ir, g_ef = torch.autograd.grad(total, (a, b), create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         (g_ir.square().sum() + g_ef.square().sum()).backward()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_numpy_ncrops_is_an_int(rng, backend):
+    inputs = _inputs(rng, 2, 3, 20, 12, torch.float32)
+    want = clever_loss(*inputs, 3, TS, 0.04, backend=backend)
+    got = clever_loss(*inputs, np.int64(3), TS, 0.04, backend=backend)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

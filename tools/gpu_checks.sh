@@ -97,6 +97,7 @@ if wants bench; then
   for name in loss augment; do
     limit=90
     [ "$name" = augment ] && limit=120
+    rm -f bench/results/"$name-$tag".*  # a file from an earlier run is not this run's result
     step "bench-$name" "$limit" "$py" -m bench "$name" --device cuda
     cp bench/results/"$name-$tag".* "$out"/ >>"$log" 2>&1 ||
       { echo "gpu_checks: no bench/results/$name-$tag.* to copy" | tee -a "$log"; failed=1; }

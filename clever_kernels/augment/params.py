@@ -154,14 +154,17 @@ class AugParams:
         if not isinstance(table, Tensor) or table.dim() != 2 or table.shape[1] != len(COLUMNS):
             raise ValueError(f"table must be a tensor of shape (B, {len(COLUMNS)}), got "
                              f"{tuple(table.shape) if isinstance(table, Tensor) else type(table).__name__}")
+        if not table.is_floating_point():
+            raise ValueError(f"table must be floating point, as to_tensor makes it: {table.dtype} has "
+                             "truncated the angles and colour factors")
         col = {name: table[:, i] for i, name in enumerate(COLUMNS)}
         if bool((col["elastic"] != 0).any()):
             if elastic_alpha is None or elastic_sigma is None:
                 raise ValueError("table has samples with elastic set: pass the view's elastic_alpha and "
                                  "elastic_sigma (AugParams.elastic_alpha / .elastic_sigma), which the table "
                                  "does not hold")
-            if table.dtype not in (torch.float64, torch.int64):
-                raise ValueError(f"table has samples with elastic set, so it must be float64 or int64 "
+            if table.dtype != torch.float64:
+                raise ValueError(f"table has samples with elastic set, so it must be float64 "
                                  f"(to_tensor(torch.float64)): {table.dtype} rounds the 32-bit elastic_seed")
         elastic_alpha = 0.0 if elastic_alpha is None else elastic_alpha
         elastic_sigma = 0.0 if elastic_sigma is None else elastic_sigma

@@ -284,6 +284,7 @@ def _check_size_values(sizes: Tensor, name: str) -> None:
 def _as_ids(ids) -> List[int]:
     """Sample ids as ints: a float id would be truncated into another sample's draws."""
     try:
+        ids = list(ids)  # an iterator is read once
         if any(isinstance(i, bool) for i in ids):
             raise TypeError
         return [operator.index(i) for i in ids]

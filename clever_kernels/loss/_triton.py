@@ -17,6 +17,7 @@ that nothing large is rounded) and writes every gradient element once.
 import contextlib
 import functools
 import math
+import operator
 from typing import Dict, NamedTuple, Tuple
 
 import torch
@@ -375,7 +376,7 @@ def _device_guard(t: Tensor):
 # --------------------------------------------------------------------------------------------
 def _check_logits(student, teacher, center, ncrops, student_temp, teacher_temp) -> int:
     """Returns B; raises naming the offending argument."""
-    if not isinstance(ncrops, int) or ncrops < 2:
+    if isinstance(ncrops, bool) or not hasattr(ncrops, "__index__") or ncrops < 2:
         raise ValueError(f"ncrops must be an int >= 2 (two global views at least), got {ncrops!r}")
     for name, temp in (("student_temp", student_temp), ("teacher_temp", teacher_temp)):
         if not 0 < temp < math.inf:
@@ -504,6 +505,7 @@ def backward_launches(student, teacher, center, offset_student, offset_teacher, 
 
 def _forward(student, teacher, center, ncrops, student_temp, teacher_temp, cosine, num_splits, block_k):
     _check_logits(student, teacher, center, ncrops, student_temp, teacher_temp)
+    ncrops = operator.index(ncrops)  # a constexpr of the kernels: a Python int (not numpy's)
     # the default backward's grid, refused now rather than after the forward has run
     K = student.shape[1]
     _k_blocks(K, _block_k(K, _view_pad(ncrops), student.device, None, _BWD_TILE))
@@ -518,6 +520,7 @@ def _forward(student, teacher, center, ncrops, student_temp, teacher_temp, cosin
 def _backward(student, teacher, center, offset_student, offset_teacher, pair_coef, row_coef, names,
               ncrops, student_temp, teacher_temp, cosine, block_k):
     batch = _check_logits(student, teacher, center, ncrops, student_temp, teacher_temp)
+    ncrops = operator.index(ncrops)
     rows = ncrops * batch
     device = student.device
     _check_stat("offset_student", offset_student, (2, rows), device)

@@ -170,7 +170,7 @@ CK_SIMD_CLONES void exp_in_place(T* a, int64_t n, T offset, T inv_temp, T& sum, 
 // One student segment against the image's two teacher segments e0, e1 (weights relative to the
 // teacher maxima): sum of exp((s - offset) * inv_ts) and the cross terms sum e_t * (s - offset).
 // Plain products: a -inf student logit against a weight of 0 makes the cross term NaN here, and
-// dir_cross_exact then redoes the segment (a NaN term is rare; no test on the common path).
+// dir_cross_redo then redoes the segment (no test for it on the common path).
 template <typename T>
 CK_SIMD_CLONES void dir_student_segment(const T* s, const T* e0, const T* e1, int64_t n, T offset,
                                         T inv_ts, T& sum, T& d0, T& d1) {
@@ -187,26 +187,35 @@ CK_SIMD_CLONES void dir_student_segment(const T* s, const T* e0, const T* e1, in
   d1 = x1;
 }
 
-// The cross term of one student segment against one teacher segment, term by term, for a
-// segment whose plain sum came out NaN. A -inf student logit (probability 0) adds 0 where the
-// teacher's probability is exactly 0 (its centred logit is -inf), as 0 log 0 does in the
-// cross-entropy, and -inf wherever it is positive, its weight e_t underflowed or not (the
-// cross-entropy is +inf); NaN stays NaN.
+// For a segment whose plain cross term came out NaN: what a -inf student logit adds against
+// each teacher column, 0 where the teacher's probability is exactly 0 (its centred logit is -inf),
+// as 0 log 0 does in the cross-entropy, and -inf wherever it is positive, its weight underflowed
+// or not (the cross-entropy is +inf). Filled once per tile, only for tiles that need it.
 template <typename T, typename scalar_t>
-T dir_cross_exact(const T* s, const T* e, const scalar_t* teacher, const float* center, int64_t n,
-                  T offset) {
+CK_SIMD_CLONES void log_zero_terms(const scalar_t* teacher, const float* center, int64_t n, T* out) {
   constexpr T minus_inf = -std::numeric_limits<T>::infinity();
-  T d = 0;
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) {
+    out[k] = static_cast<T>(teacher[k]) - static_cast<T>(center[k]) == minus_inf ? T(0) : minus_inf;
+  }
+}
+
+// Both cross terms again with those terms at -inf student logits; NaN elsewhere stays NaN (and
+// a NaN teacher column has already made the teacher's sum NaN).
+template <typename T>
+CK_SIMD_CLONES void dir_cross_redo(const T* s, const T* e0, const T* e1, const T* log_zero0,
+                                   const T* log_zero1, int64_t n, T offset, T& d0, T& d1) {
+  constexpr T minus_inf = -std::numeric_limits<T>::infinity();
+  T x0 = 0, x1 = 0;
+#pragma omp simd reduction(+ : x0, x1)
   for (int64_t k = 0; k < n; ++k) {
     const T x = s[k] - offset;
-    if (x == minus_inf && !std::isnan(e[k])) {
-      const bool absent = static_cast<T>(teacher[k]) - static_cast<T>(center[k]) == minus_inf;
-      d += absent ? T(0) : minus_inf;
-    } else {
-      d += e[k] * x;
-    }
+    const bool log_zero = x == minus_inf;
+    x0 += log_zero ? log_zero0[k] : e0[k] * x;
+    x1 += log_zero ? log_zero1[k] : e1[k] * x;
   }
-  return d;
+  d0 = x0;
+  d1 = x1;
 }
 
 // Same for the cosine head: sum e_s, sum e_s^2 and the dot products sum e_t * e_s.
@@ -365,7 +374,13 @@ template <typename T>
 struct Scratch {
   std::vector<T> e0 = std::vector<T>(kTile), e1 = std::vector<T>(kTile),
                  row = std::vector<T>(kTile);
+  std::vector<T> log_zero0, log_zero1;  // allocated on a first -inf student logit
   T* e(int iq) { return iq == 0 ? e0.data() : e1.data(); }
+  T* log_zero(int iq) {
+    std::vector<T>& v = iq == 0 ? log_zero0 : log_zero1;
+    v.resize(kTile);
+    return v.data();
+  }
 };
 
 // The teacher segments of image b at [k0, k0 + n): exponentials relative to the segment maxima.
@@ -387,17 +402,27 @@ void dir_range(const Problem<scalar_t>& pb, int64_t b, int64_t k_begin, int64_t 
   for (int64_t k0 = k_begin; k0 < k_end; k0 += kTile) {
     const int64_t n = std::min(kTile, k_end - k0);
     teacher_tile(pb, b, k0, n, ws, tile.mt, tile.lt, sqt_unused);
+    bool log_zero_ready = false;
     for (int64_t v = 0; v < pb.V; ++v) {
       const T* s = as_acc(pb.student_row(v, b) + k0, n, ws.row.data());
       tile.ms[v] = segment_max(s, n);
       const T offset = exp_offset(tile.ms[v]);
       dir_student_segment(s, ws.e0.data(), ws.e1.data(), n, offset, pb.inv_ts, tile.ls[v],
                           tile.d[v], tile.d[pb.V + v]);
-      for (int iq = 0; iq < 2; ++iq) {
-        T& d = tile.d[iq * pb.V + v];
-        if (std::isnan(d)) {
-          d = dir_cross_exact(s, ws.e(iq), pb.teacher_row(iq, b) + k0, pb.center + k0, n, offset);
+      T& d0 = tile.d[v];
+      T& d1 = tile.d[pb.V + v];
+      if (std::isnan(d0) || std::isnan(d1)) {
+        if (!log_zero_ready) {
+          for (int iq = 0; iq < 2; ++iq) {
+            log_zero_terms(pb.teacher_row(iq, b) + k0, pb.center + k0, n, ws.log_zero(iq));
+          }
+          log_zero_ready = true;
         }
+        T r0, r1;
+        dir_cross_redo(s, ws.e0.data(), ws.e1.data(), ws.log_zero(0), ws.log_zero(1), n, offset,
+                       r0, r1);
+        d0 = std::isnan(d0) ? r0 : d0;  // a finite sum stays as the common path made it
+        d1 = std::isnan(d1) ? r1 : d1;
       }
     }
     tile.empty = false;

@@ -93,10 +93,12 @@ C10_HOST_DEVICE inline T rescale(T m_old, T m_new, T inv_temp) {
   return m_old == m_new ? T(1) : softmax_exp((m_old - m_new) * inv_temp);
 }
 
-// m_new - m_old in raw units, 0 for equal maxima (both -inf included).
+// m_new - m_old in raw units, 0 for equal maxima (both -inf included) and for m_old = -inf: a
+// segment whose student row is all -inf has a cross term of 0 or -inf whatever its reference,
+// and +inf here would make NaN of it with a teacher sum of 0.
 template <typename T>
 C10_HOST_DEVICE inline T max_shift(T m_old, T m_new) {
-  return m_old == m_new ? T(0) : m_new - m_old;
+  return (m_old == m_new || m_old == -std::numeric_limits<T>::infinity()) ? T(0) : m_new - m_old;
 }
 
 // What to subtract from a segment's logits before exp: its maximum, or 0 when the maximum is -inf
