@@ -23,6 +23,7 @@ from clever_kernels.loss import CLeVERLoss, clever_loss
 from clever_kernels.loss import _triton as kt
 from clever_kernels.reference import augment as ref_augment
 
+from conftest import minus_inf_against_positive_teacher
 from test_loss_fused import (TS, _assert_close, _check_against_reference, _inputs, _reference, _run,
                              check_compiled_matches_eager)
 
@@ -85,6 +86,29 @@ def test_extreme_logits_and_nan(rng):
         bad = [x.clone() for x in inputs]
         bad[where][1, 7] = float("nan")
         assert torch.isnan(clever_loss(*bad, 4, TS, 0.04, backend="triton")[0])
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+def test_minus_inf_logits_on_the_device(rng, splits):
+    """The -inf cases of the interpreter's test, compiled (exp2 flushes what underflows, the
+    selects as the compiler emits them): +inf against a positive teacher probability, 0 against
+    an exactly-zero one, whole blocks of -inf included."""
+    b, v, k, tile = 2, 3, (3000 if ON_GPU else 100), (1500 if ON_GPU else 60)
+    student = torch.randn(v * b, k, generator=rng) * 1.5
+    teacher = torch.randn(2 * b, k, generator=rng) * 0.3
+    center = torch.randn(k, generator=rng) * 0.05
+    pairs, for_reference = minus_inf_against_positive_teacher(student, teacher, tile)
+    q = torch.softmax((teacher.double() - center.double()) / 0.04, -1)
+    log_r = torch.log_softmax(for_reference.double() / TS, -1)
+    want = -(q.view(2, 1, b, k) * log_r.view(1, v, b, k)).sum(-1).reshape(2, -1)
+    ce = kt.dir_loss_fwd(student.to(DEVICE), teacher.to(DEVICE), center.to(DEVICE), v, TS, 0.04,
+                         num_splits=splits)[2].cpu()
+    want_inf = torch.zeros_like(ce, dtype=torch.bool)
+    for iq, row in pairs:
+        want_inf[iq, row] = True
+    assert torch.equal(want == float("inf"), want_inf)
+    assert torch.equal(ce == float("inf"), want_inf)
+    torch.testing.assert_close(ce[~want_inf].double(), want[~want_inf], rtol=1e-5, atol=1e-4)
 
 
 def test_auto_backend_is_the_kernel_for_the_device(rng):
