@@ -31,7 +31,7 @@ def run(folder, tmp_path_factory):
 
 def _check_result(result):
     for key in METRICS:
-        assert set(result[key]) == {"full", "ir", "ef"}
+        assert set(result[key]) == {"full", "ir", "ef"} | ({"ir_at_ef_width"} if key == "rotation_r2" else set())
     for part in ("full", "ir", "ef"):
         assert 0 <= result["top1_ori"][part] <= 100 and 0 <= result["top1_ori_cj_r"][part] <= 100
         assert math.isfinite(result["rotation_r2"][part]) and result["rotation_r2"][part] <= 1
@@ -82,6 +82,27 @@ def test_angle_r2_bounds():
     assert angle_r2(noise[:300], angles[:300], noise[300:], angles[300:]) < 0.1
 
 
+def test_r2_at_width_scores_subsets_of_that_width():
+    """IR's R^2 at EF's width: the mean over random column subsets, so a wide slice whose every
+    column carries a little of the angle is not credited for its width alone."""
+    from clever_kernels.train.evaluate import WIDTH_MATCHED_SUBSETS, _r2_at_width
+    rng = np.random.default_rng(1)
+    angles = rng.uniform(-90, 90, size=400)
+    rad = np.deg2rad(angles)
+    signal = np.stack([np.cos(rad), np.sin(rad)], axis=1)
+    # 40 columns, each the signal under heavy independent noise: more columns average it out
+    wide = signal @ rng.normal(size=(2, 40)) + 3.0 * rng.normal(size=(400, 40))
+    full = angle_r2(wide[:300], angles[:300], wide[300:], angles[300:])
+    narrow = _r2_at_width(wide[:300], angles[:300], wide[300:], angles[300:], 5, seed=0)
+    subsets = np.random.default_rng(0)
+    manual = np.mean([angle_r2(wide[:300][:, c], angles[:300], wide[300:][:, c], angles[300:])
+                      for c in (np.sort(subsets.choice(40, size=5, replace=False))
+                                for _ in range(WIDTH_MATCHED_SUBSETS))])
+    assert narrow == pytest.approx(manual, abs=1e-12)
+    assert full > narrow + 0.2
+    assert _r2_at_width(wide[:300], angles[:300], wide[300:], angles[300:], 40, seed=0) == full
+
+
 def test_compare_end_to_end(folder, tmp_path, capsys):
     toy = ["--data", folder, "--epochs", "1", "--batch-size", "8", "--arch", "vit_tiny", "--width", "32", "--depth",
            "1", "--patch-size", "8", "--out-dim", "48", "--dvr-out-dim", "40", "--head-hidden", "32",
@@ -91,6 +112,7 @@ def test_compare_end_to_end(folder, tmp_path, capsys):
     assert code == 0
     table = capsys.readouterr().out
     assert table.count("| DINO | CLeVER |") == 1 and "rotation R^2, EF" in table and "±" in table
+    assert "rotation R^2, IR at EF's width" in table
     stem = tmp_path / "results" / "compare_tree_vit_tiny_seeds0-1"
     report = json.load(open(f"{stem}.json"))
     assert report["seeds"] == [0, 1] and len(report["runs"]) == 6

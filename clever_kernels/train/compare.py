@@ -59,7 +59,10 @@ ROWS = [("top1_ori", "full", "Top1-Ori (%), full feature"),
         ("top1_ori", "ef", "Top1-Ori (%), EF"),
         ("rotation_r2", "full", "rotation R^2, full feature"),
         ("rotation_r2", "ir", "rotation R^2, IR"),
+        ("rotation_r2", "ir_at_ef_width", "rotation R^2, IR at EF's width"),
         ("rotation_r2", "ef", "rotation R^2, EF")]
+# the parts of each metric in a summary: the slices, and for R^2 IR scored at EF's width
+_PARTS = {"top1_ori": SLICES, "top1_ori_cj_r": SLICES, "rotation_r2": SLICES + ("ir_at_ef_width",)}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -191,8 +194,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     summary = {}
     for method in ("untrained",) + METHODS:
         mine = [r for r in runs if r["method"] == method]
-        entry = {key: {part: _stats([r["eval"][key][part] for r in mine]) for part in SLICES}
-                 for key in ("top1_ori", "top1_ori_cj_r", "rotation_r2")}
+        entry = {key: {part: _stats([r["eval"][key][part] for r in mine]) for part in parts}
+                 for key, parts in _PARTS.items()}
         entry["train_seconds"] = _stats([r["train_seconds"] for r in mine])
         summary[LABELS[method]] = entry
     total = time.perf_counter() - start

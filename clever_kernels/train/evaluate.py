@@ -13,7 +13,10 @@ baseline for what an arbitrary part of an unsplit feature carries.
   contrast 0.4, saturation 0.4, hue 0.1) always, then rotation by an angle uniform in (-90, 90).
 - Rotation R^2: ridge regression from the features of rotated train images to (cos, sin) of
   their angle (read from the captured augmentation parameters), scored by R^2 on rotated test
-  images. Near 1: the angle can be read off linearly; near 0 or below: it cannot.
+  images. Near 1: the angle can be read off linearly; near 0 or below: it cannot. R^2 grows
+  with the number of regressors, so IR (the wider slice) is also scored at EF's width
+  ("ir_at_ef_width": the mean over WIDTH_MATCHED_SUBSETS random subsets of IR's dimensions),
+  the figure to set against EF's.
 
 Views are drawn and rendered with the library's augmentation (sample_view with a
 crop-free ViewConfig, then render).
@@ -35,6 +38,7 @@ from .trainer import build_network
 
 PERTURBATIONS = ("clean", "cj_r", "rot")
 SLICES = ("full", "ir", "ef")
+WIDTH_MATCHED_SUBSETS = 10
 # Distinct draw keys per perturbation, so the clean and perturbed sets never share a draw.
 _STEP_OF = {"clean": 0, "cj_r": 1, "rot": 2}
 
@@ -103,6 +107,19 @@ def angle_r2(train_x, train_angles, test_x, test_angles) -> float:
     return float(r2_score(target(test_angles), model.predict(test_x)))
 
 
+def _r2_at_width(train_x, train_angles, test_x, test_angles, width: int, seed: int) -> float:
+    """Mean angle_r2 over WIDTH_MATCHED_SUBSETS random subsets of `width` of the columns (all of
+    them when there are no more than `width`)."""
+    if width >= train_x.shape[1] or width < 1:
+        return angle_r2(train_x, train_angles, test_x, test_angles)
+    rng = np.random.default_rng(seed)
+    scores = []
+    for _ in range(WIDTH_MATCHED_SUBSETS):
+        cols = np.sort(rng.choice(train_x.shape[1], size=width, replace=False))
+        scores.append(angle_r2(train_x[:, cols], train_angles, test_x[:, cols], test_angles))
+    return float(np.mean(scores))
+
+
 def _subsample(n: int, limit: Optional[int], seed: int) -> np.ndarray:
     if limit is None or limit >= n:
         return np.arange(n)
@@ -138,6 +155,8 @@ def evaluate_network(model: torch.nn.Module, args: Namespace, data: Optional[str
                            {"ori": (test_clean[:, sl], test_y), "cj_r": (test_cjr[:, sl], test_cjr_y)})
         top1_ori[name], top1_cjr[name] = acc["ori"], acc["cj_r"]
         r2[name] = angle_r2(train_rot[:, sl], train_angle, test_rot[:, sl], test_angle)
+    r2["ir_at_ef_width"] = _r2_at_width(train_rot[:, slices["ir"]], train_angle, test_rot[:, slices["ir"]],
+                                        test_angle, slices["ef"].stop - slices["ef"].start, seed)
     return {"data": data, "feature_dims": {name: sl.stop - sl.start for name, sl in slices.items()},
             "n_train": int(len(train_y)), "n_test": int(len(test_y)),
             "top1_ori": top1_ori, "top1_ori_cj_r": top1_cjr, "rotation_r2": r2}
@@ -188,4 +207,8 @@ def markdown_table(result: Dict) -> str:
         lines.append(f"| {name.upper() if name != 'full' else 'full'} | {result['feature_dims'][name]} | "
                      f"{result['top1_ori'][name]:.1f} | {result['top1_ori_cj_r'][name]:.1f} | "
                      f"{result['rotation_r2'][name]:.3f} |")
+    if "ir_at_ef_width" in result["rotation_r2"]:
+        lines += ["", f"rotation R^2 of IR at EF's width ({result['feature_dims']['ef']} of its "
+                      f"{result['feature_dims']['ir']} dims, mean of {WIDTH_MATCHED_SUBSETS} random subsets): "
+                      f"{result['rotation_r2']['ir_at_ef_width']:.3f}"]
     return "\n".join(lines)
