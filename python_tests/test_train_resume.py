@@ -30,27 +30,41 @@ def _argv(folder, out, *extra):
 
 
 @pytest.fixture(scope="module")
-def reference(folder, tmp_path_factory):
+def uninterrupted(folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("uninterrupted")
     assert train_main(_argv(folder, out)) == 0
-    return load_checkpoint(str(out / "checkpoint.pt"))
+    return out
 
 
-def _assert_same_as(reference, out):
+@pytest.fixture(scope="module")
+def reference(uninterrupted):
+    return load_checkpoint(str(uninterrupted / "checkpoint.pt"))
+
+
+def _epoch_records(out):
+    """The epoch records of a run's log without their wall-clock time."""
+    records = [json.loads(line) for line in open(out / "log.jsonl") if '"type": "epoch"' in line]
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+def _assert_same_as(reference, out, uninterrupted=None):
     state = load_checkpoint(str(out / "checkpoint.pt"))
     assert state["step"] == reference["step"] == EPOCHS * STEPS_PER_EPOCH
     for key in COMPARED:
         assert_state_equal(reference[key], state[key], key)
     steps = [json.loads(line)["step"] for line in open(out / "log.jsonl") if '"type": "step"' in line]
     assert steps == list(range(EPOCHS * STEPS_PER_EPOCH)), "replayed steps must replace their first records"
+    if uninterrupted is not None:
+        # the resumed epoch's record averages its steps from before the stop too
+        assert _epoch_records(out) == _epoch_records(uninterrupted)
 
 
-def test_stop_mid_epoch_then_resume(folder, reference, tmp_path):
+def test_stop_mid_epoch_then_resume(folder, reference, uninterrupted, tmp_path):
     assert train_main(_argv(folder, tmp_path, "--max-steps", "6", "--ckpt-every", "4")) == 0
     stopped = load_checkpoint(str(tmp_path / "checkpoint.pt"))
     assert (stopped["epoch"], stopped["iteration"], stopped["step"]) == (1, 2, 6)
     assert train_main(_argv(folder, tmp_path, "--resume")) == 0
-    _assert_same_as(reference, tmp_path)
+    _assert_same_as(reference, tmp_path, uninterrupted)
 
 
 def test_kill_then_resume(folder, reference, tmp_path):

@@ -10,7 +10,9 @@ baseline for what an arbitrary part of an unsplit feature carries.
   tested on the clean test split. Clean means the whole image resized to the global crop size
   (the centre square for non-square images), no other op.
 - Top1-Ori+CJ+R: the same probe tested on perturbed test images: colour jitter (brightness 0.4,
-  contrast 0.4, saturation 0.4, hue 0.1) always, then rotation by an angle uniform in (-90, 90).
+  contrast 0.4, saturation 0.4, hue 0.1) always and rotation by an angle uniform in (-90, 90),
+  rendered in the library's order (geometry, then colour), so the rotation's zero fill is
+  jittered too; torchvision's order in SPEC.md jitters first.
 - Rotation R^2: ridge regression from the features of rotated train images to (cos, sin) of
   their angle (read from the captured augmentation parameters), scored by R^2 on rotated test
   images. Near 1: the angle can be read off linearly; near 0 or below: it cannot. R^2 grows

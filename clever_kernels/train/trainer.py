@@ -195,6 +195,29 @@ def _rewrite_log(path: str, keep_before_step: int, keep_before_epoch: int) -> No
     os.replace(tmp, path)
 
 
+def _logged_sums(path: str, first_step: int, end_step: int) -> Tuple[Dict[str, float], int]:
+    """Sums of the loss parts over the logged step records in [first_step, end_step) and their
+    count: on a resume mid-epoch, what the epoch record must also average over."""
+    sums, count = {}, 0
+    if not os.path.exists(path):
+        return sums, count
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("type") == "step" and first_step <= record["step"] < end_step:
+                for key in _EPOCH_KEYS:
+                    if key in record:
+                        sums[key] = sums.get(key, 0.0) + record[key]
+                count += 1
+    return sums, count
+
+
+_EPOCH_KEYS = ("total", "DIR", "DVR", "reg")
+
+
 class Trainer:
     """Builds everything from the argument namespace of `clever-train` and runs it (`run`)."""
 
@@ -392,12 +415,14 @@ class Trainer:
                            disable=not self.dist.main or args.no_progress, dynamic_ncols=True, mininterval=0.5,
                            file=sys.stderr)
                 sums, count, epoch_start = {}, 0, time.perf_counter()
+                if skip and log is not None:  # the epoch's steps before the resume count too
+                    sums, count = _logged_sums(self.log_path, epoch * self.niter, epoch * self.niter + skip)
                 tick = time.perf_counter()
                 for iteration, (images, _, ids) in enumerate(self.loader, start=skip):
                     step = epoch * self.niter + iteration
                     record = self._step(images, ids, epoch, iteration, step, tick)
                     steps_done = step + 1
-                    for key in ("total", "DIR", "DVR", "reg"):
+                    for key in _EPOCH_KEYS:
                         if key in record:
                             sums[key] = sums.get(key, 0.0) + record[key]
                     count += 1
