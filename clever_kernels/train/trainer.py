@@ -173,22 +173,30 @@ def _progress_text(record: Dict) -> str:
             f"{record['img_per_s']:.0f} img/s aug {100 * record['aug_share']:.0f}%")
 
 
+def _log_records(path: str):
+    """(line, record) of every complete record of a log; none for a missing log (a torn last line,
+    from a killed run, is skipped)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        for line in f:
+            try:
+                yield line, json.loads(line)
+            except json.JSONDecodeError:
+                continue
+
+
 def _rewrite_log(path: str, keep_before_step: int, keep_before_epoch: int) -> None:
     """On resume, drop the log records of the steps that will be replayed."""
     if not os.path.exists(path):
         return
     kept = []
-    with open(path) as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("type") == "step" and record["step"] >= keep_before_step:
-                continue
-            if record.get("type") == "epoch" and record["epoch"] >= keep_before_epoch:
-                continue
-            kept.append(line if line.endswith("\n") else line + "\n")
+    for line, record in _log_records(path):
+        if record.get("type") == "step" and record["step"] >= keep_before_step:
+            continue
+        if record.get("type") == "epoch" and record["epoch"] >= keep_before_epoch:
+            continue
+        kept.append(line if line.endswith("\n") else line + "\n")
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.writelines(kept)
@@ -199,19 +207,12 @@ def _logged_sums(path: str, first_step: int, end_step: int) -> Tuple[Dict[str, f
     """Sums of the loss parts over the logged step records in [first_step, end_step) and their
     count: on a resume mid-epoch, what the epoch record must also average over."""
     sums, count = {}, 0
-    if not os.path.exists(path):
-        return sums, count
-    with open(path) as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("type") == "step" and first_step <= record["step"] < end_step:
-                for key in _EPOCH_KEYS:
-                    if key in record:
-                        sums[key] = sums.get(key, 0.0) + record[key]
-                count += 1
+    for _, record in _log_records(path):
+        if record.get("type") == "step" and first_step <= record["step"] < end_step:
+            for key in _EPOCH_KEYS:
+                if key in record:
+                    sums[key] = sums.get(key, 0.0) + record[key]
+            count += 1
     return sums, count
 
 
