@@ -48,6 +48,10 @@ def time_median(fn: Callable[[], object], device: torch.device, warmup: int = 3,
             t0 = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t0)
+    return _summary(times, inner)
+
+
+def _summary(times, inner: int) -> Dict[str, float]:
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "reps": len(times),
             "inner": inner}
 
@@ -88,9 +92,7 @@ def time_cuda_graph(fn: Callable[[], object], device: torch.device, reps: int = 
         _repeat(fn, inner)
     graph.replay()
     sync(device)
-    times = [_cuda_events_seconds(graph.replay) / inner for _ in range(reps)]
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "reps": reps,
-            "inner": inner}
+    return _summary([_cuda_events_seconds(graph.replay) / inner for _ in range(reps)], inner)
 
 
 def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> Optional[int]:

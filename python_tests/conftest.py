@@ -79,3 +79,14 @@ def minus_inf_against_positive_teacher(student, teacher, tile):
     for_reference[2 * batch + 1, tile:2 * tile] = -1e30
     teacher[1, tile:2 * tile] = teacher[batch + 1, tile:2 * tile] = float("-inf")
     return [(0, 1), (1, 1), (0, 2 * batch), (1, 2 * batch)], for_reference
+
+
+def assert_inf_exactly_at(ce, ref_ce, pairs):
+    """ce and the reference's ref_ce are +inf at the (iq, row) pairs and nowhere else; returns
+    the mask of those pairs, for comparing the finite rest."""
+    want_inf = torch.zeros_like(ce, dtype=torch.bool)
+    for iq, row in pairs:
+        want_inf[iq, row] = True
+    assert torch.equal(ref_ce == float("inf"), want_inf)
+    assert torch.equal(ce == float("inf"), want_inf)
+    return want_inf

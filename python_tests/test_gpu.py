@@ -23,7 +23,7 @@ from clever_kernels.loss import CLeVERLoss, clever_loss
 from clever_kernels.loss import _triton as kt
 from clever_kernels.reference import augment as ref_augment
 
-from conftest import minus_inf_against_positive_teacher
+from conftest import assert_inf_exactly_at, minus_inf_against_positive_teacher
 from test_loss_fused import (TS, _assert_close, _check_against_reference, _inputs, _reference, _run,
                              check_compiled_matches_eager)
 
@@ -103,11 +103,7 @@ def test_minus_inf_logits_on_the_device(rng, splits):
     want = -(q.view(2, 1, b, k) * log_r.view(1, v, b, k)).sum(-1).reshape(2, -1)
     ce = kt.dir_loss_fwd(student.to(DEVICE), teacher.to(DEVICE), center.to(DEVICE), v, TS, 0.04,
                          num_splits=splits)[2].cpu()
-    want_inf = torch.zeros_like(ce, dtype=torch.bool)
-    for iq, row in pairs:
-        want_inf[iq, row] = True
-    assert torch.equal(want == float("inf"), want_inf)
-    assert torch.equal(ce == float("inf"), want_inf)
+    want_inf = assert_inf_exactly_at(ce, want, pairs)
     torch.testing.assert_close(ce[~want_inf].double(), want[~want_inf], rtol=1e-5, atol=1e-4)
 
 

@@ -149,7 +149,8 @@ class AugParams:
 
         The table holds no view-level constants: where any sample has elastic set, pass the
         view's elastic_alpha and elastic_sigma (they default to 0 only where no sample has), and
-        the table must be float64 or int64, float32 having rounded the 32-bit elastic seeds.
+        the table must be float64, float32 having rounded the 32-bit elastic seeds. Any table
+        must be floating point (an integer one has truncated the angles and factors).
         """
         if not isinstance(table, Tensor) or table.dim() != 2 or table.shape[1] != len(COLUMNS):
             raise ValueError(f"table must be a tensor of shape (B, {len(COLUMNS)}), got "

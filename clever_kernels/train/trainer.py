@@ -203,20 +203,22 @@ def _rewrite_log(path: str, keep_before_step: int, keep_before_epoch: int) -> No
     os.replace(tmp, path)
 
 
+def _add_losses(sums: Dict[str, float], record: Dict) -> None:
+    """Adds a step record's loss parts into the epoch's sums."""
+    for key in ("total", "DIR", "DVR", "reg"):
+        if key in record:
+            sums[key] = sums.get(key, 0.0) + record[key]
+
+
 def _logged_sums(path: str, first_step: int, end_step: int) -> Tuple[Dict[str, float], int]:
     """Sums of the loss parts over the logged step records in [first_step, end_step) and their
     count: on a resume mid-epoch, what the epoch record must also average over."""
     sums, count = {}, 0
     for _, record in _log_records(path):
         if record.get("type") == "step" and first_step <= record["step"] < end_step:
-            for key in _EPOCH_KEYS:
-                if key in record:
-                    sums[key] = sums.get(key, 0.0) + record[key]
+            _add_losses(sums, record)
             count += 1
     return sums, count
-
-
-_EPOCH_KEYS = ("total", "DIR", "DVR", "reg")
 
 
 class Trainer:
@@ -423,9 +425,7 @@ class Trainer:
                     step = epoch * self.niter + iteration
                     record = self._step(images, ids, epoch, iteration, step, tick)
                     steps_done = step + 1
-                    for key in _EPOCH_KEYS:
-                        if key in record:
-                            sums[key] = sums.get(key, 0.0) + record[key]
+                    _add_losses(sums, record)
                     count += 1
                     bar.set_postfix_str(_progress_text(record), refresh=False)
                     bar.update(1)
