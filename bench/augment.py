@@ -220,13 +220,9 @@ def main(args):
         dense_size = (375, 500)
         dense = torch.stack([F.interpolate(x[None].float(), size=dense_size, mode="bilinear", antialias=True)[0]
                              .round().clamp(0, 255).to(torch.uint8) for x in images])
-        name = f"Kornia {kornia_module.__version__} AugmentationSequential, %s (dense {dense_size[0]} x {dense_size[1]} batch)"
-        variants[name % "eager"] = lambda: kornia(dense)
-        compiled, why_not = compile_kornia(kornia, dense)
-        if compiled is not None:
-            variants[name % "torch.compile"] = lambda: compiled(dense)
-        else:
-            kornia_note = f"Kornia under torch.compile failed ({why_not}), so only its eager form is timed. "
+        kornia_name = (f"Kornia {kornia_module.__version__} AugmentationSequential, %s "
+                       f"(dense {dense_size[0]} x {dense_size[1]} batch)")
+        variants[kornia_name % "eager"] = lambda: kornia(dense)
     copy_bw = harness.copy_bandwidth(device) if device.type == "cuda" else None
 
     # agreement of the two renderers on one draw, in [0, 1] pixel units
@@ -235,9 +231,11 @@ def main(args):
     b = render(images, params, mean=config.mean, std=config.std, backend="reference")
     std = torch.tensor(config.std, device=device).view(1, 3, 1, 1)
     max_err = max(((x - y).abs() * std).max().item() for x, y in zip(a, b))
+    shape = " + ".join(f"{n} x {s}" for s, n in ((sizes["global_size"], 2), (sizes["local_size"], 8)))
 
     rows = []
-    for name, fn in variants.items():
+
+    def timed(name, fn):
         # the slow baselines take seconds a batch on a GPU: fewer repetitions keep the run short
         slow = device.type == "cuda" and not name.startswith("clever_kernels")
         timing = harness.time_median(fn, device, warmup=1, reps=max(1, reps // 3) if slow else reps)
@@ -252,23 +250,54 @@ def main(args):
             row["x bandwidth floor"] = timing["median_s"] / (moved / copy_bw)
         rows.append(row)
         print(f"  {name}: {row['images / s']:.1f} images/s", flush=True)
+
+    def write():
+        # after every variant, so a run stopped part-way (a slow compile) still leaves the rows it timed
+        notes = _notes(PRESET, shape, batch, device, kornia is not None, kornia_note, max_err,
+                       traffic_bytes(images, config), copy_bw)
+        return harness.write_results("augment", device, _with_ratios(rows), COLUMNS, notes, quick=quick)
+
+    for name, fn in variants.items():
+        timed(name, fn)
+        path = write()
     if workers is not None:
         workers.close()
-    ref_rate = next(r["images / s"] for r in rows if r["variant"] == "plain-PyTorch reference")
+    if kornia is not None:  # last: compiling can take minutes, and the other rows are on disk by then
+        compiled, why_not = compile_kornia(kornia, dense)
+        if compiled is not None:
+            timed(kornia_name % "torch.compile", lambda: compiled(dense))
+        else:
+            kornia_note = f"Kornia under torch.compile failed ({why_not}), so only its eager form is timed. "
+        path = write()
+    return path
+
+
+COLUMNS = ["variant", "images", "ms / batch", "images / s", "cores", "images / s per core",
+           "speed-up vs reference", "per core vs PIL", "speed-up vs Kornia eager", "GB/s", "x bandwidth floor"]
+
+
+def _with_ratios(rows):
+    """The rows with their rates relative to each baseline that has been timed."""
+    def find(match):
+        return next((r for r in rows if match(r["variant"])), None)
+
+    baselines = {
+        "speed-up vs reference": (find(lambda v: v == "plain-PyTorch reference"), "images / s"),
+        "per core vs PIL": (find(lambda v: v.startswith("PIL pipeline (per image")), "images / s per core"),
+        "speed-up vs Kornia eager": (find(lambda v: v.startswith("Kornia") and "eager" in v), "images / s"),
+    }
+    out = []
     for row in rows:
-        row["speed-up vs reference"] = row["images / s"] / ref_rate
-    shape = " + ".join(f"{n} x {s}" for s, n in ((sizes["global_size"], 2), (sizes["local_size"], 8)))
-    pil = next((r for r in rows if r["variant"].startswith("PIL pipeline (per image")), None)
-    for row in rows:
-        if pil is not None:
-            row["per core vs PIL"] = row["images / s per core"] / pil["images / s per core"]
-    kornia_eager = next((r for r in rows if r["variant"].startswith("Kornia") and "eager" in r["variant"]), None)
-    for row in rows:
-        if kornia_eager is not None:
-            row["speed-up vs Kornia eager"] = row["images / s"] / kornia_eager["images / s"]
-    columns = ["variant", "images", "ms / batch", "images / s", "cores", "images / s per core",
-               "speed-up vs reference", "per core vs PIL", "speed-up vs Kornia eager", "GB/s", "x bandwidth floor"]
-    notes = (f"{PRESET} multi-crop, {shape} views per image, uint8 sources {batch} images of mixed sizes "
+        row = dict(row)
+        for column, (base, key) in baselines.items():
+            if base is not None and key in row:
+                row[column] = row[key] / base[key]
+        out.append(row)
+    return out
+
+
+def _notes(preset, shape, batch, device, has_kornia, kornia_note, max_err, moved, copy_bw):
+    notes = (f"{preset} multi-crop, {shape} views per image, uint8 sources {batch} images of mixed sizes "
              "(H 330-420, W 440-560), float32 NCHW outputs; median of repeated batches after one warm-up, "
              "parameter sampling (sample_params) included in every variant but 'rendering only'. ")
     if device.type == "cpu":
@@ -277,14 +306,13 @@ def main(args):
                   "memory, as a data loader's do); its pixels differ from ours by design (uint8 rounding "
                   "after every op, PIL's blur kernel and hue). torchvision is not compared: its wheels do not "
                   "import beside the CPU torch of this environment. ")
-    if kornia is not None:
+    if has_kornia:
         notes += ("Kornia draws its own parameters and sees a dense batch resized beforehand (it cannot take "
                   "images of different sizes). Its torch.compile form is compiled by one untimed call "
                   "(default inductor; on the CPU here Kornia's containers hit dynamo's recompile limit, so "
-                  "parts of it stay eager). ")
+                  "parts of it stay eager), after every other variant is timed. ")
     notes += kornia_note + f"Fused vs reference on one draw: max abs difference {max_err:.2g} in [0, 1] pixel units. "
     if copy_bw:
         notes += (f"Bandwidth floor: source images read once + views written once "
-                  f"({traffic_bytes(images, config) / 1e6:.1f} MB) over the measured copy bandwidth "
-                  f"{copy_bw / 1e9:.0f} GB/s.")
-    return harness.write_results("augment", device, rows, columns, notes, quick=quick)
+                  f"({moved / 1e6:.1f} MB) over the measured copy bandwidth {copy_bw / 1e9:.0f} GB/s.")
+    return notes

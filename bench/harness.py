@@ -190,8 +190,7 @@ def write_results(name: str, device: torch.device, rows: List[dict], columns: Li
     os.makedirs(folder, exist_ok=True)
     info = machine(device)
     base = os.path.join(folder, f"{name}-{device_tag(device)}")
-    with open(base + ".json", "w") as out:
-        json.dump({"benchmark": name, "machine": info, "rows": rows}, out, indent=2)
+    _write_replacing(base + ".json", json.dumps({"benchmark": name, "machine": info, "rows": rows}, indent=2))
     lines = [f"# {name} benchmark", ""]
     lines += [f"- {key}: {value}" for key, value in info.items()]
     lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -199,9 +198,16 @@ def write_results(name: str, device: torch.device, rows: List[dict], columns: Li
         lines.append("| " + " | ".join(_fmt(row.get(col, "")) for col in columns) + " |")
     if notes:
         lines += ["", notes]
-    with open(base + ".md", "w") as out:
-        out.write("\n".join(lines) + "\n")
+    _write_replacing(base + ".md", "\n".join(lines) + "\n")
     return base + ".md"
+
+
+def _write_replacing(path: str, text: str) -> None:
+    # benchmarks rewrite their results as rows come in and may be killed at any moment: a reader
+    # sees the previous file or the new one, never half of one
+    with open(path + ".part", "w") as out:
+        out.write(text)
+    os.replace(path + ".part", path)
 
 
 def _fmt(value) -> str:

@@ -143,11 +143,18 @@ def main(args):
         shapes = [(4, 4, 1000, 777, torch.float32)]
         reps = 2
     rows = []
+    # written after every block of rows, so a run stopped part-way still leaves the blocks it timed
     for shape in shapes:
         rows += bench_shape(*shape, device=device, reps=reps, copy_bw=copy_bw)
+        path = _write(rows, device, copy_bw, args.quick)
     if device.type == "cuda":
         for dtype in (torch.float32, torch.bfloat16):
             rows += split_sweep(128, 10, 65536, dtype, device, reps, copy_bw)
+            path = _write(rows, device, copy_bw, args.quick)
+    return path
+
+
+def _write(rows, device, copy_bw, quick):
     columns = ["shape", "variant", "fwd+bwd ms", "speed-up vs authors", "saved for backward MiB",
                "peak extra MiB", "GB/s",
                "x bandwidth floor", "loss", "|loss - authors|", "timed by"]
@@ -165,4 +172,4 @@ def main(args):
              "does not count. ")
     if copy_bw:
         notes += f"Measured copy bandwidth: {copy_bw / 1e9:.0f} GB/s (read + write)."
-    return harness.write_results("loss", device, rows, columns, notes, quick=args.quick)
+    return harness.write_results("loss", device, rows, columns, notes, quick=quick)

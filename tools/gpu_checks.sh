@@ -14,18 +14,21 @@
 #      the same torch 2.11 and triton 3.6 with the CUDA sources built (tools/check_gpu_torch.sh),
 #      and beside this machine's numpy (>= 2.4) triton 3.6's interpreter is off, so its Triton
 #      tests would skip.
-# Each step has its own time limit, a ceiling, and the steps run in order of what only a GPU can
-# show, so a command that runs out loses the last ones (the sanitizer first); each appends to one
-# log, and each benchmark's result files are copied out as soon as it ends, so a step that fails
-# or runs out of time still leaves the others' results. Output: $OUT (default gpu-checks/):
-# gpu_checks.log and the benchmark result files, ready to commit. Exit status: 0 only if every
-# step passed.
+# Each step has its own time limit, a ceiling, and the whole command a deadline (DEADLINE, 560 s
+# by default, so one call fits a 10-minute allowance with the machine's start-up): a step runs
+# for at most the smaller of its ceiling and the time left, and is skipped (and counted as
+# failed) when under 20 s remain. The steps run in order of what only a GPU can show, so a
+# command that runs out loses the last ones (the sanitizer first); each appends to one log,
+# and each benchmark's result files are copied out as soon as it ends (the benchmarks rewrite
+# them after every timed variant), so a step that fails or runs out of time still leaves the
+# others' results. Output: $OUT (default gpu-checks/): gpu_checks.log and the benchmark result
+# files, ready to commit. Exit status: 0 only if every step passed.
 #
-#   STEPS="build backends tests bench" bash tools/gpu_checks.sh   # ceilings 580 s, then
-#   STEPS="sanitize" bash tools/gpu_checks.sh                      # 150 s (+150 s if it must build)
-#   bash tools/gpu_checks.sh                                       # everything, 730 s of ceilings
-# A run without the build step builds first when clever_kernels._C does not import (a fresh
-# machine).
+#   bash tools/gpu_checks.sh                                   # everything, within DEADLINE
+#   STEPS="sanitize" bash tools/gpu_checks.sh                  # one part (builds first if needed)
+# Before the steps it logs the toolchain (nvcc, CUDA_HOME, the Python packages the steps use) and
+# works out CUDA_HOME from nvcc itself when unset: torch's guess, two folders above the nvcc on
+# the PATH, is wrong where that nvcc is a wrapper script.
 #
 # Where the tree has no .git, set CLEVER_KERNELS_COMMIT=<hash> so the result files name the commit.
 # Kornia (the augmentation benchmark's GPU baseline) is used when it imports; where the machine
@@ -38,15 +41,23 @@ mkdir -p "$out"
 log="$out/gpu_checks.log"
 py=${PYTHON:-python3}
 steps=${STEPS:-build backends tests bench sanitize}
+deadline=$(( $(date +%s) + ${DEADLINE:-560} ))
 export PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 unset TRITON_INTERPRET
 failed=0
 
-step() {  # step NAME SECONDS COMMAND...; returns the command's status
-  local name=$1 limit=$2 start rc
+step() {  # step NAME CEILING_SECONDS COMMAND...; returns the command's status
+  local name=$1 limit=$2 start rc left
   shift 2
   start=$(date +%s)
-  echo "=== $name: $*" >>"$log"
+  left=$(( deadline - start ))
+  if [ "$left" -lt 20 ]; then
+    echo "gpu_checks: $name SKIPPED: ${left} s left before the deadline" | tee -a "$log"
+    failed=1
+    return 124
+  fi
+  [ "$left" -lt "$limit" ] && limit=$left
+  echo "=== $name (limit $limit s): $*" >>"$log"
   timeout -k 10 "$limit" "$@" >>"$log" 2>&1
   rc=$?
   echo "gpu_checks: $name rc=$rc in $(( $(date +%s) - start )) s" | tee -a "$log"
@@ -67,6 +78,30 @@ if [ -n "${WHEELS:-}" ]; then
   "$py" -m pip install -q --no-index --no-deps --no-compile --target /tmp/gpu_checks_site "$WHEELS"/*.whl >>"$log" 2>&1
   export PYTHONPATH=/tmp/gpu_checks_site${PYTHONPATH:+:$PYTHONPATH}
 fi
+if [ -z "${CUDA_HOME:-}" ] && command -v nvcc >/dev/null; then
+  # the toolkit root as nvcc reports it (its TOP), which a wrapper script on the PATH hides
+  top=$(nvcc -dryrun -x cu -c /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ TOP=//p' | head -n 1)
+  [ -n "$top" ] && [ -d "$top" ] && export CUDA_HOME=$(cd "$top" && pwd)
+fi
+{
+  echo "=== toolchain"
+  echo "nvcc: $(command -v nvcc || echo none) $(nvcc --version 2>/dev/null | tail -n 1)"
+  echo "CUDA_HOME: ${CUDA_HOME:-unset}"
+  echo "ninja: $(ninja --version 2>/dev/null || echo none)"
+  "$py" -c "
+import importlib
+for name in ('torch', 'triton', 'numpy', 'sklearn', 'PIL', 'pytest', 'xdist', 'pytest_timeout', 'kornia'):
+    try:
+        print(name, getattr(importlib.import_module(name), '__version__', '?'))
+    except Exception as exc:
+        print(name, 'MISSING', type(exc).__name__)"
+} >>"$log" 2>&1
+# the digits and photos the GPU tests and the augmentation benchmark use come through scikit-learn
+# and pillow: without them the tests skip and the benchmark fails, so say it here, loudly
+"$py" -c "import sklearn, PIL" 2>/dev/null || {
+  echo "gpu_checks: scikit-learn or pillow does not import: the augmentation tests will skip" | tee -a "$log"
+  failed=1
+}
 arch=$("$py" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())" 2>>"$log") || {
   echo "gpu_checks: $py sees no CUDA device (details in $log)"
   exit 1
@@ -96,10 +131,10 @@ if wants bench; then
   tag=$("$py" -c "import torch; print(torch.cuda.get_device_name().replace(' ', '-').lower())")
   for name in loss augment; do
     limit=90
-    [ "$name" = augment ] && limit=120
+    [ "$name" = augment ] && limit=150
     rm -f bench/results/"$name-$tag".*  # a file from an earlier run is not this run's result
     step "bench-$name" "$limit" "$py" -m bench "$name" --device cuda
-    cp bench/results/"$name-$tag".* "$out"/ >>"$log" 2>&1 ||
+    cp bench/results/"$name-$tag".{md,json} "$out"/ >>"$log" 2>&1 ||
       { echo "gpu_checks: no bench/results/$name-$tag.* to copy" | tee -a "$log"; failed=1; }
   done
 fi
