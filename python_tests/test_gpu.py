@@ -130,6 +130,12 @@ def test_module_under_compile_and_autocast(rng):
     assert explanation.graph_break_count == 0, explanation.break_reasons
     if ON_GPU:  # the interpreter's launchers do not trace
         check_compiled_matches_eager(rng, "inductor", "auto", DEVICE)
+        # an explicit backend="triton" reaches the same registered ops, so it compiles whole too
+        explicit = CLeVERLoss(40, 3, 0.04, 0.04, 0, 2, dvr_out_dim=40, center_momentum=1.0, backend="triton")
+        explicit = explicit.to(DEVICE)
+        torch._dynamo.reset()
+        explanation = torch._dynamo.explain(lambda x, t: explicit(head(x), head(x) * 0.5, t, t * 0.5, 0)[0])(x, t)
+        assert explanation.graph_break_count == 0, explanation.break_reasons
     with torch.autocast(DEVICE.type, dtype=BF16):
         hidden = head(x)
         total = loss_fn(hidden, hidden * 0.5, t, t * 0.5, 0)[0]

@@ -306,6 +306,21 @@ def test_split_heuristic(monkeypatch):
     assert kt._split_count(8, 512, 256, cuda, 5) == 2
 
 
+def test_block_k_choice_and_gpu_tile_limit():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    # defaults: a power of two covering K when K is small, never a tile above the default
+    assert kt._block_k(1000, 16, cpu, None, kt._FWD_TILE) == kt._INTERPRETER_BLOCK_K
+    assert kt._block_k(100, 16, cuda, None, kt._FWD_TILE) == 128
+    assert kt._block_k(65536, 16, cuda, None, kt._FWD_TILE) * 16 <= kt._FWD_TILE
+    # an explicit block_k: any power of two under the interpreter, a register-sized tile on a GPU
+    assert kt._block_k(65536, 16, cpu, 4096, kt._FWD_TILE) == 4096
+    assert kt._block_k(65536, 16, cuda, 512, kt._FWD_TILE) == 512
+    with pytest.raises(ValueError, match="block_k = 2048 with ncrops padded to 16 views"):
+        kt._block_k(65536, 16, cuda, 2048, kt._FWD_TILE)
+    with pytest.raises(ValueError, match="power of two"):
+        kt._block_k(65536, 16, cpu, 96, kt._FWD_TILE)
+
+
 def _good(rng):
     return _inputs((F32, 2, 3, 10), rng)
 

@@ -36,8 +36,10 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 def _resolve_backend(backend: str, device: torch.device) -> str:
     """Maps a user's backend choice to "ops" (the dispatcher: C++ on CPU, Triton on CUDA),
-    "triton" (Triton launchers called directly: CUDA, or CPU under TRITON_INTERPRET=1) or
-    "reference" (plain PyTorch). "auto" falls back to the reference only with a warning."""
+    "triton" (Triton launchers called directly: CPU tensors under TRITON_INTERPRET=1) or
+    "reference" (plain PyTorch). "auto" falls back to the reference only with a warning.
+    Triton on CUDA goes through the registered ops, the same launchers, so that torch.compile
+    sees one op with its fake instead of tracing into the launchers."""
     status = _backend.backends()
     if backend == "auto":
         key = "triton" if device.type == "cuda" else "cpu-ext"
@@ -59,7 +61,8 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
         if device.type == "cuda":
             if not status["triton"].available:
                 raise RuntimeError(f"backend='triton' unavailable: {status['triton'].reason}")
-        elif device.type == "cpu":
+            return "ops"
+        if device.type == "cpu":
             if not status["triton-interpreter"].available:
                 raise RuntimeError("backend='triton' on CPU tensors needs the Triton interpreter: "
                                    + status["triton-interpreter"].reason)

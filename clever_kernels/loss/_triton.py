@@ -42,6 +42,7 @@ _MAX_SPLITS = 128
 # The backward is elementwise on the tile; 8192 logits with 8 warps stay near 64 registers.
 _BWD_TILE = 8192
 _GPU_MAX_BLOCK_K = 2048
+_GPU_MIN_BLOCK_K = 128
 # The interpreter pays per numpy call, not per element: big blocks are cheaper there.
 _INTERPRETER_BLOCK_K = 128
 _SUM_ROWS = 8
@@ -328,9 +329,17 @@ def _block_k(K: int, v_pad: int, device: torch.device, block_k, tile: int) -> in
     if block_k is not None:
         if not isinstance(block_k, int) or block_k < 2 or block_k & (block_k - 1):
             raise ValueError(f"block_k must be a power of two >= 2, got {block_k!r}")
+        # a (views x block_k) tile lives in registers: above twice the default tile, compiles
+        # spill or fail (the interpreter takes any size, so only a GPU would show it); the
+        # smallest default block stays allowed however many views there are
+        largest = max(2 * tile // v_pad, _GPU_MIN_BLOCK_K)
+        if device.type == "cuda" and block_k > largest:
+            raise ValueError(f"block_k = {block_k} with ncrops padded to {v_pad} views makes a tile of "
+                             f"{v_pad * block_k} elements, too many for a GPU's registers; use block_k <= "
+                             f"{largest}")
         return block_k
     if device.type == "cuda":
-        cap = min(_GPU_MAX_BLOCK_K, max(128, tile // v_pad))
+        cap = min(_GPU_MAX_BLOCK_K, max(_GPU_MIN_BLOCK_K, tile // v_pad))
     else:
         cap = _INTERPRETER_BLOCK_K
     return min(cap, max(16, triton.next_power_of_2(K)))
