@@ -242,6 +242,14 @@ def test_hue_matches_colorsys():
     red = torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1)
     torch.testing.assert_close(ref.adjust_hue(red, 1 / 3), torch.tensor([0.0, 1.0, 0.0]).view(3, 1, 1),
                                atol=1e-6, rtol=0)
+    # the HSV form itself: hue in [0, 1) as colorsys has it, also where R is the maximum and B > G
+    # (a negative hue before the wrap)
+    hsv = ref.rgb_to_hsv(x)
+    want = torch.tensor([colorsys.rgb_to_hsv(*rgb) for rgb in x.permute(1, 2, 0).reshape(-1, 3).double().tolist()],
+                        dtype=torch.float32).reshape(8, 8, 3).permute(2, 0, 1)
+    assert ((x[0] == x.amax(0)) & (x[2] > x[1])).any()
+    assert (hsv[0] >= 0).all() and (hsv[0] < 1).all()
+    torch.testing.assert_close(hsv, want, atol=2e-6, rtol=0)
 
 
 def test_jitter_applies_ops_in_recorded_order(photos):
@@ -376,6 +384,13 @@ def test_bad_inputs_raise_naming_the_argument(noise_images):
         (lambda: ref.render(noise_images[:2], p), ValueError, "params"),
         (lambda: ref.render(noise_images, with_fields(p, height=41)), ValueError, "params"),
         (lambda: ref.render(noise_images, with_fields(p, left=-1)), ValueError, "params"),
+        # every side of the box, each just past its image (the boxes cover the whole image)
+        (lambda: ref.render(noise_images, with_fields(p, width=noise_images.shape[3] + 1)), ValueError, "params"),
+        (lambda: ref.render(noise_images, with_fields(p, left=1)), ValueError, "params"),
+        (lambda: ref.render(noise_images, with_fields(p, top=1)), ValueError, "params"),
+        (lambda: ref.render(noise_images, with_fields(p, top=-1)), ValueError, "params"),
+        (lambda: ref.render(noise_images, with_fields(p, height=0)), ValueError, "params"),
+        (lambda: ref.render(noise_images, with_fields(p, width=0)), ValueError, "params"),
         (lambda: ref.render(noise_images, with_fields(p, order=[0, 0, 1, 2])), ValueError, "order"),
         (lambda: ref.render(noise_images, with_fields(p, blur_sigma=-1.0)), ValueError, "blur_sigma"),
         (lambda: ref.render(noise_images, with_fields(p, blur_sigma=float("inf"))), ValueError, "blur_sigma"),

@@ -536,3 +536,16 @@ def test_sample_params_accepts_config():
     b = sample_params(torch.tensor([[64, 64]] * 3), "caug", n_local=2, local_size=48, seed=1)
     assert [p.size for p in a] == [224, 224, 48, 48]
     assert all(torch.equal(x.to_tensor(), y.to_tensor()) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("unit, applied", [(0.5, False), (0.5 - 2 ** -24, True)])
+def test_a_draw_applies_exactly_when_below_p(monkeypatch, unit, applied):
+    """`u < p`: a draw equal to p does not apply (so p = 0 never does, even for u = 0), the
+    largest draw below it does."""
+    monkeypatch.setattr(ck_rng, "to_unit", lambda bits: torch.full(bits.shape, unit, dtype=torch.float32))
+    cfg = ViewConfig(flip_p=0.5, rotation_p=0.5, elastic_p=0.5, jitter_p=0.5, grayscale_p=0.5, blur_p=0.5,
+                     solarize_p=0.5)
+    p = sampler.sample_view(torch.tensor([[64, 80]] * 3), cfg, view=0)
+    for name in ("flip", "elastic", "jitter", "grayscale", "solarize"):
+        assert (getattr(p, name) == applied).all(), name
+    assert ((p.angle != 0) == applied).all() and ((p.blur_sigma > 0) == applied).all()

@@ -230,15 +230,26 @@ def test_teacher_receives_no_gradient(rng, backend):
     (dict(ts=float("inf")), "student_temp must be finite"),
     (dict(t2=torch.zeros(6, 5), s2=torch.zeros(9, 5)), "same batch"),
     (dict(ts=0.0), "student_temp"),
+    (dict(tt=0.0), "teacher_temp"),
+    (dict(tt=float("nan")), "teacher_temp"),
     (dict(backend="cuda-magic"), "backend"),
 ])
-def test_bad_inputs_name_the_argument(bad, match):
+@pytest.mark.parametrize("form", ["clever", "dino"])
+def test_bad_inputs_name_the_argument(bad, match, form):
     args = dict(s1=torch.zeros(6, 8), s2=torch.zeros(6, 5), t1=torch.zeros(4, 8), t2=torch.zeros(4, 5),
-                c1=torch.zeros(1, 8), c2=torch.zeros(1, 5), ncrops=3, ts=0.1, backend=BACKENDS[0])
+                c1=torch.zeros(1, 8), c2=torch.zeros(1, 5), ncrops=3, ts=0.1, tt=0.04, backend=BACKENDS[0])
     args.update(bad)
-    with pytest.raises((ValueError, TypeError, RuntimeError), match=match):
+    if form == "dino":
+        if any(key in bad for key in ("s2", "t2", "c2")) or "same batch" in match:
+            pytest.skip("the second head is CLeVER's")
+        match = match.replace("_ir", "")
+        with pytest.raises((ValueError, TypeError), match=match):
+            dino_loss(args["s1"], args["t1"], args["c1"], args["ncrops"], args["ts"], args["tt"],
+                      backend=args["backend"])
+        return
+    with pytest.raises((ValueError, TypeError), match=match):
         clever_loss(args["s1"], args["s2"], args["t1"], args["t2"], args["c1"], args["c2"], args["ncrops"],
-                    args["ts"], 0.04, backend=args["backend"])
+                    args["ts"], args["tt"], backend=args["backend"])
 
 
 def test_module_takes_the_authors_calls(rng):
@@ -273,6 +284,8 @@ def test_module_takes_the_authors_calls(rng):
      ValueError, "disagree"),
     (lambda m, x: CLeVERLoss(8, 2, 0.04, 0.04, 0, 3, sep_lambd="1.0"), TypeError, "sep_lambd"),
     (lambda m, x: CLeVERLoss(8, 2, 0.04, 0.04, 0, 3, center_momentum="0.9"), TypeError, "center_momentum"),
+    (lambda m, x: CLeVERLoss(8, 2, 0.04, 0.04, 0, 3, center_momentum=1.5), ValueError, "center_momentum"),
+    (lambda m, x: DINOLoss(8, 2, 0.04, 0.04, 0, 3, center_momentum=-0.1), ValueError, "center_momentum"),
     (lambda m, x: CLeVERLoss(8, 2.0, 0.04, 0.04, 0, 3), TypeError, "ncrops"),
     (lambda m, x: CLeVERLoss(8, 2, 0.04, 0.04, 0, 3, 0.1, 0.9, types.SimpleNamespace(sep_lambd=1.0)),
      TypeError, "dvr_out_dim must be an int.*args=args"),

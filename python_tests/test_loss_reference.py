@@ -110,6 +110,9 @@ def test_teacher_temp_schedule():
         ref.teacher_temp_schedule(0.0, 0.07, 5, 100)
     with pytest.raises(ValueError, match="teacher_temp must be finite and > 0"):
         ref.teacher_temp_schedule(0.04, float("inf"), 5, 100)
+    # a warm-up over every epoch (DINO allows it): the last epoch reaches teacher_temp
+    whole = ref.teacher_temp_schedule(0.04, 0.07, 10, 10)
+    assert len(whole) == 10 and whole[0] == 0.04 and whole[-1] == pytest.approx(0.07)
     # without warm-up epochs the warm-up start is unused, as in DINO's schedule
     assert (ref.teacher_temp_schedule(0.0, 0.07, 0, 10) == 0.07).all()
 
