@@ -188,8 +188,10 @@ def test_grayscale_blur_solarize(ragged):
     check(ragged, with_fields(p, blur_sigma=[0.1, 1.3, 2.0, 0.0]))
     # a radius beyond the image reflects periodically
     check(ragged, with_fields(p, blur_sigma=[9.5, 3.0, 20.0, 0.5]))
-    # radii 135 and 180: beyond the taps the CUDA kernels cache in shared memory (127)
+    # radii 135 and 180: beyond the taps the CUDA kernels cache in shared memory (127); 127 itself
+    # (ceil(3 * 42.2)), the largest radius the cache holds
     check(ragged, with_fields(p, blur_sigma=[45.0, 0.0, 60.0, 1.0]))
+    check(ragged, with_fields(p, blur_sigma=[42.2, 1.0, 42.2, 0.0]))
     check(ragged, with_fields(p, solarize=[True, False, True, True]))
 
 
@@ -246,6 +248,21 @@ def test_half_outputs_are_the_float32_result_rounded(ragged, out_dtype, ulp):
         # one ulp of the dtype at the value's magnitude, plus the float32 tolerance over std
         bound = ulp * want.abs().clamp(min=1.0) + ATOL / min(std)
         assert ((h.float() - want).abs() <= bound).all()
+
+
+def test_half_outputs_round_ties_to_even():
+    """Outputs exactly halfway between two half-precision values round to the even one, as
+    torch's casts do. A white pixel's 1 - mean is, per channel, a bfloat16 tie rounding down
+    (1 + 2^-8), one rounding up (1 + 3 * 2^-8) and a float16 tie (1 + 2^-11); photos under
+    ImageNet normalisation almost never land on one."""
+    images = [torch.full((3, 9, 11), 255, dtype=torch.uint8), torch.zeros(3, 7, 6, dtype=torch.uint8)]
+    mean = (-2.0 ** -8, -3 * 2.0 ** -8, -2.0 ** -11)
+    params = [AugParams.identity(sizes_of(images), 8)]
+    full = render(images, params, mean=mean, std=ONE, backend="fused")[0]
+    assert torch.equal(full[0, :, 0, 0], 1 - torch.tensor(mean))
+    for out_dtype in (torch.float16, torch.bfloat16):
+        half = render(images, params, mean=mean, std=ONE, out_dtype=out_dtype, backend="fused")[0]
+        assert torch.equal(half, full.to(out_dtype)), out_dtype
 
 
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16, torch.bfloat16])

@@ -177,11 +177,18 @@ def test_row_maxima_move_across_tiles(rng, dtype, ramp):
 @pytest.mark.parametrize("k", [8193, 20000])
 def test_k_split_across_threads(rng, threads, k):
     """One image and more threads than images: the forward splits K and merges the partial
-    statistics."""
+    statistics. Then again with the mass on the first and last column of every tile (splits
+    fall on tile boundaries): a column lost or read twice at a boundary is then most of a
+    row's softmax, where among random logits it would be under the tolerance."""
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         check_all(rng, torch.float32, 1, 4, k)
+        student, teacher, center = make_inputs(rng, torch.float32, 1, 4, k)
+        edges = torch.cat([torch.arange(0, k, 4096), torch.arange(4095, k, 4096)])
+        student[:, edges] += 3.0
+        teacher[:, edges] += 1.0
+        check_ops(rng, student, teacher, center, 4)
     finally:
         torch.set_num_threads(old)
 
@@ -364,6 +371,19 @@ def test_minus_inf_logit_with_positive_teacher_probability_is_inf(rng):
     want_inf = assert_inf_exactly_at(d["ce"], ref["ce"], pairs)
     tol = TOLERANCES[torch.float32][0]
     assert_close(d["ce"][~want_inf], ref["ce"][~want_inf], tol, "ce")
+
+
+def test_minus_inf_logit_where_both_teachers_are_zero(rng):
+    """One tile, so no later rescaling hides a wrong redo: a -inf student logit at a column
+    where both teachers' probabilities are exactly 0 (their logits -inf too) adds 0 to every
+    pair's cross-entropy, each teacher's terms taken from its own row."""
+    student, teacher, center = make_inputs(rng, torch.float32, 2, 3, 37)
+    student[0, 5] = float("-inf")  # view 0 of image 0
+    teacher[0, 5] = teacher[2, 5] = float("-inf")  # both teacher rows of image 0
+    for_reference = student.clone()
+    for_reference[0, 5] = -1e30  # 0 * finite where the reference would give 0 * inf = NaN
+    d = dir_fwd(student, teacher, center, 3)
+    assert_close(d["ce"], reference(for_reference, teacher, center, 3)["ce"], TOLERANCES[torch.float32][0], "ce")
 
 
 def test_all_nan_row(rng):
