@@ -38,14 +38,15 @@ cuda-check: $(PY)
 	PYTHON=$(abspath $(PY)) bash tools/check_cuda_compile.sh
 
 # Compiles the Triton kernels to sm_80 / sm_90 cubin with CI's triton, so code only the
-# interpreter accepts fails here; gpu-torch-check does the same with the GPU machines' triton.
+# interpreter accepts fails here; gpu-torch-check does the same for sm_90 with the GPU machines'
+# triton.
 triton-check: build
 	$(PY) tools/check_triton_compile.py
 
 # The extension built with its CUDA sources against the GPU machines' torch (2.11 + CUDA 13.0,
 # triton 3.6) in a venv of its own under build/gpu-torch/, loaded, its CUDA registrations and the
-# Triton cubin compiles checked, and the whole suite run against it (3 to 8 minutes on two cores,
-# the longer with a cold Triton cache; 5 GB).
+# Triton cubin compiles checked, and the whole suite run against it (5 to 15 minutes on two
+# cores, the longer with a cold Triton cache; 5 GB).
 gpu-torch-check:
 	PYTHON_BIN=$(PYTHON_BIN) bash tools/check_gpu_torch.sh
 
