@@ -3,8 +3,8 @@
 # 13.0, with triton 3.6), in a venv of its own, on a machine with nvcc and no GPU; loads it;
 # checks that every op has its CUDA kernel (the CUDA C++ renderer, the Triton loss launchers);
 # compiles the Triton kernels to sm_90 cubin (the GPU machines' H100 / H200) with that triton
-# (tools/check_triton_compile.py; `make triton-check` covers sm_80 too, with CI's triton); then runs the whole suite against that build, Triton
-# interpreted. Without nvcc the extension is built for the CPU alone and the rest still runs.
+# (tools/check_triton_compile.py; `make triton-check` covers sm_80 too, with CI's triton); then
+# runs the whole suite against that build, Triton interpreted. Without nvcc the extension is built for the CPU alone and the rest still runs.
 #
 # check_cuda_compile.sh compiles the .cu files, against the CPU wheel's headers. What it cannot
 # see, and this does, before a GPU machine's time goes on it: setup.py's CUDA branch, a link or
@@ -40,13 +40,10 @@ mkdir -p "$tree"
 git ls-files -z --cached --others --exclude-standard \
   | tar --null --files-from=- --ignore-failed-read -cf - | tar -xf - -C "$tree"
 
-# The toolkit nvcc belongs to (the PATH may hold a wrapper script outside it), so the link finds
-# its libcudart.
 with_cuda=0
 if command -v nvcc >/dev/null; then
   with_cuda=1
-  cuda_home=${CUDA_HOME:-$(nvcc -dryrun -x cu -c /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ TOP=//p' | head -n 1)}
-  export CUDA_HOME=$(cd "$cuda_home" && pwd)
+  source tools/cuda_home.sh
 else
   echo "check_gpu_torch: nvcc not found; building the CPU kernels alone (CI machines have it)"
 fi

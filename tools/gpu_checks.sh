@@ -26,9 +26,8 @@
 #
 #   bash tools/gpu_checks.sh                                   # everything, within DEADLINE
 #   STEPS="sanitize" bash tools/gpu_checks.sh                  # one part (builds first if needed)
-# Before the steps it logs the toolchain (nvcc, CUDA_HOME, the Python packages the steps use) and
-# works out CUDA_HOME from nvcc itself when unset: torch's guess, two folders above the nvcc on
-# the PATH, is wrong where that nvcc is a wrapper script.
+# Before the steps it logs the toolchain (nvcc, CUDA_HOME, the Python packages the steps use),
+# with CUDA_HOME taken from nvcc itself where unset (tools/cuda_home.sh).
 #
 # Where the tree has no .git, set CLEVER_KERNELS_COMMIT=<hash> so the result files name the commit.
 # Kornia (the augmentation benchmark's GPU baseline) is used when it imports; where the machine
@@ -78,27 +77,25 @@ if [ -n "${WHEELS:-}" ]; then
   "$py" -m pip install -q --no-index --no-deps --no-compile --target /tmp/gpu_checks_site "$WHEELS"/*.whl >>"$log" 2>&1
   export PYTHONPATH=/tmp/gpu_checks_site${PYTHONPATH:+:$PYTHONPATH}
 fi
-if [ -z "${CUDA_HOME:-}" ] && command -v nvcc >/dev/null; then
-  # the toolkit root as nvcc reports it (its TOP), which a wrapper script on the PATH hides
-  top=$(nvcc -dryrun -x cu -c /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ TOP=//p' | head -n 1)
-  [ -n "$top" ] && [ -d "$top" ] && export CUDA_HOME=$(cd "$top" && pwd)
-fi
+source tools/cuda_home.sh
 {
   echo "=== toolchain"
   echo "nvcc: $(command -v nvcc || echo none) $(nvcc --version 2>/dev/null | tail -n 1)"
   echo "CUDA_HOME: ${CUDA_HOME:-unset}"
   echo "ninja: $(ninja --version 2>/dev/null || echo none)"
-  "$py" -c "
+} >>"$log" 2>&1
+# The digits and photos the GPU tests and the augmentation benchmark use come through scikit-learn
+# and pillow: without them the tests skip and the benchmark fails, so say it here, loudly.
+"$py" -c "
 import importlib
+missing = []
 for name in ('torch', 'triton', 'numpy', 'sklearn', 'PIL', 'pytest', 'xdist', 'pytest_timeout', 'kornia'):
     try:
         print(name, getattr(importlib.import_module(name), '__version__', '?'))
     except Exception as exc:
-        print(name, 'MISSING', type(exc).__name__)"
-} >>"$log" 2>&1
-# the digits and photos the GPU tests and the augmentation benchmark use come through scikit-learn
-# and pillow: without them the tests skip and the benchmark fails, so say it here, loudly
-"$py" -c "import sklearn, PIL" 2>/dev/null || {
+        print(name, 'MISSING', type(exc).__name__)
+        missing.append(name)
+raise SystemExit(1 if {'sklearn', 'PIL'} & set(missing) else 0)" >>"$log" 2>&1 || {
   echo "gpu_checks: scikit-learn or pillow does not import: the augmentation tests will skip" | tee -a "$log"
   failed=1
 }
