@@ -12,6 +12,7 @@ reference in [0, 1] space (as test_augment_fused.py) and within 5e-5 of the C++ 
 per-pixel maths; the CUDA kernels sum the separable resize as an outer product and nvcc fuses
 multiply-adds, so the last bits differ), float16 / bfloat16 outputs the float32 result rounded.
 """
+import functools
 import os
 
 import pytest
@@ -118,24 +119,24 @@ def test_module_under_compile_and_autocast(rng):
     head = torch.nn.Linear(16, 40).to(DEVICE)
     loss_fn = CLeVERLoss(40, 3, 0.04, 0.04, 0, 2, dvr_out_dim=40, center_momentum=1.0).to(DEVICE)
 
-    def step(x, t):
+    def step(x, t, loss=loss_fn):
         out = head(x)
-        return loss_fn(out, out * 0.5, t, t * 0.5, 0)[0]
+        return loss(out, out * 0.5, t, t * 0.5, 0)[0]
+
+    def assert_no_graph_break(fn):
+        torch._dynamo.reset()
+        explanation = torch._dynamo.explain(fn)(x, t)
+        assert explanation.graph_break_count == 0, explanation.break_reasons
 
     x = torch.randn(9, 16, generator=rng).to(DEVICE)
     t = torch.randn(6, 40, generator=rng).to(DEVICE)
     eager = step(x, t)
-    torch._dynamo.reset()
-    explanation = torch._dynamo.explain(step)(x, t)
-    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert_no_graph_break(step)
     if ON_GPU:  # the interpreter's launchers do not trace
         check_compiled_matches_eager(rng, "inductor", "auto", DEVICE)
         # an explicit backend="triton" reaches the same registered ops, so it compiles whole too
         explicit = CLeVERLoss(40, 3, 0.04, 0.04, 0, 2, dvr_out_dim=40, center_momentum=1.0, backend="triton")
-        explicit = explicit.to(DEVICE)
-        torch._dynamo.reset()
-        explanation = torch._dynamo.explain(lambda x, t: explicit(head(x), head(x) * 0.5, t, t * 0.5, 0)[0])(x, t)
-        assert explanation.graph_break_count == 0, explanation.break_reasons
+        assert_no_graph_break(functools.partial(step, loss=explicit.to(DEVICE)))
     with torch.autocast(DEVICE.type, dtype=BF16):
         hidden = head(x)
         total = loss_fn(hidden, hidden * 0.5, t, t * 0.5, 0)[0]
