@@ -67,3 +67,20 @@ def test_module_entry_point(folder, tmp_path):
     assert done.returncode == 0, done.stderr
     assert os.path.exists(tmp_path / "cli" / "checkpoint.pt")
     assert "--method" in run_cli("clever_kernels.train", ["--help"]).stdout
+
+
+def test_saved_params_read_back_with_elastic(folder, tmp_path):
+    # CAug+ draws elastic samples, whose 32-bit seeds a float32 table would round
+    from clever_kernels.augment import AugParams
+    out = tmp_path / "caugplus"
+    assert train_main(TINY_RUN + ["--method", "clever", "--aug", "caug+", "--data", folder, "--epochs", "1",
+                                  "--max-steps", "1", "--save-params", "--out", str(out)]) == 0
+    record = torch.load(out / "params" / "step00000000.pt")
+    elastic = record["columns"].index("elastic")
+    assert any(bool((v[:, elastic] != 0).any()) for v in record["views"]), "no elastic sample in 32 draws"
+    for v, table in enumerate(record["views"]):
+        assert table.dtype == torch.float64
+        params = AugParams.from_tensor(table, record["sizes"][v], v, record["elastic_alpha"][v],
+                                       record["elastic_sigma"][v])
+        assert torch.equal(params.to_tensor(torch.float64), table), f"view {v} does not read back"
+        assert params.elastic_alpha > 0 and params.elastic_sigma > 0

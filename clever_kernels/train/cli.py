@@ -104,7 +104,8 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from OUT/checkpoint.pt (or the given checkpoint)")
     g.add_argument("--save-params", action="store_true",
-                   help="write every step's augmentation parameters to OUT/params/step<N>.pt")
+                   help="write every step's augmentation parameters to OUT/params/step<N>.pt (float64 "
+                        "tables and each view's elastic constants: AugParams.from_tensor reads them back)")
     g.add_argument("--ckpt-every", type=int, default=0, help="also checkpoint every N steps (0: per epoch only)")
     g.add_argument("--max-steps", type=_positive_int, default=None, help="stop after this many steps (smoke tests)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -392,8 +392,12 @@ class Trainer:
         directory = os.path.join(self.out, "params")
         os.makedirs(directory, exist_ok=True)
         suffix = f"_rank{self.dist.rank}" if self.dist.active else ""
+        # float64: it holds the 32-bit elastic seeds exactly, so AugParams.from_tensor(views[v],
+        # sizes[v], v, elastic_alpha[v], elastic_sigma[v]) gives back what was drawn
         record = {"step": step, "epoch": epoch, "ids": ids.cpu(), "columns": list(params[0].columns),
-                  "views": [p.to_tensor().cpu() for p in params], "sizes": [p.size for p in params]}
+                  "views": [p.to_tensor(torch.float64).cpu() for p in params], "sizes": [p.size for p in params],
+                  "elastic_alpha": [p.elastic_alpha for p in params],
+                  "elastic_sigma": [p.elastic_sigma for p in params]}
         ckpt_io.atomic_save(record, os.path.join(directory, f"step{step:08d}{suffix}.pt"))
 
     def _sync(self):
