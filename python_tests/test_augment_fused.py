@@ -406,3 +406,43 @@ def test_fake_impl(ragged, renderer):
         out = torch.ops.clever_kernels.render_views(*args)
         assert out.shape == (len(ragged), 3, 12, 12) and out.dtype == torch.bfloat16
         assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+# ----------------------------------------------------------------------------- radii at rounding edges
+def test_blur_and_elastic_radii_at_rounding_edges(ragged):
+    """Sigmas where the radius rules differ from plain rounding: blur radius ceil(3 sigma) with
+    3 sigma just above an integer (1.1 -> 4, 0.45 -> 2, 2.35 -> 8), and elastic kernels whose
+    int(8 sigma + 1) is even and is made odd by adding one (1.2 -> 11 taps, 2.2 -> 19, 0.15 -> 3)."""
+    p = centre_crops(ragged, 21)
+    check(ragged, with_fields(p, blur_sigma=[1.1, 0.45, 2.35, 1.1]))
+    q = with_fields(p, elastic=True, elastic_seed=[7, 99, 2**31 + 5, 123456])
+    for sigma in (1.2, 2.2, 0.15):
+        assert int(8 * sigma + 1) % 2 == 0
+        check(ragged, dataclasses.replace(q, elastic_alpha=60.0, elastic_sigma=sigma))
+
+
+@pytest.mark.parametrize("what", ["crop-bottom", "crop-right", "size"])
+def test_op_rejects_values_just_past_their_bounds(ragged, what, renderer):
+    """One past each bound: a crop box ending one row or column outside its image, an output
+    side of 4081 (the CUDA grid holds at most 4080)."""
+    if what != "size":
+        cpu_kernel_only(renderer, "the CUDA host does not read the parameter tables")
+    args = _op_args(ragged)
+    h, w = (int(v) for v in args[2][0])
+    iparams = args[4].clone()
+    if what == "crop-bottom":
+        iparams[0, 1:5] = torch.tensor([1, 0, h, w])  # top 1, height h: rows 1..h
+        match = "crop box"
+    elif what == "crop-right":
+        iparams[0, 1:5] = torch.tensor([0, 1, h, w])
+        match = "crop box"
+    else:
+        args[6] = 4081
+        match = "size must be in"
+    args[4] = iparams
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.clever_kernels.render_views(*args)
+    # the same box, one smaller, renders
+    if what != "size":
+        iparams[0, 3 if what == "crop-bottom" else 4] -= 1
+        assert torch.isfinite(torch.ops.clever_kernels.render_views(*args)).all()

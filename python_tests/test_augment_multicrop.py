@@ -118,3 +118,15 @@ def test_fused_render_checks_values_in_one_host_copy(rng, monkeypatch):
     bad.order[0] = torch.tensor([0, 1, 1, 3])
     with pytest.raises(ValueError, match=r"params of view 3: order of sample 0 is \[0, 1, 1, 3\]"):
         render(images, params[:3] + [bad] + params[4:], backend="fused")
+
+
+def test_normalises_with_the_configured_mean_and_std(rng):
+    """mean=..., std=... override the config's normalisation, and MultiCrop renders with it."""
+    mean, std = (0.1, 0.2, 0.3), (0.5, 0.25, 2.0)
+    mc = MultiCrop("baug", n_local=1, global_size=12, local_size=6, seed=2, mean=mean, std=std,
+                   backend="reference")
+    assert mc.config.mean == mean and mc.config.std == std
+    images = _images(rng, [(20, 26), (15, 31)])
+    views, params = mc(images)
+    for got, want in zip(views, render(images, params, mean=mean, std=std, backend="reference")):
+        assert torch.equal(got, want)

@@ -549,3 +549,66 @@ def test_a_draw_applies_exactly_when_below_p(monkeypatch, unit, applied):
     for name in ("flip", "elastic", "jitter", "grayscale", "solarize"):
         assert (getattr(p, name) == applied).all(), name
     assert ((p.angle != 0) == applied).all() and ((p.blur_sigma > 0) == applied).all()
+
+
+# ----------------------------------------------------------------------------- gaps found by mutation testing
+def test_prefix_precedence_for_every_view_kind():
+    """A more specific prefix wins whatever the keyword order: local_ over the bare name, global1_
+    and global2_ over global_ and over the bare name."""
+    for kwargs in (dict(blur_p=0.3, local_blur_p=0.7, global_blur_p=0.4, global1_blur_p=0.9),
+                   dict(global1_blur_p=0.9, global_blur_p=0.4, local_blur_p=0.7, blur_p=0.3)):
+        cfg = make_config("baug", n_local=1, **kwargs)
+        assert [v.blur_p for v in cfg.views()] == [0.9, 0.4, 0.7], kwargs
+    cfg = make_config("baug", n_local=1, hue=0.05, local_hue=0.2, global2_hue=0.3)
+    assert [v.hue for v in cfg.views()] == [(-0.05, 0.05), (-0.3, 0.3), (-0.2, 0.2)]
+
+
+def test_factor_strength_above_one_clamps_at_zero():
+    """ColorJitter's convention: a strength a gives [max(0, 1 - a), 1 + a], so a strength above 1
+    never draws a negative factor."""
+    cfg = make_config("baug", brightness=1.5, contrast=2.0, saturation=1.0, jitter_p=1.0)
+    assert cfg.global1.brightness == (0.0, 2.5) and cfg.local.contrast == (0.0, 3.0)
+    assert cfg.global2.saturation == (0.0, 2.0)
+    p = sample_params(torch.tensor([[50, 60]] * 2000), cfg, n_local=0, seed=3)[0]
+    for name in ("brightness", "contrast", "saturation"):
+        values = getattr(p, name)
+        assert values.min() >= 0.0, f"{name}: negative factor {values.min().item()}"
+
+
+def test_hue_pair_outside_half_a_turn_is_refused():
+    """Hue shifts are limited to [-0.5, 0.5] (torchvision's bound) for a pair as for a strength."""
+    for hue in ((-0.2, 0.7), (-0.6, 0.1)):
+        with pytest.raises(ValueError, match="hue"):
+            make_config("baug", hue=hue)
+    assert make_config("baug", hue=(-0.5, 0.5)).global1.hue == (-0.5, 0.5)
+
+
+def test_dense_batch_sizes_are_height_then_width():
+    """A (B, C, H, W) batch gives the same (height, width) sizes, and so the same draws, as the
+    explicit sizes; a non-square image tells height from width."""
+    gen = torch.Generator().manual_seed(11)
+    batch = torch.randint(0, 256, (6, 3, 37, 90), dtype=torch.uint8, generator=gen)
+    assert image_sizes(batch).tolist() == [[37, 90]] * 6
+    from_batch = sample_params(batch, "caug", n_local=2, seed=5)
+    from_sizes = sample_params(torch.tensor([[37, 90]] * 6), "caug", n_local=2, seed=5)
+    for a, b in zip(from_batch, from_sizes):
+        assert torch.equal(a.to_tensor(torch.float64), b.to_tensor(torch.float64))
+        assert ((a.top + a.height) <= 37).all() and ((a.left + a.width) <= 90).all()
+
+
+def test_crop_size_ties_round_half_to_even():
+    """w = round(sqrt(target_area * aspect)) rounds half to even, as Python's round in
+    torchvision. With scale fixed at 1/4 and ratio 1, an odd n x n image has a side of exactly
+    n / 2 = k + 1/2: k when k is even, k + 1 when odd."""
+    cfg = ViewConfig(scale=(0.25, 0.25), ratio=(1.0, 1.0))
+    for n in (5, 7, 9, 11, 13):
+        p = sample_view(torch.tensor([[n, n]] * 4), cfg, view=0, seed=1)
+        want = round(n / 2)  # Python's round: half to even
+        assert (p.height == want).all() and (p.width == want).all(), (n, p.height.tolist(), want)
+        assert (p.top + p.height <= n).all() and (p.left + p.width <= n).all()
+
+
+def test_aug_params_fields_must_share_one_device():
+    p = AugParams.identity(torch.tensor([[10, 20], [30, 40]]), size=8)
+    with pytest.raises(ValueError, match="is on meta"):
+        AugParams(**{**p.__dict__, "angle": p.angle.to("meta")})
