@@ -420,3 +420,134 @@ def test_numpy_ncrops_is_an_int(rng, backend):
     got = clever_loss(*inputs, np.int64(3), TS, 0.04, backend=backend)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batch_centres_carry_no_gradient(rng, backend):
+    """The batch centres are statistics of the teacher (SPEC.md: the centre update has no
+    gradient): even with both student inputs requiring grad they must be plain tensors, or the
+    modules' in-place EMA would chain every step's graph into the centre buffers."""
+    s1, s2, t1, t2, c1, c2 = _inputs(rng, 2, 3, 30, 20, torch.float32)
+    a, b = s1.requires_grad_(), s2.requires_grad_()
+    *losses, bc1, bc2 = clever_loss(a, b, t1, t2, c1, c2, 3, TS, 0.04, backend=backend)
+    _, bc = dino_loss(a, t1, c1, 3, TS, 0.04, backend=backend)
+    assert all(x.requires_grad for x in losses)
+    for name, centre in (("batch_center_ir", bc1), ("batch_center_ef", bc2), ("dino batch_center", bc)):
+        assert not centre.requires_grad and centre.grad_fn is None, f"{name} is part of the autograd graph"
+    module = CLeVERLoss(30, 3, 0.04, 0.04, 0, 2, dvr_out_dim=20, backend=backend)
+    module(a, b, t1, t2, 0)[0].backward()
+    for name in ("center", "center2"):
+        buffer = getattr(module, name)
+        assert not buffer.requires_grad and buffer.grad_fn is None, f"module {name} joined the autograd graph"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_contiguous_logits(rng, backend):
+    """Logits that are transposes or column slices of other tensors (not contiguous): the
+    kernels need contiguous rows, so the loss must copy them rather than read the strides
+    wrong or refuse; gradients come back for the caller's tensors."""
+    batch, ncrops, k1, k2, tt = 2, 3, 40, 24, 0.04
+    s1, s2, t1, t2, c1, c2 = _inputs(rng, batch, ncrops, k1, k2, torch.float32)
+    column_major = lambda x: x.t().contiguous().t()
+    a, b = column_major(s1).requires_grad_(), column_major(s2).requires_grad_()
+    wide = torch.cat([t1, torch.randn(2 * batch, 7, generator=rng)], dim=1)
+    views = (a, b, wide[:, :k1], column_major(t2))
+    assert not any(v.is_contiguous() for v in views)
+    total, l_dir, l_dvr, bc1, bc2 = clever_loss(*views, c1, c2, ncrops, TS, tt, 0.7, backend=backend)
+    (total + 0.3 * l_dir - 2.0 * l_dvr).backward()
+    want_parts, w1, w2 = _reference(s1, s2, t1, t2, c1, c2, ncrops, tt)
+    for name, got, want in zip(("total", "loss_dir", "loss_dvr", "center_ir", "center_ef"),
+                               (total, l_dir, l_dvr, bc1, bc2), want_parts):
+        _assert_close(got, want, torch.float32, name)
+    unit = 1.0 / (2 * (ncrops - 1) * batch * TS)
+    _assert_close(a.grad, w1, torch.float32, "grad student_ir", unit)
+    _assert_close(b.grad, w2, torch.float32, "grad student_ef", unit * _largest_probability(s2))
+
+
+@pytest.mark.skipif("cpp" not in BACKENDS, reason="C++ extension not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_fake_implementations_match_the_ops(rng, dtype):
+    """torch.compile traces the loss ops through their fake implementations: every output's
+    shape and dtype must be the real op's (float32 statistics whatever the logits' dtype, the
+    gradient in the logits' dtype), or a compiled half-precision step reads its buffers wrong."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    ops = torch.ops.clever_kernels
+    batch, ncrops, k = 2, 3, 10
+    student = torch.randn(ncrops * batch, k, generator=rng).to(dtype)
+    teacher = torch.randn(2 * batch, k, generator=rng).to(dtype)
+    center = torch.randn(k, generator=rng)
+    rows = torch.rand(ncrops * batch, generator=rng)
+    pairs = torch.rand(2, ncrops * batch, generator=rng)
+
+    def run(s, t, c, r, p):
+        d = ops.dir_loss_fwd(s, t, c, ncrops, TS, 0.04)
+        v = ops.dvr_loss_fwd(s, t, c, ncrops, TS, 0.04)
+        return {"dir_loss_fwd": d, "dvr_loss_fwd": v,
+                "dir_loss_bwd": (ops.dir_loss_bwd(s, t, c, d[0], d[1], r, p, ncrops, TS, 0.04),),
+                "dvr_loss_bwd": (ops.dvr_loss_bwd(s, t, c, v[0], v[1], p, r, ncrops, TS, 0.04),)}
+
+    real = run(student, teacher, center, rows, pairs)
+    with FakeTensorMode() as mode:
+        fake = run(*(mode.from_tensor(x) for x in (student, teacher, center, rows, pairs)))
+    for op, outputs in real.items():
+        assert len(fake[op]) == len(outputs), op
+        for i, (f, r) in enumerate(zip(fake[op], outputs)):
+            assert (f.shape, f.dtype) == (r.shape, r.dtype), \
+                f"{op} output {i}: fake gives {tuple(f.shape)} {f.dtype}, the op {tuple(r.shape)} {r.dtype}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_student_with_float32_teacher(rng, backend, dtype):
+    """Autocast hands the student's logits in half precision and the teacher's in float32: the
+    pair is promoted to float32, never the teacher rounded to the student's dtype, so the loss
+    and the batch centres are the float32 teacher's to float32 accuracy (the students' values
+    are exact in float32); the gradients come back in the student's dtype."""
+    batch, ncrops, k1, k2, tt = 2, 3, 70, 50, 0.04
+    s1, s2, t1, t2, c1, c2 = _inputs(rng, batch, ncrops, k1, k2, torch.float32)
+    s1, s2 = s1.to(dtype), s2.to(dtype)
+    assert not torch.equal(t1.to(dtype).float(), t1), "the teacher must not be exact in the student's dtype"
+    parts, g1, g2 = _run(clever_loss, s1, s2, t1, t2, c1, c2, ncrops, tt, backend=backend)
+    want_parts, w1, w2 = _reference(s1, s2, t1, t2, c1, c2, ncrops, tt)
+    for name, got, want in zip(("total", "loss_dir", "loss_dvr", "center_ir", "center_ef"), parts, want_parts):
+        _assert_close(got, want, torch.float32, name)
+    assert g1.dtype == dtype and g2.dtype == dtype
+    unit = 1.0 / (2 * (ncrops - 1) * batch * TS)
+    _assert_close(g1, w1, dtype, "grad student_ir", unit)
+    _assert_close(g2, w2, dtype, "grad student_ef", unit * _largest_probability(s2))
+
+
+def _centre_layout(c, layout, rng):
+    """The centre c (1, K) as the layout names: (K,), every other column of a wider buffer, or
+    one value expanded over K (then not c's values)."""
+    if layout == "(K,)":
+        return c.reshape(-1)
+    if layout == "strided":
+        wide = torch.randn(1, 2 * c.shape[1], generator=rng)
+        wide[:, ::2] = c
+        return wide[:, ::2]
+    return torch.full((1, 1), 0.25).expand(1, c.shape[1])
+
+
+@pytest.mark.parametrize("layout", ["(K,)", "strided", "expanded"])
+@pytest.mark.parametrize("backend", BACKENDS + ["reference"])
+def test_centre_layouts(rng, backend, layout):
+    """Centres are taken as (K,) as well as (1, K) (the docstrings), and strided views of a
+    buffer are read as a strided logit is: the same losses, batch centres and gradients as the
+    float64 reference given the same values as a contiguous (1, K) centre."""
+    batch, ncrops, tt = 2, 3, 0.04
+    s1, s2, t1, t2, c1, c2 = _inputs(rng, batch, ncrops, 30, 20, torch.float32)
+    c1, c2 = (_centre_layout(c, layout, rng) for c in (c1, c2))
+    assert layout == "(K,)" or not (c1.is_contiguous() or c2.is_contiguous())
+    dense1, dense2 = (c.reshape(1, -1).contiguous() for c in (c1, c2))
+    parts, g1, g2 = _run(clever_loss, s1, s2, t1, t2, c1, c2, ncrops, tt, backend=backend)
+    want_parts, w1, w2 = _reference(s1, s2, t1, t2, dense1, dense2, ncrops, tt)
+    for name, got, want in zip(("total", "loss_dir", "loss_dvr", "center_ir", "center_ef"), parts, want_parts):
+        _assert_close(got, want, torch.float32, name)
+    unit = 1.0 / (2 * (ncrops - 1) * batch * TS)
+    _assert_close(g1, w1, torch.float32, "grad student_ir", unit)
+    _assert_close(g2, w2, torch.float32, "grad student_ef", unit * _largest_probability(s2))
+    loss, bc = dino_loss(s1, t1, c1, ncrops, TS, tt, backend=backend)
+    want_loss, want_bc = ref.dino_loss(s1.double(), t1.double(), dense1.double(), ncrops, TS, tt)
+    _assert_close(loss, want_loss, torch.float32, "dino loss")
+    _assert_close(bc, want_bc, torch.float32, "dino batch centre")

@@ -426,6 +426,8 @@ LOGIT_ERRORS = [
     ("student 1-D", dict(student=torch.randn(56)), r"student must be 2-D \(ncrops\*B, K\)"),
     ("teacher 3-D", dict(teacher=torch.randn(4, 7, 1)), r"teacher must be 2-D \(2\*B, K\)"),
     ("odd teacher rows", dict(teacher=torch.randn(3, 7)), r"teacher must have 2\*B rows"),
+    ("no teacher rows", dict(teacher=torch.randn(0, 7), student=torch.randn(0, 7)),
+     r"teacher must have 2\*B rows \(two global views of B >= 1 images\), got 0"),
     ("student rows", dict(student=torch.randn(9, 7)),
      r"student must have ncrops\*B = 4\*2 = 8 rows \(B from teacher\), got 9"),
     ("widths", dict(teacher=torch.randn(4, 6)), r"teacher must have student's width K = 7, got 6"),

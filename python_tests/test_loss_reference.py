@@ -54,6 +54,21 @@ def test_clever_loss_equals_per_pair_loop(rng, batch, ncrops, k1, k2):
     torch.testing.assert_close(bc2, t2.float().mean(0, keepdim=True))
 
 
+def test_dvr_term_with_nearly_uniform_softmaxes_at_full_width(rng):
+    """At the authors' default DVR width (K2 = 16384) and mild logits every softmax row is nearly
+    uniform, its norm about 1/sqrt(K2) = 0.008: the cosine must still be the plain ratio of
+    SPEC.md, with no epsilon in its denominator that binds at such norms (the authors'
+    nn.CosineSimilarity has eps = 1e-8)."""
+    batch, ncrops, k1, k2 = 1, 3, 5, 16384
+    s1, t1, c1 = _logits(rng, ncrops * batch, k1), _logits(rng, 2 * batch, k1), _logits(rng, 1, k1, 0.5)
+    s2, t2, c2 = _logits(rng, ncrops * batch, k2, 0.03), _logits(rng, 2 * batch, k2, 0.01), _logits(rng, 1, k2, 0.01)
+    assert (s2 / 0.1).softmax(-1).norm(dim=-1).max() < 0.01
+    total, l_dir, l_dvr, _, _ = ref.clever_loss(s1, s2, t1, t2, c1, c2, ncrops, 0.1, 0.04, 1.0)
+    want = _loop_loss(s1, s2, t1, t2, c1, c2, ncrops, 0.1, 0.04, 1.0)
+    np.testing.assert_allclose([total.item(), l_dir.item(), l_dvr.item()], want, rtol=1e-10,
+                               err_msg="(total, loss_dir, loss_dvr) against the per-pair formulas")
+
+
 def test_dino_loss_is_the_dir_term(rng):
     s, t, c = _logits(rng, 12, 21), _logits(rng, 6, 21), _logits(rng, 1, 21)
     loss, _ = ref.dino_loss(s, t, c, 4, 0.1, 0.04)

@@ -337,6 +337,8 @@ FWD_ERRORS = {
     "teacher-f64": (lambda s, t, c: (s, t.double(), c, 3, TS, TT), TypeError, "teacher must be float32"),
     "center-f64": (lambda s, t, c: (s, t, c.double(), 3, TS, TT), TypeError, "center must be a float32"),
     "center-numel": (lambda s, t, c: (s, t, c[:9], 3, TS, TT), ValueError, "center must be contiguous with K"),
+    "center-strided": (lambda s, t, c: (s, t, torch.stack([c, c], 1).view(-1)[::2], 3, TS, TT), ValueError,
+                       "center must be contiguous with K"),
     "ncrops": (lambda s, t, c: (s[:4], t[:2], c, 1, TS, TT), ValueError, "ncrops must be"),
     "student_temp": (lambda s, t, c: (s, t, c, 3, 0.0, TT), ValueError, "student_temp must be finite and > 0"),
     "teacher_temp": (lambda s, t, c: (s, t, c, 3, TS, -1.0), ValueError, "teacher_temp must be finite and > 0"),
@@ -405,3 +407,16 @@ def test_register_cuda_impls_is_idempotent():
     kt.register_cuda_impls()
     kt.register_cuda_impls()
     assert kt._cuda_library is not None
+
+
+def test_teacher_sum_adds_every_block_of_rows(rng):
+    """2B = 18 teacher rows: the column sum adds two full blocks of _SUM_ROWS rows and a partial
+    one (the other cases have 2B <= 6, a single block, where losing all but one block of rows
+    would go unseen)."""
+    case = (F32, 9, 2, 37, 1, 16, TS, TT)
+    student, teacher, center = _inputs(case, rng)
+    assert teacher.shape[0] > 2 * kt._SUM_ROWS
+    want = teacher.double().sum(0)
+    for fwd in (kt.dir_loss_fwd, kt.dvr_loss_fwd):
+        teacher_sum = fwd(student, teacher, center, 2, TS, TT, num_splits=1, block_k=16)[-2]
+        _close(teacher_sum, want, F32, f"{fwd.__name__} teacher_sum")

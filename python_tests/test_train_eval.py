@@ -121,3 +121,86 @@ def test_compare_end_to_end(folder, tmp_path, capsys):
     assert set(report["summary"]) == {"untrained", "DINO", "CLeVER"}
     assert len(report["summary"]["CLeVER"]["top1_ori"]["full"]["values"]) == 2
     assert "Machine:" in open(f"{stem}.md").read()
+
+
+def test_angle_r2_regresses_cos_and_sin_not_degrees():
+    """The rotation target is (cos, sin) of the angle: a feature linear in the angle in degrees
+    predicts sin well on (-90, 90) but not cos, which is even in the angle, so the mean R^2 is
+    about one half; a target in degrees would score it near 1."""
+    rng = np.random.default_rng(2)
+    angles = rng.uniform(-90, 90, 400)
+    linear = angles[:, None] + 0.5 * rng.normal(size=(400, 1))
+    r2 = angle_r2(linear[:300], angles[:300], linear[300:], angles[300:])
+    assert 0.3 < r2 < 0.7, f"R^2 {r2:.3f} of a degree-linear feature: the target is not (cos, sin)"
+
+
+def test_eval_uses_the_requested_network_and_fits_probes_on_train_only(run, monkeypatch, tmp_path):
+    """evaluate(which="teacher") probes the teacher's weights; every probe is fit on the train
+    split's features and scored on the test split's; the CJ+R score uses the perturbed test
+    features; IR is the first round(hp1 * D) columns of the feature, EF the rest."""
+    import clever_kernels.train.evaluate as ev
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert any(not torch.equal(state["teacher"][k], state["student"][k]) for k in state["teacher"])
+    seen = {"models": [], "probes": [], "r2": []}
+    real_network, real_probe, real_r2 = ev.evaluate_network, ev.linear_probe, ev.angle_r2
+
+    def network_spy(model, *args, **kwargs):
+        seen["models"].append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return real_network(model, *args, **kwargs)
+
+    def probe_spy(train_x, train_y, test_sets, *args, **kwargs):
+        seen["probes"].append((train_x.copy(), {name: x.copy() for name, (x, _) in test_sets.items()}))
+        return real_probe(train_x, train_y, test_sets, *args, **kwargs)
+
+    def r2_spy(train_x, train_angles, test_x, test_angles):
+        seen["r2"].append((train_x.shape[0], test_x.shape[0], np.asarray(train_angles).copy()))
+        return real_r2(train_x, train_angles, test_x, test_angles)
+
+    monkeypatch.setattr(ev, "evaluate_network", network_spy)
+    monkeypatch.setattr(ev, "linear_probe", probe_spy)
+    monkeypatch.setattr(ev, "angle_r2", r2_spy)
+    result = ev.evaluate(str(run / "checkpoint.pt"), which="teacher", out=str(tmp_path), plot=False)
+    (weights,) = seen["models"]
+    assert_equal = lambda a, b: all(torch.equal(a[k], b[k]) for k in a)
+    assert assert_equal(weights, state["teacher"]), "which='teacher' did not evaluate the teacher's weights"
+
+    n_train, n_test = result["n_train"], result["n_test"]
+    assert (n_train, n_test) == (32, 8)
+    (full_train, full_tests), (ir_train, ir_tests), (ef_train, ef_tests) = seen["probes"]
+    d_ir = round(0.8 * full_train.shape[1])
+    for train_x, tests in seen["probes"]:
+        assert train_x.shape[0] == n_train and tests["ori"].shape[0] == tests["cj_r"].shape[0] == n_test
+        assert not np.array_equal(tests["ori"], tests["cj_r"]), "CJ+R scored on clean test features"
+    np.testing.assert_array_equal(ir_train, full_train[:, :d_ir])
+    np.testing.assert_array_equal(ef_train, full_train[:, d_ir:])
+    np.testing.assert_array_equal(ir_tests["ori"], full_tests["ori"][:, :d_ir])
+    for rows_train, rows_test, train_angles in seen["r2"]:
+        assert (rows_train, rows_test) == (n_train, n_test), "the angle regressor is fit on the train split"
+        assert np.abs(train_angles).min() > 0 and np.abs(train_angles).max() < 90
+
+
+def test_perturbation_rotation_spans_minus_90_to_90():
+    # SPEC.md: RandomRotation(-90, 90) at test time, for CJ+R and for the rotation regression
+    images = torch.zeros(2000, 3, 8, 8, dtype=torch.uint8)
+    for kind in ("cj_r", "rot"):
+        angles = sample_view(image_sizes(images), perturbation_config(kind, 8), view=0, ids=torch.arange(2000)).angle
+        assert angles.min() < -85 and angles.max() > 85 and angles.abs().max() <= 90, \
+            f"{kind}: angles in [{float(angles.min()):.1f}, {float(angles.max()):.1f}], not uniform in (-90, 90)"
+
+
+def test_summary_helpers():
+    from clever_kernels.train.compare import _stats
+    from clever_kernels.train.evaluate import _subsample
+    from clever_kernels.train.plot import _smooth
+
+    values = [1.0, 2.0, 4.0, 9.0]
+    stats = _stats(values)
+    # spread over seeds: the sample standard deviation (n - 1 in the denominator)
+    assert stats["mean"] == pytest.approx(4.0) and stats["std"] == pytest.approx(np.std(values, ddof=1))
+    assert _stats([3.0])["std"] == 0.0
+    # a trailing mean over the last `window` values
+    assert _smooth([2.0, 4.0, 6.0, 8.0, 10.0], 2) == pytest.approx([2.0, 3.0, 5.0, 7.0, 9.0])
+    keep = _subsample(50, 20, seed=3)
+    assert len(keep) == len(set(keep.tolist())) == 20 and keep.min() >= 0 and keep.max() < 50, \
+        "the probe's train subsample must hold 20 distinct images"
+    assert np.array_equal(keep, np.sort(keep)) and np.array_equal(_subsample(5, 20, seed=3), np.arange(5))

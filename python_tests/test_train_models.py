@@ -126,3 +126,26 @@ def test_head_batchnorm_option():
                         hidden_dim=16, bottleneck_dim=8, head_bn=True)
     ir, ef = model([torch.randn(3, 3, 16, 16), torch.randn(3, 3, 16, 16)])
     assert ir.shape == (6, 10) and ef.shape == (6, 6)
+
+
+def test_head_norm_gap_either_way_round_and_over_frozen_parameters():
+    """| ||theta_1||^2 - ||theta_2||^2 | over every head parameter, the frozen norms g of the
+    weight-normalised prototypes included (SPEC.md: a plain sum over head parameters): the value
+    and the gradient when the second head is the larger one, and with heads of unequal out_dim
+    so that the g's (one per prototype) do not cancel."""
+    torch.manual_seed(1)
+    small, large = DINOHead(3, 5, 4, 3), DINOHead(6, 11, 9, 4)
+    assert not large.last_layer.weight_g.requires_grad
+    square_sum = lambda head: sum(float(t.double().pow(2).sum()) for t in head.state_dict().values())
+    s_small, s_large = square_sum(small), square_sum(large)
+    assert s_large > s_small + 6  # the larger head's 11 frozen g's alone outweigh the smaller's 5
+    for order in ([small, large], [large, small]):
+        gap = head_norm_gap(order)
+        assert float(gap.detach()) == pytest.approx(s_large - s_small, rel=1e-5), \
+            f"gap of {[type(h).__name__ for h in order]}: {float(gap)} != {s_large - s_small}"
+        small.zero_grad()
+        large.zero_grad()
+        gap.backward()
+        # d/dtheta of the gap: +2 theta on the larger head, -2 theta on the smaller
+        torch.testing.assert_close(large.mlp[0].weight.grad, 2 * large.mlp[0].weight.detach())
+        torch.testing.assert_close(small.mlp[0].weight.grad, -2 * small.mlp[0].weight.detach())

@@ -88,3 +88,19 @@ def test_size_defaults_and_augmentation_overrides():
     args = resolve_sizes(train_parser().parse_args(["--aug-set", "flip_p=0", "--aug-set", "local_degrees=(-5,5)"]))
     config = build_multicrop(args).config
     assert config.global1.flip_p == 0 and config.local.degrees == (-5, 5) and config.global1.degrees == (-90, 90)
+
+
+def test_defaults_follow_the_spec_and_dino():
+    """clever-train's defaults are SPEC.md's (CLeVER's code) and DINO's recipe."""
+    from clever_kernels.train.cli import train_parser
+
+    args = train_parser().parse_args([])
+    spec = dict(hp1=0.8, sep_lambd=1.0, reg_lambd=0.001, student_temp=0.1, teacher_temp=0.04,
+                warmup_teacher_temp=0.04, warmup_teacher_temp_epochs=0, center_momentum=0.9, out_dim=65536,
+                dvr_out_dim=16384, head_hidden=2048, head_bottleneck=256, n_local=8, global_scale=(0.4, 1.0),
+                local_scale=(0.05, 0.4), norm_last_layer=True,
+                # DINO's recipe
+                momentum_teacher=0.996, freeze_last_layer=1, clip_grad=3.0, weight_decay=0.04,
+                weight_decay_end=0.4)
+    for name, want in spec.items():
+        assert getattr(args, name) == want, f"--{name.replace('_', '-')} defaults to {getattr(args, name)!r}, not {want!r}"

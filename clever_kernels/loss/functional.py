@@ -28,7 +28,7 @@ def _check_temperatures(student_temp, teacher_temp):
 
 
 def _prepare(student: Tensor, teacher: Tensor, center: Tensor):
-    """Kernels take one floating dtype for both logits, contiguous rows and a float32 (K,)
+    """Kernels take one floating dtype for both logits, contiguous rows and a contiguous float32 (K,)
     centre; autocast may hand the student in half precision and the teacher in float32, so
     promote rather than refuse (the cast is differentiable, gradients return in the caller's
     dtype)."""
@@ -37,7 +37,7 @@ def _prepare(student: Tensor, teacher: Tensor, center: Tensor):
     teacher = teacher.detach().to(dtype).contiguous()
     # may be a view of a centre buffer that is updated in place before the backward runs: the
     # forward ops return the copy the backward reads (center_used in csrc/ops.cpp)
-    center = center.detach().to(torch.float32).reshape(-1)
+    center = center.detach().to(torch.float32).reshape(-1).contiguous()
     return student, teacher, center
 
 
