@@ -67,10 +67,18 @@ def _check_against_reference(backend, batch, ncrops, k1, k2, dtype, rng, tt=0.04
     """The loss on `device` against the float64 reference (evaluated on the same device)."""
     inputs = [x.to(device) for x in _inputs(rng, batch, ncrops, k1, k2, dtype, scale)]
     parts, g1, g2 = _run(clever_loss, *inputs, ncrops, tt, backend=backend)
-    want_parts, w1, w2 = _reference(*inputs, ncrops, tt)
-    for name, got, want in zip(("total", "loss_dir", "loss_dvr", "center_ir", "center_ef"), parts, want_parts):
-        _assert_close(got, want, torch.float32 if dtype == torch.float64 else dtype, name)
-    assert g1.dtype == dtype and g2.dtype == dtype
+    _assert_matches(parts, g1, g2, _reference(*inputs, ncrops, tt), batch, ncrops, inputs[1],
+                    torch.float32 if dtype == torch.float64 else dtype, dtype)
+
+
+def _assert_matches(parts, g1, g2, want, batch, ncrops, student_ef, value_dtype, grad_dtype):
+    """Loss parts and batch centres held to value_dtype's tolerance, the gradients of both
+    student inputs (which must come back in grad_dtype) to grad_dtype's, against the reference's
+    (parts, grad student_ir, grad student_ef) `want`."""
+    want_parts, w1, w2 = want
+    for name, got, exp in zip(("total", "loss_dir", "loss_dvr", "center_ir", "center_ef"), parts, want_parts):
+        _assert_close(got, exp, value_dtype, name)
+    assert g1.dtype == grad_dtype and g2.dtype == grad_dtype
     # A gradient row is a difference of softmax terms of size 1 / (n_terms * B * ts) each (SPEC.md),
     # which cancel where student and teacher are both near one-hot on one index (likely with
     # B = 1 and tt = 0.04): there the reference is ~0 and the kernels' float32 arithmetic
@@ -80,8 +88,8 @@ def _check_against_reference(backend, batch, ncrops, k1, k2, dtype, rng, tt=0.04
     # spread rows, unit where K = 1 (there the gradient is exactly 0 and the kernels leave the
     # rounding of terms of that size).
     unit = 1.0 / (2 * (ncrops - 1) * batch * TS)
-    _assert_close(g1, w1, dtype, "grad student_ir", unit)
-    _assert_close(g2, w2, dtype, "grad student_ef", unit * _largest_probability(inputs[1]))
+    _assert_close(g1, w1, grad_dtype, "grad student_ir", unit)
+    _assert_close(g2, w2, grad_dtype, "grad student_ef", unit * _largest_probability(student_ef))
 
 
 def _largest_probability(student):
@@ -455,13 +463,8 @@ def test_non_contiguous_logits(rng, backend):
     assert not any(v.is_contiguous() for v in views)
     total, l_dir, l_dvr, bc1, bc2 = clever_loss(*views, c1, c2, ncrops, TS, tt, 0.7, backend=backend)
     (total + 0.3 * l_dir - 2.0 * l_dvr).backward()
-    want_parts, w1, w2 = _reference(s1, s2, t1, t2, c1, c2, ncrops, tt)
-    for name, got, want in zip(("total", "loss_dir", "loss_dvr", "center_ir", "center_ef"),
-                               (total, l_dir, l_dvr, bc1, bc2), want_parts):
-        _assert_close(got, want, torch.float32, name)
-    unit = 1.0 / (2 * (ncrops - 1) * batch * TS)
-    _assert_close(a.grad, w1, torch.float32, "grad student_ir", unit)
-    _assert_close(b.grad, w2, torch.float32, "grad student_ef", unit * _largest_probability(s2))
+    _assert_matches((total, l_dir, l_dvr, bc1, bc2), a.grad, b.grad, _reference(s1, s2, t1, t2, c1, c2, ncrops, tt),
+                    batch, ncrops, s2, torch.float32, torch.float32)
 
 
 @pytest.mark.skipif("cpp" not in BACKENDS, reason="C++ extension not built")
@@ -508,13 +511,8 @@ def test_half_student_with_float32_teacher(rng, backend, dtype):
     s1, s2 = s1.to(dtype), s2.to(dtype)
     assert not torch.equal(t1.to(dtype).float(), t1), "the teacher must not be exact in the student's dtype"
     parts, g1, g2 = _run(clever_loss, s1, s2, t1, t2, c1, c2, ncrops, tt, backend=backend)
-    want_parts, w1, w2 = _reference(s1, s2, t1, t2, c1, c2, ncrops, tt)
-    for name, got, want in zip(("total", "loss_dir", "loss_dvr", "center_ir", "center_ef"), parts, want_parts):
-        _assert_close(got, want, torch.float32, name)
-    assert g1.dtype == dtype and g2.dtype == dtype
-    unit = 1.0 / (2 * (ncrops - 1) * batch * TS)
-    _assert_close(g1, w1, dtype, "grad student_ir", unit)
-    _assert_close(g2, w2, dtype, "grad student_ef", unit * _largest_probability(s2))
+    _assert_matches(parts, g1, g2, _reference(s1, s2, t1, t2, c1, c2, ncrops, tt), batch, ncrops, s2,
+                    torch.float32, dtype)
 
 
 def _centre_layout(c, layout, rng):
@@ -541,12 +539,8 @@ def test_centre_layouts(rng, backend, layout):
     assert layout == "(K,)" or not (c1.is_contiguous() or c2.is_contiguous())
     dense1, dense2 = (c.reshape(1, -1).contiguous() for c in (c1, c2))
     parts, g1, g2 = _run(clever_loss, s1, s2, t1, t2, c1, c2, ncrops, tt, backend=backend)
-    want_parts, w1, w2 = _reference(s1, s2, t1, t2, dense1, dense2, ncrops, tt)
-    for name, got, want in zip(("total", "loss_dir", "loss_dvr", "center_ir", "center_ef"), parts, want_parts):
-        _assert_close(got, want, torch.float32, name)
-    unit = 1.0 / (2 * (ncrops - 1) * batch * TS)
-    _assert_close(g1, w1, torch.float32, "grad student_ir", unit)
-    _assert_close(g2, w2, torch.float32, "grad student_ef", unit * _largest_probability(s2))
+    _assert_matches(parts, g1, g2, _reference(s1, s2, t1, t2, dense1, dense2, ncrops, tt), batch, ncrops, s2,
+                    torch.float32, torch.float32)
     loss, bc = dino_loss(s1, t1, c1, ncrops, TS, tt, backend=backend)
     want_loss, want_bc = ref.dino_loss(s1.double(), t1.double(), dense1.double(), ncrops, TS, tt)
     _assert_close(loss, want_loss, torch.float32, "dino loss")

@@ -12,7 +12,7 @@ from clever_kernels.augment import image_sizes, render, sample_view
 from clever_kernels.train.cli import eval_main, plot_main, train_main
 from clever_kernels.train.compare import main as compare_main
 from clever_kernels.train.evaluate import angle_r2, evaluate, perturbation_config
-from train_helpers import TINY_RUN, make_image_folder
+from train_helpers import TINY_RUN, assert_state_equal, make_image_folder
 
 METRICS = ("top1_ori", "top1_ori_cj_r", "rotation_r2")
 
@@ -161,8 +161,7 @@ def test_eval_uses_the_requested_network_and_fits_probes_on_train_only(run, monk
     monkeypatch.setattr(ev, "angle_r2", r2_spy)
     result = ev.evaluate(str(run / "checkpoint.pt"), which="teacher", out=str(tmp_path), plot=False)
     (weights,) = seen["models"]
-    assert_equal = lambda a, b: all(torch.equal(a[k], b[k]) for k in a)
-    assert assert_equal(weights, state["teacher"]), "which='teacher' did not evaluate the teacher's weights"
+    assert_state_equal(weights, state["teacher"], "the evaluated weights (which='teacher')")
 
     n_train, n_test = result["n_train"], result["n_test"]
     assert (n_train, n_test) == (32, 8)
