@@ -47,9 +47,9 @@ def _cosine(base, final, k, n):
 
 def _expected_lr(step):
     peak = LR * 8 / 256  # linear scaling: --lr is for a total batch of 256, one rank of 8 here
-    warmup = NITER  # one warm-up epoch, a linear ramp from 0 that stops short of the peak
+    warmup = NITER  # one warm-up epoch, DINO's linear ramp from 0 whose last value is the peak
     if step < warmup:
-        return peak * step / warmup
+        return peak * step / (warmup - 1)
     return _cosine(peak, MIN_LR, step - warmup, EPOCHS * NITER - warmup)
 
 
@@ -222,3 +222,14 @@ def test_resume_from_an_epoch_boundary(folder, tmp_path):
     records = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
     assert [r["step"] for r in records if r["type"] == "step"] == list(range(2 * NITER))
     assert [r["epoch"] for r in records if r["type"] == "epoch"] == [0, 1]
+
+
+@pytest.mark.parametrize("field, value, match", [("warmup_epochs", EPOCHS + 1, "--warmup-epochs must be in"),
+                                                 ("warmup_epochs", -1.0, "--warmup-epochs must be in"),
+                                                 ("method", "byol", "--method must be")])
+def test_out_of_range_config_is_refused(folder, tmp_path, field, value, match):
+    """What the command line's own checks cannot catch, for a namespace built in code."""
+    args = train_parser().parse_args(TINY_RUN + ["--data", folder, "--epochs", str(EPOCHS), "--out", str(tmp_path)])
+    setattr(args, field, value)
+    with pytest.raises(ValueError, match=match):
+        Trainer(args)

@@ -14,8 +14,9 @@ def test_lr_schedule_warmup_then_cosine():
     lr = cosine_schedule(0.01, 1e-5, epochs=10, niter_per_ep=20, warmup_epochs=2)
     assert lr.shape == (200,)
     assert lr[0] == 0.0
-    np.testing.assert_allclose(lr[:40], np.arange(40) * 0.01 / 40)
-    assert lr[40] == pytest.approx(0.01)
+    # DINO's np.linspace(0, base, warmup iterations): the ramp's last value is the peak itself
+    np.testing.assert_allclose(lr[:40], np.arange(40) * 0.01 / 39)
+    assert lr[39] == pytest.approx(0.01) and lr[40] == pytest.approx(0.01)
     assert np.all(np.diff(lr[40:]) < 0)
     # the half cosine: halfway through the decay the value is the midpoint
     assert lr[40 + 80] == pytest.approx((0.01 + 1e-5) / 2)
@@ -29,9 +30,17 @@ def test_momentum_and_weight_decay_schedules():
     assert wd[0] == pytest.approx(0.04) and wd[-1] == pytest.approx(0.4, abs=3e-3)
 
 
-def test_warmup_longer_than_training_is_all_ramp():
+def test_warmup_longer_than_training_is_the_ramps_start():
     lr = cosine_schedule(1.0, 0.0, epochs=1, niter_per_ep=4, warmup_epochs=3)
-    np.testing.assert_allclose(lr, [0.0, 0.25, 0.5, 0.75])
+    np.testing.assert_allclose(lr, np.arange(4) / 11)  # the first 4 of a 12-iteration ramp
+
+
+def test_fractional_warmup_rounds_to_iterations_and_negative_is_refused():
+    lr = cosine_schedule(1.0, 0.0, epochs=2, niter_per_ep=4, warmup_epochs=0.75)
+    np.testing.assert_allclose(lr[:3], [0.0, 0.5, 1.0])
+    assert lr[3] == pytest.approx(1.0) and np.all(np.diff(lr[3:]) < 0)
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        cosine_schedule(1.0, 0.0, epochs=2, niter_per_ep=4, warmup_epochs=-1)
 
 
 def test_linear_scaling():

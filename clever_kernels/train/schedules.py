@@ -9,15 +9,20 @@ import torch.nn as nn
 
 def cosine_schedule(base_value: float, final_value: float, epochs: int, niter_per_ep: int,
                     warmup_epochs: float = 0, start_warmup_value: float = 0.0) -> np.ndarray:
-    """One value per iteration (epochs * niter_per_ep of them): a linear ramp from
-    start_warmup_value to base_value over the first warmup_epochs * niter_per_ep iterations
-    (excluding base_value itself), then a half cosine from base_value to final_value, reaching
-    final_value only in the limit (the last iteration is one step short of it)."""
+    """One value per iteration (epochs * niter_per_ep of them), as DINO's cosine_scheduler: a
+    linear ramp from start_warmup_value to base_value over the first warmup_epochs * niter_per_ep
+    iterations, base_value included as the ramp's last value, then a half cosine from base_value
+    to final_value, reaching final_value only in the limit (the last iteration is one step short
+    of it). A warm-up longer than the run (which DINO refuses) is cut where the run ends, so each
+    iteration keeps the value the full ramp gives it."""
     if epochs < 1 or niter_per_ep < 1:
         raise ValueError(f"epochs and niter_per_ep must be >= 1, got {epochs} and {niter_per_ep}")
+    if warmup_epochs < 0:
+        raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
     total = epochs * niter_per_ep
-    warmup = min(int(round(warmup_epochs * niter_per_ep)), total)
-    ramp = np.linspace(start_warmup_value, base_value, warmup, endpoint=False) if warmup else np.array([])
+    full_ramp = int(round(warmup_epochs * niter_per_ep))
+    ramp = np.linspace(start_warmup_value, base_value, full_ramp)[:total]
+    warmup = len(ramp)
     steps = np.arange(total - warmup)
     cosine = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(math.pi * steps / max(len(steps), 1)))
     return np.concatenate((ramp, cosine))

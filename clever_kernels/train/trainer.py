@@ -229,8 +229,8 @@ class Trainer:
         self.args = args
         if args.method not in ("dino", "clever"):
             raise ValueError(f"--method must be dino or clever, got {args.method!r}")
-        if args.warmup_epochs > args.epochs:
-            raise ValueError(f"--warmup-epochs ({args.warmup_epochs}) exceeds --epochs ({args.epochs})")
+        if not 0 <= args.warmup_epochs <= args.epochs:
+            raise ValueError(f"--warmup-epochs must be in [0, --epochs = {args.epochs}], got {args.warmup_epochs}")
         if args.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)
