@@ -82,10 +82,18 @@ def render_packed(packed: Tuple[Tensor, Tensor, Tensor], channels: int, group: S
                   rotation_interpolation: str) -> Tensor:
     """render_views on images already packed (pack_images) and checked, with checked options:
     what render() calls once per output size, packing the images once for all sizes."""
+    return render_tables(packed, channels, param_tables(group), group[0].size, mean, std, antialias, out_dtype,
+                         channels_last, interpolation, rotation_interpolation)
+
+
+def render_tables(packed: Tuple[Tensor, Tensor, Tensor], channels: int, tables: Tuple[Tensor, Tensor], size: int,
+                  mean, std, antialias: bool, out_dtype: torch.dtype, channels_last: bool, interpolation: str,
+                  rotation_interpolation: str) -> Tensor:
+    """The op call alone, on packed images and built parameter tables (param_tables)."""
     pixels, offsets, image_sizes = packed
-    iparams, fparams = param_tables(group)
+    iparams, fparams = tables
     return torch.ops.clever_kernels.render_views(
-        pixels, offsets, image_sizes, channels, iparams, fparams, group[0].size, list(mean), list(std),
+        pixels, offsets, image_sizes, channels, iparams, fparams, size, list(mean), list(std),
         bool(antialias), _INTERPOLATION[interpolation], _ROTATION_INTERPOLATION[rotation_interpolation],
         out_dtype, bool(channels_last))
 
