@@ -237,7 +237,7 @@ def main(args):
     if device.type == "cuda":
         batch, reps = (8, 2) if quick else (128, 10)
     else:
-        batch, reps = (2, 1) if quick else (32, 5)
+        batch, reps = (2, 1) if quick else (32, 7)
     sizes = dict(global_size=64, local_size=32) if quick else dict(global_size=224, local_size=96)
     config = make_config(PRESET, n_local=8, **sizes)
     images = make_images(batch, device)
@@ -282,17 +282,17 @@ def main(args):
 
     rows = []
 
-    def timed(name, fn):
+    def timing_of(name, fn):
         # the slow baselines take seconds a batch on a GPU: fewer repetitions keep the run short
         slow = device.type == "cuda" and not name.startswith("clever_kernels")
         if name == KERNELS_ONLY and device.type == "cuda":
             try:  # the kernels' own time, with no host work between the calls
-                timing = harness.time_cuda_graph(fn, device, reps=reps)
+                return harness.time_cuda_graph(fn, device, reps=reps)
             except Exception as exc:  # a capture failure must not cost the rest of the run
                 print(f"  {name}: CUDA graph capture failed ({exc!r:.120}); timed eagerly", flush=True)
-                timing = harness.time_median(fn, device, warmup=1, reps=reps)
-        else:
-            timing = harness.time_median(fn, device, warmup=1, reps=max(1, reps // 3) if slow else reps)
+        return harness.time_median(fn, device, warmup=1, reps=max(1, reps // 3) if slow else reps)
+
+    def add_row(name, timing):
         row = {"variant": name, "images": batch, "ms / batch": timing["median_s"] * 1e3,
                "images / s": batch / timing["median_s"]}
         if device.type == "cpu":  # per core means nothing for a GPU's variants
@@ -311,17 +311,24 @@ def main(args):
                        traffic_bytes(images, config), copy_bw)
         return harness.write_results("augment", device, _with_ratios(rows), COLUMNS, notes, quick=quick)
 
-    for name, fn in variants.items():
-        timed(name, fn)
+    if device.type == "cpu":  # in rounds: this machine kind's speed drifts over a run
+        for name, timing in harness.time_interleaved(variants, warmup=1, reps=reps).items():
+            add_row(name, timing)
         path = write()
+    else:
+        for name, fn in variants.items():
+            add_row(name, timing_of(name, fn))
+            path = write()
     if workers is not None:
         workers.close()
     if kornia is not None:  # last: compiling can take minutes, and the other rows are on disk by then
         compiled = torch.compile(kornia)
         # its first call (the warm-up) compiles, outside the timed calls
-        _, why_not = within_budget(compile_budget_s(), lambda: timed(kornia_name % "torch.compile",
-                                                                     lambda: compiled(dense)))
-        if why_not is not None:
+        name = kornia_name % "torch.compile"
+        timing, why_not = within_budget(compile_budget_s(), lambda: timing_of(name, lambda: compiled(dense)))
+        if why_not is None:
+            add_row(name, timing)
+        else:
             kornia_note = f"Kornia under torch.compile failed ({why_not}), so only its eager form is timed. "
         path = write()
     return path
@@ -353,7 +360,8 @@ def _with_ratios(rows):
 
 def _notes(preset, shape, batch, device, has_kornia, kornia_note, max_err, moved, copy_bw):
     notes = (f"{preset} multi-crop, {shape} views per image, uint8 sources {batch} images of mixed sizes "
-             "(H 330-420, W 440-560), float32 NCHW outputs; median of repeated batches after one warm-up, "
+             "(H 330-420, W 440-560), float32 NCHW outputs; median of repeated batches after one warm-up"
+             f"{' (taken in rounds, one batch of each variant a round)' if device.type == 'cpu' else ''}, "
              "parameter sampling (sample_params) included in every variant but the two rendering recorded "
              "parameters: render() (which checks the parameters' values) and the kernels only (images packed "
              "and tables built once, outside the timing; replayed from a CUDA graph on a GPU). ")

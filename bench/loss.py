@@ -33,9 +33,11 @@ def torch_best(s1, s2, t1, t2, c1, c2, ncrops, ts, tt, sep_lambd):
     r = per_image(F.softmax(s2 / ts, dim=-1), ncrops)
     p = per_image(F.softmax((t2 - c2) / tt, dim=-1).to(s2.dtype), 2).detach()
     cos = torch.bmm(p, r.transpose(1, 2)) / (p.norm(dim=-1)[:, :, None] * r.norm(dim=-1)[:, None, :])
-    keep = ~torch.eye(2, ncrops, dtype=torch.bool, device=s1.device)
-    loss_dir = ce.mean(0)[keep].mean()
-    loss_dvr = cos.mean(0)[keep].abs().mean()
+    # a float mask, not boolean indexing: indexing by a mask waits on the device for its count
+    keep = 1.0 - torch.eye(2, ncrops, dtype=ce.dtype, device=s1.device)
+    pairs = 2 * (ncrops - 1)
+    loss_dir = (ce.mean(0) * keep).sum() / pairs
+    loss_dvr = (cos.mean(0).abs() * keep).sum() / pairs
     return loss_dir + sep_lambd * loss_dvr
 
 
@@ -72,14 +74,23 @@ def bench_shape(batch, ncrops, k1, k2, dtype, device, reps, copy_bw):
     inputs = make_inputs(batch, ncrops, k1, k2, dtype, device)
     s1, s2 = inputs[0], inputs[1]
     rows, reference_value = [], None
-    for name, fn in variants(device).items():
+    fns = variants(device)
+
+    def step_of(fn):
         def step():
             s1.grad = s2.grad = None
             fn(*inputs).backward()
+        return step
 
+    steps = {name: step_of(fn) for name, fn in fns.items()}
+    if device.type == "cpu":  # in rounds: this machine kind's speed drifts over a run
+        timings = harness.time_interleaved(steps, warmup=2, reps=reps)
+    else:
+        timings = {name: harness.time_median(step, device, warmup=2, reps=reps) for name, step in steps.items()}
+    for name, fn in fns.items():
+        step, timing = steps[name], timings[name]
         value = fn(*inputs).item()
         reference_value = value if reference_value is None else reference_value
-        timing = harness.time_median(step, device, warmup=2, reps=reps)
         peak = harness.peak_memory_bytes(step, device)  # after timed steps: the grads are allocated
         saved = harness.saved_for_backward_bytes(lambda: fn(*inputs), inputs)
         row = {
@@ -138,7 +149,7 @@ def main(args):
     else:
         copy_bw = None
         shapes = [(16, 10, 8192, 8192, torch.float32), (16, 10, 8192, 8192, torch.bfloat16)]
-        reps = 30
+        reps = 100  # a few seconds a run: enough reps for the medians to settle
     if args.quick:
         shapes = [(4, 4, 1000, 777, torch.float32)]
         reps = 2
@@ -158,7 +169,8 @@ def _write(rows, device, copy_bw, quick):
     columns = ["shape", "variant", "fwd+bwd ms", "speed-up vs authors", "saved for backward MiB",
                "peak extra MiB", "GB/s",
                "x bandwidth floor", "loss", "|loss - authors|", "timed by"]
-    notes = ("Median of fwd+bwd over repeated steps after warm-up, one process. Saved for backward: "
+    notes = ("Median of fwd+bwd over repeated steps after warm-up, one process; on the CPU the variants' "
+             "steps are taken in rounds, one step of each a round. Saved for backward: "
              "bytes autograd keeps between forward and backward beyond the inputs (activation memory). "
              "Peak extra: CUDA allocator peak of fwd+bwd above what is allocated before it, the inputs and "
              "the students' gradients of the step before, which the step drops and allocates again "
