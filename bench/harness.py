@@ -51,26 +51,23 @@ def time_median(fn: Callable[[], object], device: torch.device, warmup: int = 3,
     return _summary(times, inner)
 
 
-def time_interleaved(fns: Dict[str, Callable[[], object]], warmup: int = 1, reps: int = 5,
-                     reps_of: Optional[Dict[str, int]] = None) -> Dict[str, Dict[str, float]]:
+def time_interleaved(fns: Dict[str, Callable[[], object]], warmup: int = 1,
+                     reps: int = 5) -> Dict[str, Dict[str, float]]:
     """time_median of every fn on the CPU, their reps taken in rounds (one call of each per round,
     the order rotated from round to round) instead of one fn's reps after another's: a machine
     whose speed drifts over a run (shared cores, frequency) then slows every variant alike, and
-    the ratios between them, which are what a run reports, hold. reps_of: fewer reps for the
-    slow ones (each takes part in the first rounds only)."""
+    the ratios between them, which are what a run reports, hold."""
     names = list(fns)
     for name in names:
         for _ in range(warmup):
             fns[name]()
-    wanted = {name: (reps_of or {}).get(name, reps) for name in names}
     times: Dict[str, List[float]] = {name: [] for name in names}
-    for round_ in range(max(wanted.values())):
+    for round_ in range(reps):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
-            if len(times[name]) < wanted[name]:
-                t0 = time.perf_counter()
-                fns[name]()
-                times[name].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t0)
     return {name: _summary(times[name], 1) for name in names}
 
 
