@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from clever_kernels.augment import MultiCrop, _fused, render, sample_params
 from clever_kernels.augment.config import make_config
+from clever_kernels.augment.params import group_by_size
 
 from . import harness
 
@@ -214,10 +215,8 @@ def kernels_only(images, params, config):
     """The render_views calls alone, one per output size: images packed and parameter tables built
     once here, so a call is what the bandwidth floor bounds."""
     packed = _fused.pack_images(list(images))
-    groups = {}
-    for p in params:
-        groups.setdefault(p.size, []).append(p)
-    tables = [(size, _fused.param_tables(group)) for size, group in groups.items()]
+    tables = [(size, _fused.param_tables([params[i] for i in members]))
+              for size, members in group_by_size(params).items()]
     channels = images[0].shape[0]
     return lambda: [_fused.render_tables(packed, channels, table, size, config.mean, config.std, True, torch.float32,
                                          False, "bicubic", "nearest") for size, table in tables]

@@ -4,7 +4,6 @@ The fused kernels render all views of one output size in one call (`torch.ops.cl
 render_views`, C++ on the CPU, CUDA on GPUs); the reference renders view by view.
 """
 import warnings
-from collections import OrderedDict
 from typing import List, Sequence, Union
 
 import torch
@@ -12,7 +11,7 @@ import torch
 from .. import _backend
 from ..reference import augment as reference
 from .config import IMAGENET_MEAN, IMAGENET_STD
-from .params import AugParams
+from .params import AugParams, group_by_size
 
 Tensor = torch.Tensor
 _warned = set()
@@ -73,9 +72,7 @@ def render_checked(images, params, mean, std, antialias, out_dtype, channels_las
     images = reference._check_images(images)
     reference.check_views(views, images, values=check_values)
     impl = resolve_backend(backend, images[0].device)
-    groups = OrderedDict()
-    for index, p in enumerate(views):
-        groups.setdefault(p.size, []).append(index)
+    groups = group_by_size(views)
     out: List[Tensor] = [None] * len(views)
     batch = len(images)
     if impl == "fused":
