@@ -24,7 +24,7 @@ build: $(PY)
 	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
 
 # the main job: short DINO and CLeVER trainings on the embedded digits (CAug), both evaluations,
-# one table (about 6 minutes on two cores per seed; SEEDS="0 1 2" gives the committed results)
+# one table (about 10 minutes on two cores per seed; SEEDS="0 1 2" gives the committed results)
 SEEDS ?= 0
 compare: setup
 	$(PY) -m clever_kernels.train.compare --seeds $(SEEDS)

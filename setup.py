@@ -67,7 +67,7 @@ setup(
     version="0.1.0",
     description="Fused GPU/CPU kernels for equivariant contrastive learning (CLeVER, DINO)",
     packages=find_packages(include=["clever_kernels", "clever_kernels.*"]),
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy"],
     extras_require={
         "triton": ["triton"],

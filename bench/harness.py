@@ -178,6 +178,14 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def _cpu_capability() -> str:
+    # the C++ loss loops are cloned for AVX2 and AVX-512 and one is picked at load by the CPU
+    try:
+        return torch.backends.cpu.get_cpu_capability()
+    except Exception:
+        return "unknown"
+
+
 def machine(device: torch.device) -> Dict[str, str]:
     try:
         import triton
@@ -185,7 +193,8 @@ def machine(device: torch.device) -> Dict[str, str]:
     except Exception:
         triton_version = "not installed"
     info = {
-        "cpu": f"{_cpu_model()}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}",
+        "cpu": f"{_cpu_model()}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}, "
+               f"widest vector ISA {_cpu_capability()}",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "triton": triton_version,

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from clever_kernels.augment import (COLUMNS, AugConfig, AugParams, Op, ViewConfig, image_sizes,
                                     make_config, sample_params, sample_view)
@@ -428,6 +429,39 @@ def test_no_host_sync(monkeypatch):
     want = sample_params(sizes, "caug+", seed=3, step=4)
     assert all(torch.equal(a.to_tensor(), b.to_tensor()) for a, b in zip(params, want))
 
+
+
+class _CountAtenCalls(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _aten_calls(fn):
+    with _CountAtenCalls() as count:
+        fn()
+    return count.calls
+
+
+def test_views_are_drawn_together_in_a_fixed_number_of_ops():
+    """A draw's ATen calls (one GPU launch each, but for views and slices) do not grow with the
+    batch, and ten views cost less than twice one view: a loop over samples, or over views,
+    would show here."""
+    views = make_config("caug+", n_local=8).views()
+    calls = {}
+    for batch in (1, 64):
+        sizes = torch.randint(40, 500, (batch, 2), dtype=torch.int64, generator=torch.Generator().manual_seed(batch))
+        sampler.sample_views(sizes, views)  # the recipe's constants are copied on a first call
+        calls[batch] = _aten_calls(lambda: sampler.sample_views(sizes, views))
+        one_view = _aten_calls(lambda: sampler.sample_views(sizes, views[:1]))
+        view_by_view = _aten_calls(lambda: [sample_view(sizes, v, j) for j, v in enumerate(views)])
+        assert calls[batch] < 2 * one_view, (calls[batch], one_view)
+        assert view_by_view > 5 * calls[batch], (view_by_view, calls[batch])
+    assert calls[1] == calls[64], calls
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_same_draws_on_cuda():

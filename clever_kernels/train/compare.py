@@ -1,6 +1,6 @@
 """DINO vs CLeVER, end to end, in one command:
 
-    python -m clever_kernels.train.compare                 # one seed, about 6 minutes on 2 CPU cores
+    python -m clever_kernels.train.compare                 # one seed, about 10 minutes on 2 CPU cores
     python -m clever_kernels.train.compare --seeds 0 1 2   # mean +- std over seeds
 
 Trains DINO and CLeVER with the same short recipe on the embedded digits (CAug: the views are
@@ -28,7 +28,7 @@ from .trainer import build_network, resolve_sizes, train
 
 METHODS = ("dino", "clever")
 LABELS = {"dino": "DINO", "clever": "CLeVER", "untrained": "untrained"}
-# A recipe that finishes in under three minutes per method on two CPU cores and does not
+# A recipe that finishes in about five minutes per method on two CPU cores and does not
 # collapse on the digits. Each choice and why:
 # - ResNet-18 at quarter width with the small stem, BatchNorm in the heads (DINO's ResNet
 #   setting: pooled ReLU features share one direction, and without it every image starts on the
