@@ -178,14 +178,6 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def _cpu_capability() -> str:
-    # the C++ loss loops are cloned for AVX2 and AVX-512 and one is picked at load by the CPU
-    try:
-        return torch.backends.cpu.get_cpu_capability()
-    except Exception:
-        return "unknown"
-
-
 def machine(device: torch.device) -> Dict[str, str]:
     try:
         import triton
@@ -193,8 +185,9 @@ def machine(device: torch.device) -> Dict[str, str]:
     except Exception:
         triton_version = "not installed"
     info = {
+        # the ISA: the C++ loss loops are cloned for AVX2 and AVX-512, one picked at load by the CPU
         "cpu": f"{_cpu_model()}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}, "
-               f"widest vector ISA {_cpu_capability()}",
+               f"widest vector ISA {torch.backends.cpu.get_cpu_capability()}",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "triton": triton_version,

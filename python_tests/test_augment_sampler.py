@@ -430,7 +430,6 @@ def test_no_host_sync(monkeypatch):
     assert all(torch.equal(a.to_tensor(), b.to_tensor()) for a, b in zip(params, want))
 
 
-
 class _CountAtenCalls(TorchDispatchMode):
     def __init__(self):
         super().__init__()
@@ -462,6 +461,7 @@ def test_views_are_drawn_together_in_a_fixed_number_of_ops():
         assert calls[batch] < 2 * one_view, (calls[batch], one_view)
         assert view_by_view > 5 * calls[batch], (view_by_view, calls[batch])
     assert calls[1] == calls[64], calls
+
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_same_draws_on_cuda():

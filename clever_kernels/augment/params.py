@@ -7,7 +7,6 @@ AugParams in the authors' view order: global 1, global 2, then the local views.
 import dataclasses
 import math
 from dataclasses import dataclass
-from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Union
 
 import torch
@@ -217,11 +216,10 @@ class AugParams:
                    grayscale=false.clone(), blur_sigma=zeros_f.clone(), solarize=false.clone())
 
 
-
 def group_by_size(views: Sequence[AugParams]) -> Dict[int, List[int]]:
     """Indices into `views` by output size, sizes in order of first appearance: the renderers
     make one tensor (one op call) per size."""
-    groups: Dict[int, List[int]] = OrderedDict()
+    groups: Dict[int, List[int]] = {}
     for index, p in enumerate(views):
         groups.setdefault(p.size, []).append(index)
     return groups
