@@ -57,7 +57,10 @@ TORCH_LIBRARY(clever_kernels, m) {
   //   size       output side S; mean, std: 3 values each, applied to [0, 1] pixels
   //   interpolation 0 bicubic, 1 bilinear (resize); rotation_interpolation 0 nearest, 1 bilinear
   //   out_dtype  float32, float16 or bfloat16; channels_last: NHWC memory format
-  // Returns (N, 3, S, S). Not differentiable: fparams must not require grad.
+  // Returns (N, 3, S, S). Not differentiable: fparams must not require grad. A row that
+  // augment::view_table_error refuses (crop box outside its image, order not a permutation,
+  // a non-finite value, a sigma outside [0, 1000]) raises on the CPU and is a device-side assert
+  // on CUDA.
   m.def(
       "render_views(Tensor pixels, Tensor offsets, Tensor sizes, int channels, Tensor iparams, "
       "Tensor fparams, int size, float[] mean, float[] std, bool antialias, int interpolation, "

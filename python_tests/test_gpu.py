@@ -14,6 +14,8 @@ multiply-adds, so the last bits differ), float16 / bfloat16 outputs the float32 
 """
 import functools
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -302,23 +304,35 @@ def test_multicrop_on_gpu_never_waits_for_the_device(photos):
     assert len(syncs) == 1, [str(w.message) for w in syncs]
 
 
+# A child process: a device-side assert leaves its CUDA context unusable.
+_BAD_TABLE_ROW = """
+import sys, torch
+import clever_kernels
+from clever_kernels.augment import _fused, sample_params
+gen = torch.Generator().manual_seed(3)
+images = [torch.randint(0, 256, (3, 40, 30), dtype=torch.uint8, generator=gen) for _ in range(3)]
+params = sample_params(images, "caug+", global_size=16, local_size=8, n_local=0, seed=5)[:1]
+pixels, offsets, sizes = _fused.pack_images([x.cuda() for x in images])
+iparams, fparams = (t.cuda() for t in _fused.param_tables([p.to("cuda") for p in params]))
+if sys.argv[1] == "crop":
+    iparams[2, 3] = 10_000  # the last sample's crop height, far past its 40 rows
+else:
+    fparams[2, 5] = float("inf")  # the last sample's blur sigma
+out = torch.ops.clever_kernels.render_views(pixels, offsets, sizes, 3, iparams, fparams, 16, [0.0] * 3,
+                                            [1.0] * 3, True, 0, 0, torch.float32, False)
+torch.cuda.synchronize()
+print("RENDERED", out.isfinite().all().item())
+"""
+
+
 @gpu_only
-def test_cuda_kernels_bound_a_runaway_sigma(photos):
-    """The CUDA host trusts the parameter tables (render() checks them); a table with an infinite
-    blur or elastic sigma, given to the op directly, still ends (the radius is capped) instead of
-    looping for ever on the device."""
-    from clever_kernels.augment import _fused
-    images = _on(photos, DEVICE)
-    params = [p.to(DEVICE) for p in sample_params(photos, "caug+", global_size=8, local_size=8, n_local=0)]
-    pixels, offsets, sizes = _fused.pack_images(images)
-    iparams, fparams = _fused.param_tables(params[:1])
-    for column in (5, 7):  # blur sigma, elastic sigma
-        bad = fparams.clone()
-        bad[:, column] = float("inf")
-        if column == 7:
-            iparams = iparams.clone()
-            iparams[:, 6] = 1  # elastic on
-        out = torch.ops.clever_kernels.render_views(pixels, offsets, sizes, 3, iparams, bad, 8, list(ZERO),
-                                                    list(ONE), True, 0, 0, F32, False)
-        torch.cuda.synchronize()
-        assert out.shape == (len(photos), 3, 8, 8)
+@pytest.mark.parametrize("case", ["crop", "blur-sigma"])
+def test_cuda_kernels_refuse_a_bad_table_row(case):
+    """Given to the op directly (render() raises a ValueError first), a table row the kernels
+    cannot render, a crop box outside its image or an infinite blur sigma, stops the launch with
+    a device-side assert instead of reading outside the image or blurring without end."""
+    run = subprocess.run([sys.executable, "-c", _BAD_TABLE_ROW, case], capture_output=True, text=True,
+                         timeout=120)
+    said = run.stdout + run.stderr
+    assert run.returncode != 0 and "RENDERED" not in said, said
+    assert "device-side assert" in said and "a row of iparams / fparams cannot be rendered" in said, said

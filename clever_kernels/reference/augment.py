@@ -297,8 +297,9 @@ def _check_structure(params: AugParams, images: List[Tensor]) -> None:
 def check_param_values(views: Sequence[AugParams], images: List[Tensor]) -> None:
     """Crop boxes inside their images, angles and colour factors finite, blur sigmas in
     [0, MAX_SIGMA], orders permutations, for every view, with one device-to-host copy for all of
-    them (on a GPU each copy waits for the stream). The CUDA kernels trust these values: a crop
-    box outside its image would read outside the image buffer, an unbounded sigma blur forever."""
+    them (on a GPU each copy waits for the stream). The kernels refuse such rows too (the CUDA
+    ones with a device-side assert, which ends the process's CUDA context), so checking here
+    turns that into a ValueError naming the view and the sample."""
     ints = torch.stack([torch.cat([torch.stack([p.top, p.left, p.height, p.width], dim=1), p.order], dim=1)
                         for p in views])
     floats = torch.stack([torch.stack([getattr(p, name) for name in FLOAT_FIELDS], dim=1) for p in views])

@@ -40,49 +40,22 @@ using at::Tensor;
 using namespace augment;
 
 // ----------------------------------------------------------------------------------------------
-// Value checks, CPU only: the CUDA side cannot read the tables without a host sync, and the Python
-// layer has already checked the same things.
+// Value checks: every image entry, then every view row, before any pixel is read (the CUDA
+// kernels assert the same conditions, render_views_args.h / augment_pixel.h).
 
 void check_values(const Tensor& pixels, const Tensor& offsets, const Tensor& sizes, int64_t channels,
                   const Tensor& iparams, const Tensor& fparams) {
   const int64_t batch = offsets.size(0);
   const int64_t* off = offsets.data_ptr<int64_t>();
   const int64_t* hw = sizes.data_ptr<int64_t>();
+  const int c = static_cast<int>(channels);
   for (int64_t b = 0; b < batch; ++b) {
-    const int64_t h = hw[2 * b], w = hw[2 * b + 1];
-    TORCH_CHECK(h >= 1 && w >= 1 && h <= (1 << 20) && w <= (1 << 20),
-                "render_views: sizes[", b, "] = (", h, ", ", w, ") is not a valid image size");
-    TORCH_CHECK(off[b] >= 0 && off[b] + channels * h * w <= pixels.numel(), "render_views: offsets[", b,
-                "] = ", off[b], " with size ", h, "x", w, "x", channels, " runs outside pixels (",
-                pixels.numel(), " bytes)");
+    check_image_entry(b, off, hw, c, pixels.numel());
   }
-  const int64_t n = iparams.size(0);
   const int64_t* ip = iparams.data_ptr<int64_t>();
   const float* fp = fparams.data_ptr<float>();
-  for (int64_t r = 0; r < n; ++r) {
-    const int64_t* p = ip + r * kNumIParams;
-    const float* f = fp + r * kNumFParams;
-    TORCH_CHECK(p[kImage] >= 0 && p[kImage] < batch, "render_views: iparams[", r, "] image index ", p[kImage],
-                " is not in [0, ", batch, ")");
-    const int64_t h = hw[2 * p[kImage]], w = hw[2 * p[kImage] + 1];
-    TORCH_CHECK(p[kTop] >= 0 && p[kLeft] >= 0 && p[kHeight] >= 1 && p[kWidth] >= 1 &&
-                    p[kTop] + p[kHeight] <= h && p[kLeft] + p[kWidth] <= w,
-                "render_views: iparams[", r, "] crop box (top ", p[kTop], ", left ", p[kLeft], ", height ",
-                p[kHeight], ", width ", p[kWidth], ") is not inside its ", h, "x", w, " image");
-    int seen = 0;
-    for (int k = 0; k < 4; ++k) {
-      const int64_t op = p[kOrder0 + k];
-      TORCH_CHECK(op >= 0 && op < 4 && !(seen & (1 << op)), "render_views: iparams[", r,
-                  "] order is not a permutation of 0, 1, 2, 3");
-      seen |= 1 << op;
-    }
-    TORCH_CHECK(std::isfinite(f[kBlurSigma]) && f[kBlurSigma] >= 0 && f[kBlurSigma] <= kMaxSigma,
-                "render_views: fparams[", r, "] blur sigma must be in [0, ", kMaxSigma, "], got ", f[kBlurSigma]);
-    TORCH_CHECK(std::isfinite(f[kElasticSigma]) && f[kElasticSigma] >= 0 && f[kElasticSigma] <= kMaxSigma,
-                "render_views: fparams[", r, "] elastic sigma must be in [0, ", kMaxSigma, "], got ", f[kElasticSigma]);
-    for (int k = 0; k < kNumFParams; ++k) {
-      TORCH_CHECK(std::isfinite(f[k]), "render_views: fparams[", r, "] holds a non-finite value");
-    }
+  for (int64_t r = 0; r < iparams.size(0); ++r) {
+    check_view_rows(r, ip + r * kNumIParams, fp + r * kNumFParams, off, hw, batch, c, pixels.numel());
   }
 }
 

@@ -26,6 +26,28 @@
 #define CK_UNROLL
 #endif
 
+// A table row that view_table_error refuses stops the launch before any of its pixels is read.
+// On the GPU that is a device-side assert, as ATen's kernels do for an index only the device has
+// seen: the error surfaces at the next synchronising call and leaves the CUDA context unusable.
+// The emulated build raises the CPU op's error naming the row instead.
+#if defined(__CUDACC__)
+#define CK_CHECK_VIEW_ROWS(r, ip, fp, g)                                                                  \
+  do {                                                                                                   \
+    const bool rows_ok = view_table_error(ip, fp, (g).offsets, (g).sizes, (g).batch, (g).channels,        \
+                                          (g).pixel_bytes) == kTableOk;                                  \
+    CUDA_KERNEL_ASSERT(rows_ok && "render_views: a row of iparams / fparams cannot be rendered (image "     \
+                                  "index, size or offset out of range, crop box outside its image, order " \
+                                  "not a permutation, a non-finite value or a sigma outside [0, 1000]); "  \
+                                  "render() names the view and the sample");                             \
+    if (!rows_ok) {                                                                                      \
+      return;                                                                                            \
+    }                                                                                                    \
+  } while (0)
+#else
+#define CK_CHECK_VIEW_ROWS(r, ip, fp, g) \
+  check_view_rows(r, ip, fp, (g).offsets, (g).sizes, (g).batch, (g).channels, (g).pixel_bytes)
+#endif
+
 namespace clever_kernels {
 namespace render_views_kernels {
 namespace {  // internal to each build that includes this header
@@ -44,6 +66,8 @@ struct Geometry {
   const int64_t* sizes;
   const int64_t* iparams;
   const float* fparams;
+  int64_t pixel_bytes;
+  int64_t batch;
   int channels;
   int size;
   bool bicubic;
@@ -252,8 +276,13 @@ __global__ void __launch_bounds__(kThreads) render_pass1_kernel(Geometry g, floa
   const int i0 = (tile / tiles_x) * kTile, j0 = (tile % tiles_x) * kTile;
   const int y = i0 + threadIdx.y, x = j0 + threadIdx.x;
   const int tid = threadIdx.y * kTile + threadIdx.x;
-  const ViewParams v = load_view(g.iparams + static_cast<int64_t>(n) * kNumIParams,
-                                 g.fparams + static_cast<int64_t>(n) * kNumFParams);
+  const int64_t* ip = g.iparams + static_cast<int64_t>(n) * kNumIParams;
+  const float* fp = g.fparams + static_cast<int64_t>(n) * kNumFParams;
+  // every thread of every block: the condition is uniform over the block, so those that leave
+  // leave together and no barrier waits on them; after a failed assert the device runs nothing
+  // more, so pass 2 never meets such a row
+  CK_CHECK_VIEW_ROWS(n, ip, fp, g);
+  const ViewParams v = load_view(ip, fp);
 
   float d[2] = {0.0f, 0.0f};
   if (v.elastic) {  // uniform over the block, so the barriers inside are safe
@@ -395,6 +424,8 @@ Tensor render_views_with(const Launch& launch, const Tensor& pixels, const Tenso
   g.sizes = sizes.data_ptr<int64_t>();
   g.iparams = iparams.data_ptr<int64_t>();
   g.fparams = fparams.data_ptr<float>();
+  g.pixel_bytes = pixels.numel();
+  g.batch = offsets.size(0);
   g.channels = static_cast<int>(channels);
   g.size = static_cast<int>(size);
   g.bicubic = interpolation == kBicubic;

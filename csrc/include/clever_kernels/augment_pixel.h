@@ -51,6 +51,82 @@ enum Interpolation : int { kBicubic = 0, kBilinear = 1 };
 enum RotationInterpolation : int { kRotNearest = 0, kRotBilinear = 1 };
 enum JitterOp : int { kOpBrightness = 0, kOpContrast = 1, kOpSaturation = 2, kOpHue = 3 };
 
+// Largest blur or elastic sigma the callers accept (clever_kernels.augment.params.MAX_SIGMA).
+constexpr float kMaxSigma = 1000.0f;
+
+// Why a table row cannot be rendered, defined once for every kernel: the CPU op raises on it
+// before rendering and the CUDA kernels assert on it in every block (the host could read the
+// tables only after a device sync). Either way no kernel reads outside an image or blurs
+// without bound.
+enum TableError : int {
+  kTableOk = 0,
+  kImageIndexOutOfRange,
+  kBadImageSize,
+  kImageOutsidePixels,
+  kCropOutsideImage,
+  kOrderNotPermutation,
+  kNonFiniteValue,
+  kBlurSigmaOutOfRange,
+  kElasticSigmaOutOfRange,
+};
+
+// Image b's entry of the offsets and sizes tables against a pixel buffer of pixel_bytes; the
+// bound on the sides keeps channels * height * width far from overflow.
+C10_HOST_DEVICE inline int image_table_error(int64_t offset, int64_t height, int64_t width, int channels,
+                                             int64_t pixel_bytes) {
+  if (!(height >= 1 && width >= 1 && height <= (1 << 20) && width <= (1 << 20))) {
+    return kBadImageSize;
+  }
+  if (!(offset >= 0 && offset <= pixel_bytes - channels * height * width)) {
+    return kImageOutsidePixels;
+  }
+  return kTableOk;
+}
+
+// false for NaN and both infinities, written with one comparison that host and device
+// compilers treat alike
+C10_HOST_DEVICE inline bool is_finite(float x) { return ::fabsf(x) <= 3.40282347e38f; }
+
+// One view's rows ip (kNumIParams) and fp (kNumFParams), with the image it names.
+C10_HOST_DEVICE inline int view_table_error(const int64_t* ip, const float* fp, const int64_t* offsets,
+                                            const int64_t* sizes, int64_t batch, int channels,
+                                            int64_t pixel_bytes) {
+  const int64_t b = ip[kImage];
+  if (b < 0 || b >= batch) {
+    return kImageIndexOutOfRange;
+  }
+  const int64_t height = sizes[2 * b], width = sizes[2 * b + 1];
+  const int image = image_table_error(offsets[b], height, width, channels, pixel_bytes);
+  if (image != kTableOk) {
+    return image;
+  }
+  if (!(ip[kTop] >= 0 && ip[kLeft] >= 0 && ip[kHeight] >= 1 && ip[kWidth] >= 1 &&
+        ip[kTop] <= height - ip[kHeight] && ip[kLeft] <= width - ip[kWidth])) {
+    return kCropOutsideImage;
+  }
+  int seen = 0;
+  for (int k = 0; k < 4; ++k) {
+    const int64_t op = ip[kOrder0 + k];
+    if (op < 0 || op > 3 || (seen & (1 << op))) {
+      return kOrderNotPermutation;
+    }
+    seen |= 1 << op;
+  }
+  // written so that NaN fails them too
+  if (!(fp[kBlurSigma] >= 0.0f && fp[kBlurSigma] <= kMaxSigma)) {
+    return kBlurSigmaOutOfRange;
+  }
+  if (!(fp[kElasticSigma] >= 0.0f && fp[kElasticSigma] <= kMaxSigma)) {
+    return kElasticSigmaOutOfRange;
+  }
+  for (int k = 0; k < kNumFParams; ++k) {
+    if (!is_finite(fp[k])) {
+      return kNonFiniteValue;
+    }
+  }
+  return kTableOk;
+}
+
 struct ViewParams {
   int64_t image, top, left, height, width;
   bool flip, elastic, jitter, grayscale, solarize;
@@ -228,12 +304,9 @@ C10_HOST_DEVICE inline float gaussian_norm(int radius, float sigma) {
   return total;
 }
 
-// Largest blur or elastic sigma the callers accept (clever_kernels.augment.params.MAX_SIGMA).
-constexpr float kMaxSigma = 1000.0f;
 // Largest radius a kernel computes with: the elastic radius of kMaxSigma (8 sigma + 1 taps). A
-// backstop only, for the CUDA kernels, which trust the parameter tables: an infinite sigma would
-// otherwise convert to an undefined int and loop for ever; the CPU kernel rejects such a table
-// before rendering.
+// backstop only: every kernel refuses a table whose sigmas pass kMaxSigma (view_table_error), and
+// this keeps a radius a defined int should a row ever reach the maths unchecked.
 constexpr double kMaxRadius = 4.0 * kMaxSigma;
 
 // Blur radius ceil(3 sigma) (reference step 7; Python evaluates 3 * sigma in float64).

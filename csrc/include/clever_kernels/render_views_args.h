@@ -1,9 +1,12 @@
 // Argument checks of render_views (schema in ops.cpp), shared by the CPU and CUDA hosts: dtypes,
-// shapes, devices, contiguity and the scalar options. Values inside the tables are checked by the
-// CPU kernel only (the CUDA host would need a device sync to read them).
+// shapes, devices, contiguity and the scalar options; and the errors naming a table row that
+// augment::view_table_error refuses, raised by the CPU op (and the emulated CUDA kernels) for the
+// values inside the tables.
 #pragma once
 
 #include <ATen/ATen.h>
+
+#include <cstdint>
 
 #include "clever_kernels/augment_pixel.h"
 
@@ -57,6 +60,45 @@ inline void check_render_views_args(const at::Tensor& pixels, const at::Tensor& 
               rotation_interpolation);
   TORCH_CHECK(out_dtype == at::kFloat || out_dtype == at::kHalf || out_dtype == at::kBFloat16,
               "render_views: out_dtype must be float32, float16 or bfloat16, got ", out_dtype);
+}
+
+// Raises naming image b's sizes or offsets entry where image_table_error refuses it.
+inline void check_image_entry(int64_t b, const int64_t* offsets, const int64_t* sizes, int channels,
+                              int64_t pixel_bytes) {
+  const int64_t h = sizes[2 * b], w = sizes[2 * b + 1];
+  const int error = augment::image_table_error(offsets[b], h, w, channels, pixel_bytes);
+  TORCH_CHECK(error != augment::kBadImageSize, "render_views: sizes[", b, "] = (", h, ", ", w,
+              ") is not a valid image size (each side in [1, 2^20])");
+  TORCH_CHECK(error != augment::kImageOutsidePixels, "render_views: offsets[", b, "] = ", offsets[b], " with size ",
+              h, "x", w, "x", channels, " runs outside pixels (", pixel_bytes, " bytes)");
+}
+
+// Raises naming row r of iparams / fparams (ip, fp) and what is wrong with it, where
+// view_table_error refuses it.
+inline void check_view_rows(int64_t r, const int64_t* ip, const float* fp, const int64_t* offsets,
+                            const int64_t* sizes, int64_t batch, int channels, int64_t pixel_bytes) {
+  using namespace augment;
+  const int error = view_table_error(ip, fp, offsets, sizes, batch, channels, pixel_bytes);
+  if (error == kTableOk) {
+    return;
+  }
+  TORCH_CHECK(error != kImageIndexOutOfRange, "render_views: iparams[", r, "] image index ", ip[kImage],
+              " is not in [0, ", batch, ")");
+  check_image_entry(ip[kImage], offsets, sizes, channels, pixel_bytes);
+  const int64_t h = sizes[2 * ip[kImage]], w = sizes[2 * ip[kImage] + 1];
+  TORCH_CHECK(error != kCropOutsideImage, "render_views: iparams[", r, "] crop box (top ", ip[kTop], ", left ",
+              ip[kLeft], ", height ", ip[kHeight], ", width ", ip[kWidth], ") is not inside its ", h, "x", w,
+              " image");
+  TORCH_CHECK(error != kOrderNotPermutation, "render_views: iparams[", r, "] order (", ip[kOrder0], ", ",
+              ip[kOrder0 + 1], ", ", ip[kOrder0 + 2], ", ", ip[kOrder0 + 3],
+              ") is not a permutation of 0, 1, 2, 3");
+  TORCH_CHECK(error != kNonFiniteValue, "render_views: fparams[", r, "] holds a non-finite value: ",
+              at::ArrayRef<float>(fp, kNumFParams));
+  TORCH_CHECK(error != kBlurSigmaOutOfRange, "render_views: fparams[", r, "] blur sigma must be in [0, ", kMaxSigma,
+              "], got ", fp[kBlurSigma]);
+  TORCH_CHECK(error != kElasticSigmaOutOfRange, "render_views: fparams[", r, "] elastic sigma must be in [0, ",
+              kMaxSigma, "], got ", fp[kElasticSigma]);
+  TORCH_CHECK(false, "render_views: iparams / fparams[", r, "] refused with error ", error);
 }
 
 }  // namespace clever_kernels
