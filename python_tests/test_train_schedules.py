@@ -113,3 +113,16 @@ def test_defaults_follow_the_spec_and_dino():
                 weight_decay_end=0.4)
     for name, want in spec.items():
         assert getattr(args, name) == want, f"--{name.replace('_', '-')} defaults to {getattr(args, name)!r}, not {want!r}"
+
+
+def test_help_shows_defaults_of_values_only():
+    """A flag's help carries no '(default: ...)': for a store_false flag argparse would print
+    '(default: True)' though the flag is off unless given (--imagenet-stem, --no-norm-last-layer)."""
+    from clever_kernels.train.cli import eval_parser, train_parser
+
+    text = " ".join(train_parser().format_help().split())
+    for flag in ("--imagenet-stem", "--no-norm-last-layer", "--small-stem", "--head-bn"):
+        entry = text.split(f" {flag} ", 1)[1].split(" --", 1)[0]
+        assert "(default:" not in entry, f"{flag}: {entry}"
+    assert "head 1 (IR / DINO) prototypes K1 (default: 65536)" in text
+    assert "(default: None)" not in text and "(default: None)" not in eval_parser().format_help()

@@ -67,6 +67,9 @@ def test_module_entry_point(folder, tmp_path):
     assert done.returncode == 0, done.stderr
     assert os.path.exists(tmp_path / "cli" / "checkpoint.pt")
     assert "--method" in run_cli("clever_kernels.train", ["--help"]).stdout
+    # the evaluation and the plot have module forms too, for where console scripts are not on PATH
+    assert "--which" in run_cli("clever_kernels.train.evaluate", ["--help"]).stdout
+    assert "runs" in run_cli("clever_kernels.train.plot", ["--help"]).stdout
 
 
 def test_saved_params_read_back_with_elastic(folder, tmp_path):

@@ -30,10 +30,22 @@ def _pair(text: str):
     return lo, hi
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows the default of options that take a value and have one. A flag's default is its
+    absence, and argparse's own text for it misleads: a store_false flag such as
+    --imagenet-stem would read '(default: True)' though it is off unless given; a None default
+    means the help text says what is derived instead."""
+
+    def _get_help_string(self, action):
+        if action.nargs == 0 or action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="clever-train", description="DINO / CLeVER self-supervised training with on-device multi-crop.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_DefaultsFormatter)
     g = p.add_argument_group("method and model")
     g.add_argument("--method", choices=("dino", "clever"), default="clever")
     g.add_argument("--arch", choices=ARCHS, default="vit_tiny")
@@ -139,7 +151,7 @@ def train_main(argv: Optional[List[str]] = None) -> int:
 
 def eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="clever-eval", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="clever-eval", formatter_class=_DefaultsFormatter,
         description="Linear probes (Top1-Ori, Top1-Ori+CJ+R) on frozen backbone features, full / IR / EF, "
                     "and the rotation sensitivity (R^2 of a linear regression of the angle) of IR and EF.")
     p.add_argument("checkpoint", help="a checkpoint written by clever-train")

@@ -214,3 +214,11 @@ def markdown_table(result: Dict) -> str:
                       f"{result['feature_dims']['ir']} dims, mean of {WIDTH_MATCHED_SUBSETS} random subsets): "
                       f"{result['rotation_r2']['ir_at_ef_width']:.3f}"]
     return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m clever_kernels.train.evaluate is clever-eval
+    import sys
+
+    from .cli import eval_main
+
+    sys.exit(eval_main())

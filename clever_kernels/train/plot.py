@@ -128,3 +128,11 @@ def plot_runs(sources: Sequence[str], path: str) -> str:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+if __name__ == "__main__":  # python -m clever_kernels.train.plot is clever-plot
+    import sys
+
+    from .cli import plot_main
+
+    sys.exit(plot_main())
