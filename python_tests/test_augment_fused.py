@@ -173,6 +173,30 @@ def test_each_jitter_op(ragged, op, values):
     check(ragged, p)
 
 
+@pytest.mark.parametrize("factor", [300.0, 3000.0])
+def test_large_factors_scale_the_tolerance(ragged, factor):
+    """Colour factors far beyond any recipe's, which the config accepts (up to 1e6):
+    (x - m) f + m and g + f (x - g) multiply the renderers' float32 rounding differences (the
+    contrast mean, the resize sums) by f. The bound is 1e-4 x max(1, f / 100) (README);
+    measured 0.5e-4 to 0.9e-4 at f = 300 and 3.6e-4 to 5.4e-4 at 3000 here."""
+    p = centre_crops(ragged, 29)
+    bound = ATOL * max(1.0, factor / 100)
+    check(ragged, with_fields(p, jitter=True, contrast=[factor, 1.0, factor, factor / 7]), atol=bound)
+    check(ragged, with_fields(p, jitter=True, saturation=[factor, factor / 3, 1.0, factor]), atol=bound)
+
+
+def test_large_elastic_strength_scales_the_tolerance(ragged):
+    """An elastic strength far beyond the recipe's 100 multiplies the rounding differences of the
+    blurred noise (conv1d's sums against the kernels' tap loops) into displacements of alpha / 2
+    times the noise in pixels. The bound is 1e-4 x max(1, alpha / 1e4) (README); measured 1.9e-4
+    at alpha = 3e4 on this 128-pixel view, where about 1% of the pixels stay inside the image."""
+    alpha = 3e4
+    p = with_fields(centre_crops(ragged, 128), elastic=True, elastic_seed=[3, 1234, 2**32 - 7, 55])
+    views = check(ragged, dataclasses.replace(p, elastic_alpha=alpha, elastic_sigma=5.0),
+                  atol=ATOL * max(1.0, alpha / 1e4))
+    assert (views[0] != 0).any()  # not every pixel displaced outside
+
+
 def test_jitter_in_random_orders(ragged):
     gen = torch.Generator().manual_seed(3)
     base = with_fields(centre_crops(ragged, 19), jitter=[True, True, True, False], brightness=[1.3, 0.7, 1.1, 0.6],
@@ -327,6 +351,10 @@ def _op_args(ragged):
     (5, "double", "fparams must be a float32"),
     (6, 0, "size must be"),
     (8, [1.0, 0.0, 1.0], "std must have 3 values > 0"),
+    (8, [1.0, math.inf, 1.0], "std must have 3 values > 0, each a finite normal float32"),
+    (8, [1.0, 1e-50, 1.0], "std must have 3 values > 0, each a finite normal float32"),
+    (7, [0.0, math.nan, 0.0], "mean must have 3 values, each finite in float32"),
+    (7, [0.0, 1e39, 0.0], "mean must have 3 values, each finite in float32"),
     (10, 2, "interpolation must be 0"),
     (11, 5, "rotation_interpolation must be 0"),
     (12, torch.float64, "out_dtype must be float32"),
@@ -439,6 +467,13 @@ def test_blur_and_elastic_radii_at_rounding_edges(ragged):
     for sigma in (1.2, 2.2, 0.15):
         assert int(8 * sigma + 1) % 2 == 0
         check(ragged, dataclasses.replace(q, elastic_alpha=60.0, elastic_sigma=sigma))
+    # Just below a step of int(8 sigma + 1) in float64 and on it in float32, as the kernels take
+    # sigma (7 taps against 8, made 9): AugParams keeps the float32 value for every renderer.
+    below = 0.87499999999
+    assert int(8 * below + 1) == 7 and int(8 * torch.tensor(below).item() + 1) == 8
+    p = dataclasses.replace(q, elastic_alpha=100.0, elastic_sigma=below)
+    assert p.elastic_sigma == 0.875
+    check(ragged, p)
 
 
 @pytest.mark.parametrize("what", ["crop-bottom", "crop-right", "size"])

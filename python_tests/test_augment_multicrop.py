@@ -1,5 +1,6 @@
 """MultiCrop is exactly render(images, sample_params(...)), views of one size share storage,
 and a sample's views depend on its id, not on its batch."""
+import numpy as np
 import pytest
 import torch
 
@@ -57,10 +58,21 @@ def test_channels_last_and_dtype(rng):
     (dict(global_size=0), "size"),
     (dict(flip_p=1.5), "flip_p"),
     (dict(seed=1.5), "seed"),
+    # render options are refused at construction, whatever the backend
+    (dict(out_dtype=torch.float64), "out_dtype"),
+    (dict(out_dtype=torch.float64, backend="reference"), "out_dtype"),
+    (dict(interpolation="lanczos"), "interpolation"),
+    (dict(rotation_interpolation="bicubic"), "rotation_interpolation"),
+    (dict(backend="gpu"), "backend"),
 ])
 def test_bad_config_names_the_argument(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         MultiCrop("caug", **kwargs)
+
+
+def test_numpy_integer_seed():
+    mc = MultiCrop("baug", n_local=0, global_size=8, seed=np.int64(3))
+    assert type(mc.seed) is int and mc.seed == 3
 
 
 def test_unprefixed_overrides_and_configs_are_not_shadowed():
@@ -85,6 +97,8 @@ def test_unprefixed_overrides_and_configs_are_not_shadowed():
     (torch.zeros(2, 3, 8, 8), "uint8"),
     ([], "empty"),
     ([torch.zeros(3, 8, 8, dtype=torch.uint8), torch.zeros(1, 8, 8, dtype=torch.uint8)], "channel"),
+    # the kernels' bound on a side, refused by the reference backend too
+    ([torch.zeros(1, 1, 2**20 + 1, dtype=torch.uint8)], "each side must be at most 1048576"),
 ])
 def test_bad_images_name_the_argument(images, match):
     with pytest.raises((ValueError, TypeError), match=match):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from clever_kernels.augment import (COLUMNS, AugConfig, AugParams, Op, ViewConfig, image_sizes,
+from clever_kernels.augment import (COLUMNS, AugConfig, AugParams, MultiCrop, Op, ViewConfig, image_sizes,
                                     make_config, sample_params, sample_view)
 from clever_kernels.augment import rng as ck_rng
 from clever_kernels.augment import sampler
@@ -266,13 +266,29 @@ def torchvision_crop(H, W, scale, ratio, draw):
         if 0 < w <= W and 0 < h <= H:
             return randint(CROP_TOP_DRAW, H - h + 1), randint(CROP_LEFT_DRAW, W - w + 1), h, w
     in_ratio = W / H
+    # max(1, ...) is ours: torchvision's fallback can round a thin image's short side to 0
     if in_ratio < min(ratio):
-        w, h = W, int(round(W / min(ratio)))
+        w, h = W, max(1, int(round(W / min(ratio))))
     elif in_ratio > max(ratio):
-        h, w = H, int(round(H * max(ratio)))
+        h, w = H, max(1, int(round(H * max(ratio))))
     else:
         w, h = W, H
     return (H - h) // 2, (W - w) // 2, h, w
+
+
+@pytest.mark.parametrize("sizes, ratio", [((1, 40), (0.3, 0.4)), ((40, 1), (2.5, 3.0)), ((2, 900), (0.2, 0.24))])
+def test_fallback_crop_keeps_a_pixel_on_thin_images(sizes, ratio):
+    """The centre-crop fallback's short side rounds to 0 on a thin image with an extreme ratio
+    (1 x 40 at ratios up to 0.4: round(0.4) = 0); it keeps one pixel, and the views render."""
+    H, W = sizes
+    params = sample_params(torch.tensor([sizes] * 64), "baug", ratio=ratio, n_local=1, global_size=8,
+                           local_size=4)
+    for p in params:
+        assert (p.height >= 1).all() and (p.width >= 1).all()
+        assert (p.top + p.height <= H).all() and (p.left + p.width <= W).all()
+    image = [torch.zeros(3, H, W, dtype=torch.uint8)]
+    views, _ = MultiCrop("baug", ratio=ratio, n_local=1, global_size=8, local_size=4)(image)
+    assert [tuple(v.shape) for v in views] == [(1, 3, 8, 8)] * 2 + [(1, 3, 4, 4)]
 
 
 def test_crop_matches_scalar_torchvision_algorithm():
@@ -499,6 +515,10 @@ def test_aug_params_record():
     assert sub.batch_size == 2 and torch.equal(sub.to_tensor(), t[[4, 1]])
     assert p.index(3).batch_size == 1 and torch.equal(p.index(-1).to_tensor(), t[-1:])
     assert torch.equal(p.index(slice(1, 3)).to_tensor(), t[1:3])
+    assert torch.equal(p.index(np.int64(-6)).to_tensor(), t[:1])
+    for past in (6, -7):  # as a list index would, not an empty AugParams
+        with pytest.raises(IndexError, match=f"index {past} is out of range for a batch of 6"):
+            p.index(past)
     moved = p.to("meta")
     assert moved.device.type == "meta" and moved.size == p.size and moved.view == p.view
     assert len(p) == 6 and p.is_global and not params[2].is_global
@@ -530,6 +550,9 @@ def test_from_tensor_refuses_what_it_cannot_rebuild():
     plain = sample_params([(40, 50)] * 6, "caug", seed=3)[0]
     with pytest.raises(ValueError, match="floating point"):
         AugParams.from_tensor(plain.to_tensor(torch.float64).to(torch.int64), plain.size, plain.view)
+    for half in (torch.float16, torch.bfloat16):
+        with pytest.raises(ValueError, match="must be float32 or float64"):
+            AugParams.from_tensor(plain.to_tensor(half), plain.size, plain.view)
     back = AugParams.from_tensor(plain.to_tensor(), plain.size, plain.view)
     assert torch.equal(back.to_tensor(torch.float64), plain.to_tensor(torch.float64))
 
@@ -551,6 +574,7 @@ def test_from_tensor_refuses_what_it_cannot_rebuild():
     (lambda: sample_params(torch.zeros(2, 3, 8, 8), ids=[5.7, 6.2]), TypeError, "ids must be"),
     (lambda: sample_params(torch.zeros(2, 3, 8, 8), ids=[True, False]), TypeError, "ids must be"),
     (lambda: sample_params(torch.zeros(2, 3, 8, 8), ids=iter([1, 2, 3])), ValueError, "ids must be an int64"),
+    (lambda: sample_params(torch.zeros(2, 3, 8, 8), ids=[0, 2**63]), ValueError, "ids must fit in int64"),
 ])
 def test_sample_params_bad_inputs(call, exc, match):
     with pytest.raises(exc, match=match):

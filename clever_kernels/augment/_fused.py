@@ -2,8 +2,7 @@
 `torch.ops.clever_kernels.render_views` (C++ on the CPU, CUDA on GPUs; contract in csrc/ops.cpp).
 
 The kernels follow clever_kernels.reference.augment.render in every mode, antialias=False
-included (render_composed's single bilinear warp is not used), so backend="fused" and
-backend="reference" agree for every option.
+included, so backend="fused" and backend="reference" agree for every option.
 """
 from typing import List, Sequence, Tuple
 
@@ -12,10 +11,10 @@ import torch
 from .. import _backend
 from ..reference import augment as reference
 from .params import AugParams
+from .render import check_options
 
 Tensor = torch.Tensor
 
-OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _INTERPOLATION = {"bicubic": 0, "bilinear": 1}
 _ROTATION_INTERPOLATION = {"nearest": 0, "bilinear": 1}
 
@@ -65,16 +64,6 @@ def param_tables(group: Sequence[AugParams]) -> Tuple[Tensor, Tensor]:
         floats.append(torch.stack([p.angle, p.brightness, p.contrast, p.saturation, p.hue, p.blur_sigma,
                                    alpha, sigma], dim=1).detach())
     return torch.cat(ints).contiguous(), torch.cat(floats).contiguous()
-
-
-def check_options(mean, std, interpolation: str, rotation_interpolation: str, out_dtype: torch.dtype):
-    """The rendering options as the op takes them; raises naming a bad one."""
-    mean, std = reference._check_norm(mean, std)
-    reference._check_choice("interpolation", interpolation, tuple(_INTERPOLATION))
-    reference._check_choice("rotation_interpolation", rotation_interpolation, tuple(_ROTATION_INTERPOLATION))
-    if out_dtype not in OUT_DTYPES:
-        raise ValueError(f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype!r}")
-    return mean, std
 
 
 def render_packed(packed: Tuple[Tensor, Tensor, Tensor], channels: int, group: Sequence[AugParams], mean, std,

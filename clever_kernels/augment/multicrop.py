@@ -1,4 +1,5 @@
 """MultiCrop: sample every view's parameters, then render them, as one call."""
+import operator
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -6,7 +7,7 @@ import torch
 from ..reference import augment as reference
 from .config import AugConfig, make_config
 from .params import AugParams
-from .render import render, render_checked
+from .render import check_options, render, render_checked
 from .sampler import sample_params
 
 Tensor = torch.Tensor
@@ -41,9 +42,11 @@ class MultiCrop:
                  backend: str = "auto", **overrides):
         self.config = make_config(preset, n_local=n_local, global_size=global_size, local_size=local_size,
                                   global_scale=global_scale, local_scale=local_scale, **overrides)
-        if isinstance(seed, bool) or not isinstance(seed, int):
+        if isinstance(seed, (bool, Tensor)) or not hasattr(seed, "__index__"):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-        self.seed = seed
+        self.seed = operator.index(seed)
+        # refused here rather than at the first call, and alike for every backend
+        check_options(self.config.mean, self.config.std, interpolation, rotation_interpolation, out_dtype, backend)
         self.render_options = dict(mean=self.config.mean, std=self.config.std, antialias=antialias,
                                    out_dtype=out_dtype, channels_last=channels_last,
                                    interpolation=interpolation, rotation_interpolation=rotation_interpolation,

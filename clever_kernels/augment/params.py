@@ -6,6 +6,8 @@ AugParams in the authors' view order: global 1, global 2, then the local views.
 """
 import dataclasses
 import math
+import operator
+import struct
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -34,12 +36,21 @@ MAX_SIGMA = 1000.0
 #: in a grid dimension of at most 65535 (csrc/include/clever_kernels/render_views_args.h).
 MAX_SIZE = 4080
 
+#: Largest side of a source image a renderer takes, the kernels' bound (image_table_error in
+#: csrc/include/clever_kernels/augment_pixel.h, which keeps channels x height x width far from
+#: overflow); the reference refuses the same images, so both backends take the same inputs.
+MAX_IMAGE_SIDE = 2**20
+
 #: Largest magnitude of any other number in a recipe (angles, factors, strengths): parameters
 #: are drawn and rendered in float32, where a range near float32's limit would draw inf.
 MAX_MAGNITUDE = 1e6
 
 #: Colour-jitter op numbering used by `order`.
 JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
+
+
+def _float32(value: float) -> float:
+    return struct.unpack("f", struct.pack("f", value))[0]
 
 
 @dataclass(kw_only=True)
@@ -92,11 +103,14 @@ class AugParams:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "size" else 0):
                 raise ValueError(f"{name} must be an int >= {1 if name == 'size' else 0}, got {value!r}")
-        for name, high in (("elastic_alpha", math.inf), ("elastic_sigma", MAX_SIGMA)):
+        for name, high in (("elastic_alpha", MAX_MAGNITUDE), ("elastic_sigma", MAX_SIGMA)):
             value = float(getattr(self, name))
             if not (math.isfinite(value) and 0 <= value <= high):
-                raise ValueError(f"{name} must be a finite number in [0, {high}], got {value!r}")
-            setattr(self, name, value)
+                raise ValueError(f"{name} must be a finite number in [0, {high:g}], got {value!r}")
+            # Rounded to float32 here, as the kernels take it, so that every renderer sees one
+            # value: the field's kernel size int(8 sigma + 1) steps at sigma = k / 8, and a float64
+            # sigma just below a step rounds onto it in float32.
+            setattr(self, name, _float32(value))
         batch, device = None, None
         for name in TENSOR_FIELDS:
             value = getattr(self, name)
@@ -150,7 +164,8 @@ class AugParams:
         The table holds no view-level constants: where any sample has elastic set, pass the
         view's elastic_alpha and elastic_sigma (they default to 0 only where no sample has), and
         the table must be float64, float32 having rounded the 32-bit elastic seeds. Any table
-        must be floating point (an integer one has truncated the angles and factors).
+        must be float32 or float64 (an integer one has truncated the angles and factors, a
+        half-precision one rounded the crop boxes).
         """
         if not isinstance(table, Tensor) or table.dim() != 2 or table.shape[1] != len(COLUMNS):
             raise ValueError(f"table must be a tensor of shape (B, {len(COLUMNS)}), got "
@@ -158,6 +173,9 @@ class AugParams:
         if not table.is_floating_point():
             raise ValueError(f"table must be floating point, as to_tensor makes it: {table.dtype} has "
                              "truncated the angles and colour factors")
+        if table.dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"table must be float32 or float64: {table.dtype} rounds crop boxes and angles "
+                             "(bfloat16 keeps 8 significant bits: a width of 349 reads back as 348)")
         col = {name: table[:, i] for i, name in enumerate(COLUMNS)}
         if bool((col["elastic"] != 0).any()):
             if elastic_alpha is None or elastic_sigma is None:
@@ -187,7 +205,10 @@ class AugParams:
 
     def index(self, idx: Union[int, slice, Sequence[int], Tensor]) -> "AugParams":
         """The samples selected by idx (an int keeps a batch dimension of 1)."""
-        if isinstance(idx, int):
+        if not isinstance(idx, (bool, Tensor)) and hasattr(idx, "__index__"):  # numpy ints too
+            idx = operator.index(idx)
+            if not -self.batch_size <= idx < self.batch_size:
+                raise IndexError(f"index {idx} is out of range for a batch of {self.batch_size}")
             idx = slice(idx, idx + 1) if idx != -1 else slice(-1, None)
         elif isinstance(idx, (list, tuple)):
             idx = torch.as_tensor(idx, dtype=torch.int64, device=self.device)

@@ -24,12 +24,29 @@ def _fused_available(device: torch.device) -> bool:
     return device.type == "cpu" or (device.type == "cuda" and ext.cuda_built())
 
 
+#: What render() writes, on every backend (the kernels store these three).
+OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+BACKENDS = ("auto", "fused", "reference")
+
+
+def check_options(mean, std, interpolation: str, rotation_interpolation: str, out_dtype: torch.dtype,
+                  backend: str = "auto"):
+    """The rendering options, the same for every backend; returns (mean, std) as float tuples and
+    raises naming a bad option."""
+    mean, std = reference._check_norm(mean, std)
+    reference._check_choice("interpolation", interpolation, reference.INTERPOLATIONS)
+    reference._check_choice("rotation_interpolation", rotation_interpolation, reference.ROTATION_INTERPOLATIONS)
+    if out_dtype not in OUT_DTYPES:
+        raise ValueError(f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype!r}")
+    reference._check_choice("backend", backend, BACKENDS)
+    return mean, std
+
+
 def resolve_backend(backend: str, device: torch.device) -> str:
     """"fused" or "reference"; "auto" falls back to the reference only with a warning."""
+    reference._check_choice("backend", backend, BACKENDS)
     if backend == "reference":
         return "reference"
-    if backend not in ("auto", "fused"):
-        raise ValueError(f"backend must be 'auto', 'fused' or 'reference', got {backend!r}")
     if _fused_available(device):
         return "fused"
     why = (f"no fused augmentation kernel for {device.type} tensors "
@@ -71,13 +88,13 @@ def render_checked(images, params, mean, std, antialias, out_dtype, channels_las
         raise ValueError("params: empty list of views")
     images = reference._check_images(images)
     reference.check_views(views, images, values=check_values)
+    mean, std = check_options(mean, std, interpolation, rotation_interpolation, out_dtype, backend)
     impl = resolve_backend(backend, images[0].device)
     groups = group_by_size(views)
     out: List[Tensor] = [None] * len(views)
     batch = len(images)
     if impl == "fused":
         from . import _fused
-        mean, std = _fused.check_options(mean, std, interpolation, rotation_interpolation, out_dtype)
         packed = _fused.pack_images(images)
     for size, members in groups.items():
         group = [views[i] for i in members]

@@ -166,8 +166,10 @@ def _crop_boxes(streams: _Streams, sizes: Tensor, k: _ViewConstants) -> Tuple[Te
 
     in_ratio = width / height
     too_narrow, too_wide = in_ratio < k.ratio_lo, in_ratio > k.ratio_hi
-    w_fb = torch.where(too_wide, torch.round(height * k.ratio_hi), width).to(torch.int64)
-    h_fb = torch.where(too_narrow, torch.round(width / k.ratio_lo), height).to(torch.int64)
+    # At least one pixel: a thin image with an extreme ratio (1 x 40 at ratios up to 0.4) would
+    # round the fallback's short side to 0, a box no renderer can sample (torchvision's too).
+    w_fb = torch.where(too_wide, torch.round(height * k.ratio_hi).clamp(min=1), width).to(torch.int64)
+    h_fb = torch.where(too_narrow, torch.round(width / k.ratio_lo).clamp(min=1), height).to(torch.int64)
 
     h_int, w_int = sizes[:, 0].to(torch.int64), sizes[:, 1].to(torch.int64)
     top_try = rng.to_index(streams.bits(Op.CROP, CROP_TOP_DRAW), h_int - h_try + 1)
@@ -287,9 +289,13 @@ def _as_ids(ids) -> List[int]:
         ids = list(ids)  # an iterator is read once
         if any(isinstance(i, bool) for i in ids):
             raise TypeError
-        return [operator.index(i) for i in ids]
+        ints = [operator.index(i) for i in ids]
     except TypeError:
         raise TypeError(f"ids must be a tensor or a sequence of ints, got {ids!r}") from None
+    outside = [i for i in ints if not rng.INT64_MIN <= i <= rng.INT64_MAX]
+    if outside:
+        raise ValueError(f"ids must fit in int64, got {outside[0]}")
+    return ints
 
 
 def _const_sizes(batch: int, height: int, width: int, device) -> Tensor:

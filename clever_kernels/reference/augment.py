@@ -48,9 +48,11 @@ side S, and the sample's parameters:
 8. Solarize: x >= 0.5 becomes 1 - x (PIL solarizes uint8 at 128, i.e. x >= 0.502).
 9. Normalise: (x - mean[c]) / std[c], then cast to out_dtype.
 
-`render_composed` is the cheaper geometry a fused kernel may use instead of steps 1 to 4: one
-bilinear sample of the source per output pixel through the composed inverse map (below). It
-defines what `antialias=False` means for a fused kernel; colour steps 5 to 9 are the same.
+antialias=False changes step 1 only: the resize without antialiasing (torchvision's
+antialias=False). The fused kernels follow these steps in every mode; they compose steps 1 to 4
+into one read of the source per output pixel by evaluating the resize at the rotated (and
+displaced) positions, so a cheaper single bilinear warp of the source would save arithmetic,
+not memory traffic, and would give other pixels than torchvision's ops.
 """
 import math
 from typing import List, Optional, Sequence, Tuple, Union
@@ -60,7 +62,7 @@ import torch.nn.functional as F
 
 from ..augment import rng
 from ..augment.config import IMAGENET_MEAN, IMAGENET_STD, make_config
-from ..augment.params import FLOAT_FIELDS, MAX_SIGMA, TENSOR_FIELDS, AugParams
+from ..augment.params import FLOAT_FIELDS, MAX_IMAGE_SIDE, MAX_SIGMA, TENSOR_FIELDS, AugParams
 from ..augment.sampler import sample_params
 
 Tensor = torch.Tensor
@@ -260,6 +262,9 @@ def _check_images(images: Images) -> List[Tensor]:
             raise ValueError(f"images must have 1 or 3 channels, got {x.shape[0]}")
         if x.shape[1] < 1 or x.shape[2] < 1:
             raise ValueError(f"images: empty image of shape {tuple(x.shape)}")
+        if max(x.shape[1], x.shape[2]) > MAX_IMAGE_SIDE:
+            raise ValueError(f"images: each side must be at most {MAX_IMAGE_SIDE}, got an image of shape "
+                             f"{tuple(x.shape)}")
     if len({x.device for x in images}) > 1:
         raise ValueError(f"images: list mixes devices {sorted({str(x.device) for x in images})}")
     if len({x.shape[0] for x in images}) > 1:
@@ -312,7 +317,8 @@ def check_param_values(views: Sequence[AugParams], images: List[Tensor]) -> None
     for v in range(len(views)):
         where = f"params of view {views[v].view}"
         top, left, h, w = host[v, :, :4].unbind(1)
-        bad = (top < 0) | (left < 0) | (h < 1) | (w < 1) | (top + h > heights) | (left + w > widths)
+        # top > height - h rather than top + h > height, which wraps past int64 for huge boxes
+        bad = (top < 0) | (left < 0) | (h < 1) | (w < 1) | (top > heights - h) | (left > widths - w)
         if bad.any():
             b = int(bad.nonzero()[0, 0])
             raise ValueError(f"{where}: crop box (top {int(top[b])}, left {int(left[b])}, height {int(h[b])}, "
@@ -336,10 +342,12 @@ def check_param_values(views: Sequence[AugParams], images: List[Tensor]) -> None
 
 def _check_norm(mean, std) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
     mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
-    if len(mean) != 3:
-        raise ValueError(f"mean must have 3 values (R, G, B), got {mean}")
-    if len(std) != 3 or min(std) <= 0:
-        raise ValueError(f"std must have 3 values > 0, got {std}")
+    # normalisation runs in float32: each value must be finite there, and std no float32 zero
+    f32 = torch.finfo(torch.float32)
+    if len(mean) != 3 or not all(abs(m) <= f32.max for m in mean):
+        raise ValueError(f"mean must have 3 values (R, G, B), each finite in float32, got {mean}")
+    if len(std) != 3 or not all(f32.tiny <= s <= f32.max for s in std):
+        raise ValueError(f"std must have 3 values > 0, each a finite normal float32, got {std}")
     return mean, std
 
 
@@ -412,61 +420,6 @@ def render(images: Images, params: AugParams, mean: Sequence[float] = IMAGENET_M
         x = rotate(x, p["angle"], rotation_interpolation)
         if p["elastic"]:
             x = elastic(x, p["elastic_seed"], params.elastic_alpha, params.elastic_sigma)
-        views.append(_colour_and_normalise(x, p, mean, std, out_dtype))
-    return torch.stack(views)
-
-
-def composed_grid(p: dict, size: int, elastic_alpha: float, elastic_sigma: float,
-                  device=None) -> Tuple[Tensor, Tensor]:
-    """The composed inverse map of one sample for render_composed.
-
-    For output pixel centre (i, j), in normalised coordinates (xn, yn) = ((2j + 1) / S - 1,
-    (2i + 1) / S - 1):
-      elastic   (xn, yn) += displacement[i, j]                         (when applied)
-      rotation  (x, y) = (xn, yn) * S / 2;  (x, y) <- (cos a x - sin a y, sin a x + cos a y)
-      inside    |x| <= S / 2 and |y| <= S / 2, else the pixel is 0 (the rotation's fill)
-      flip      x <- -x                                                 (when applied)
-      crop      grid = (2 x / S, 2 y / S): normalised coordinates over the crop box, sampled
-                bilinearly with align_corners=False and border clamping inside the box, which is
-                exactly F.interpolate(mode="bilinear", antialias=False) of the crop.
-    Returns the (1, S, S, 2) float32 grid over the crop and the (S, S) bool inside mask.
-    """
-    c = pixel_centres(size, device)
-    yn, xn = torch.meshgrid(c, c, indexing="ij")
-    if p["elastic"]:
-        d = elastic_displacement(p["elastic_seed"], size, elastic_alpha, elastic_sigma, device)
-        xn, yn = xn + d[..., 0].to(torch.float64), yn + d[..., 1].to(torch.float64)
-    half = size / 2
-    x, y = xn * half, yn * half
-    if p["angle"] != 0:
-        a = math.radians(p["angle"])
-        x, y = math.cos(a) * x - math.sin(a) * y, math.sin(a) * x + math.cos(a) * y
-    inside = (x.abs() <= half) & (y.abs() <= half)
-    if p["flip"]:
-        x = -x
-    grid = torch.stack((x / half, y / half), dim=-1).unsqueeze(0).to(torch.float32)
-    return grid, inside
-
-
-def render_composed(images: Images, params: AugParams, mean: Sequence[float] = IMAGENET_MEAN,
-                    std: Sequence[float] = IMAGENET_STD,
-                    out_dtype: torch.dtype = torch.float32) -> Tensor:
-    """Render one view with the geometry as a single bilinear warp (no antialias), then the
-    same colour ops as `render`. The warp is `composed_grid`'s; with no rotation and no elastic
-    it equals render(..., interpolation="bilinear", antialias=False). Same inputs and output as
-    `render`."""
-    images = _check_images(images)
-    _check_params(params, images)
-    mean, std = _check_norm(mean, std)
-    _check_out_dtype(out_dtype)
-    size = params.size
-    views = []
-    for image, p in zip(images, _sample_values(params)):
-        crop = _crop_to_unit_rgb(image, p)
-        grid, inside = composed_grid(p, size, params.elastic_alpha, params.elastic_sigma, image.device)
-        x = F.grid_sample(crop.unsqueeze(0), grid, mode="bilinear", padding_mode="border",
-                          align_corners=False).squeeze(0)
-        x = torch.where(inside, x, 0.0)
         views.append(_colour_and_normalise(x, p, mean, std, out_dtype))
     return torch.stack(views)
 

@@ -6,7 +6,10 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <limits>
 
 #include "clever_kernels/augment_pixel.h"
 
@@ -50,9 +53,15 @@ inline void check_render_views_args(const at::Tensor& pixels, const at::Tensor& 
   TORCH_CHECK(fparams.is_contiguous(), "render_views: fparams must be contiguous");
   // 4080: the CUDA grid puts one block per 16 x 16 tile in gridDim.y (at most 65535)
   TORCH_CHECK(size >= 1 && size <= 4080, "render_views: size must be in [1, 4080], got ", size);
-  TORCH_CHECK(mean.size() == 3, "render_views: mean must have 3 values, got ", mean.size());
-  TORCH_CHECK(std.size() == 3 && std[0] > 0 && std[1] > 0 && std[2] > 0,
-              "render_views: std must have 3 values > 0, got ", std);
+  // normalisation runs in float32: each value must be finite there, and std no float32 zero
+  constexpr double kFloatMax = std::numeric_limits<float>::max();
+  constexpr double kFloatMinNormal = std::numeric_limits<float>::min();
+  TORCH_CHECK(mean.size() == 3 && std::all_of(mean.begin(), mean.end(),
+                                              [&](double m) { return std::fabs(m) <= kFloatMax; }),
+              "render_views: mean must have 3 values, each finite in float32, got ", mean);
+  TORCH_CHECK(std.size() == 3 && std::all_of(std.begin(), std.end(),
+                                             [&](double s) { return s >= kFloatMinNormal && s <= kFloatMax; }),
+              "render_views: std must have 3 values > 0, each a finite normal float32, got ", std);
   TORCH_CHECK(interpolation == augment::kBicubic || interpolation == augment::kBilinear,
               "render_views: interpolation must be 0 (bicubic) or 1 (bilinear), got ", interpolation);
   TORCH_CHECK(rotation_interpolation == augment::kRotNearest || rotation_interpolation == augment::kRotBilinear,
