@@ -2,6 +2,9 @@
 gradients of both student inputs, centres, dtypes, odd widths, errors, NaN and extreme logits,
 torch.compile, autocast and the two-rank centre sync. Runs the C++ kernels, and the Triton
 kernels through the interpreter (TRITON_INTERPRET=1, set by the test command)."""
+import math
+import subprocess
+import sys
 import types
 
 import numpy as np
@@ -38,19 +41,19 @@ def _inputs(rng, batch, ncrops, k1, k2, dtype, scale=3.0, dvr_scale=None):
             randn(2 * batch, k2, s=dvr_scale), randn(1, k1, s=0.5).float(), randn(1, k2, s=0.5).float())
 
 
-def _run(fn, s1, s2, t1, t2, c1, c2, ncrops, tt, **kw):
+def _run(fn, s1, s2, t1, t2, c1, c2, ncrops, tt, ts=TS, **kw):
     """Loss parts and gradients of both student inputs, each part backpropagated with its own
     weight so the kernels see a general upstream gradient."""
     a, b = s1.detach().clone().requires_grad_(), s2.detach().clone().requires_grad_()
-    total, l_dir, l_dvr, bc1, bc2 = fn(a, b, t1, t2, c1, c2, ncrops, TS, tt, 0.7, **kw)
+    total, l_dir, l_dvr, bc1, bc2 = fn(a, b, t1, t2, c1, c2, ncrops, ts, tt, 0.7, **kw)
     (total + 0.3 * l_dir - 2.0 * l_dvr).backward()
     return [total, l_dir, l_dvr, bc1, bc2], a.grad, b.grad
 
 
-def _reference(s1, s2, t1, t2, c1, c2, ncrops, tt):
+def _reference(s1, s2, t1, t2, c1, c2, ncrops, tt, ts=TS):
     # the reference sees exactly the rounded inputs, in float64
     up = [x.double() for x in (s1, s2, t1, t2, c1, c2)]
-    return _run(ref.clever_loss, *up, ncrops, tt)
+    return _run(ref.clever_loss, *up, ncrops, tt, ts)
 
 
 def _assert_close(got, want, dtype, what, unit=1.0):
@@ -92,8 +95,24 @@ def _assert_matches(parts, g1, g2, want, batch, ncrops, student_ef, value_dtype,
     _assert_close(g2, w2, grad_dtype, "grad student_ef", unit * _largest_probability(student_ef))
 
 
-def _largest_probability(student):
-    return (student.double() / TS).softmax(-1).max().item()
+def _largest_probability(student, ts=TS):
+    return (student.double() / ts).softmax(-1).max().item()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("ts, tt", [(1e-4, 1e-4), (1e4, 1e4), (0.1, 1e-4), (1e4, 0.04)])
+def test_temperatures_at_the_ends_of_their_range(rng, backend, ts, tt):
+    """The kernels take temperatures in [1e-4, 1e4] (one-hot to uniform softmaxes): float32 holds
+    1/T and T times a log-sum across it, and both ends match the float64 reference."""
+    batch, ncrops = 3, 4
+    inputs = _inputs(rng, batch, ncrops, 300, 200, torch.float32)
+    parts, g1, g2 = _run(clever_loss, *inputs, ncrops, tt, ts, backend=backend)
+    want_parts, w1, w2 = _reference(*inputs, ncrops, tt, ts)
+    for name, got, exp in zip(("total", "loss_dir", "loss_dvr", "center_ir", "center_ef"), parts, want_parts):
+        _assert_close(got, exp, torch.float32, name)
+    unit = 1.0 / (2 * (ncrops - 1) * batch * ts)
+    _assert_close(g1, w1, torch.float32, "grad student_ir", unit)
+    _assert_close(g2, w2, torch.float32, "grad student_ef", unit * _largest_probability(inputs[1], ts))
 
 
 CPP_CASES = [(b, v, k1, k2, dt)
@@ -241,14 +260,24 @@ def test_teacher_receives_no_gradient(rng, backend):
     (dict(tt=0.0), "teacher_temp"),
     (dict(tt=float("nan")), "teacher_temp"),
     (dict(backend="cuda-magic"), "backend"),
+    # temperatures the float32 kernels cannot take (1/T overflows, T x log-sum overflows)
+    (dict(tt=1e-40), r"teacher_temp must be finite and > 0, in \[0.0001, 10000\]"),
+    (dict(tt=1e38), "teacher_temp must be finite and > 0, in"),
+    (dict(ts=2e4), "student_temp must be finite and > 0, in"),
+    (dict(ts="0.1"), "student_temp must be a real number"),
+    (dict(tt=None), "teacher_temp must be a real number"),
+    (dict(c1=torch.zeros(1, 8, dtype=torch.int64)), "center_ir must be a floating-point tensor"),
+    (dict(c1=torch.zeros(1, 8, dtype=torch.bool)), "center_ir must be a floating-point tensor"),
+    (dict(sep_lambd=float("nan")), "sep_lambd must be a finite real number"),
 ])
 @pytest.mark.parametrize("form", ["clever", "dino"])
 def test_bad_inputs_name_the_argument(bad, match, form):
     args = dict(s1=torch.zeros(6, 8), s2=torch.zeros(6, 5), t1=torch.zeros(4, 8), t2=torch.zeros(4, 5),
-                c1=torch.zeros(1, 8), c2=torch.zeros(1, 5), ncrops=3, ts=0.1, tt=0.04, backend=BACKENDS[0])
+                c1=torch.zeros(1, 8), c2=torch.zeros(1, 5), ncrops=3, ts=0.1, tt=0.04, sep_lambd=1.0,
+                backend=BACKENDS[0])
     args.update(bad)
     if form == "dino":
-        if any(key in bad for key in ("s2", "t2", "c2")) or "same batch" in match:
+        if any(key in bad for key in ("s2", "t2", "c2", "sep_lambd")) or "same batch" in match:
             pytest.skip("the second head is CLeVER's")
         match = match.replace("_ir", "")
         with pytest.raises((ValueError, TypeError), match=match):
@@ -257,7 +286,7 @@ def test_bad_inputs_name_the_argument(bad, match, form):
         return
     with pytest.raises((ValueError, TypeError), match=match):
         clever_loss(args["s1"], args["s2"], args["t1"], args["t2"], args["c1"], args["c2"], args["ncrops"],
-                    args["ts"], args["tt"], backend=args["backend"])
+                    args["ts"], args["tt"], args["sep_lambd"], backend=args["backend"])
 
 
 def test_module_takes_the_authors_calls(rng):
@@ -298,6 +327,13 @@ def test_module_takes_the_authors_calls(rng):
     (lambda m, x: CLeVERLoss(8, 2, 0.04, 0.04, 0, 3, 0.1, 0.9, types.SimpleNamespace(sep_lambd=1.0)),
      TypeError, "dvr_out_dim must be an int.*args=args"),
     (lambda m, x: CLeVERLoss(0, 2, 0.04, 0.04, 0, 3), ValueError, "out_dim must be >= 1"),
+    # refused when built, not at the first forward
+    (lambda m, x: CLeVERLoss(8, 2, 0.04, "0.07", 0, 3), TypeError, "teacher_temp must be a real number"),
+    (lambda m, x: DINOLoss(8, 2, 1e-5, 0.04, 2, 3), ValueError, "warmup_teacher_temp must be finite and > 0, in"),
+    (lambda m, x: CLeVERLoss(8, 2, 0.04, 0.04, 0, 3, student_temp=0.0), ValueError, "student_temp"),
+    (lambda m, x: CLeVERLoss(8, 2, 0.04, 0.04, 0, 3.0), TypeError, "nepochs must be an integer"),
+    (lambda m, x: DINOLoss(8, 2, 0.04, 0.04, 1.5, 3), TypeError, "warmup_teacher_temp_epochs must be an integer"),
+    (lambda m, x: CLeVERLoss(8, 2, 0.04, 0.04, 0, 3, backend="bogus"), ValueError, "backend must be one of"),
     (lambda m, x: m(torch.zeros(4, 9), *x[1:], 0), ValueError, "student_ir has K = 9 columns.*out_dim=8"),
     (lambda m, x: m(x[0], torch.zeros(4, 9), *x[2:], 0), ValueError, "student_ef has K = 9.*dvr_out_dim=8"),
     (lambda m, x: DINOLoss(8, 2, 0.04, 0.04, 0, 3)(torch.zeros(4, 6), torch.zeros(4, 6), 0), ValueError,
@@ -345,6 +381,49 @@ def test_torch_compile_without_graph_breaks(rng):
     torch._dynamo.reset()
     explanation = torch._dynamo.explain(step)(x, t)
     assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+FIRST_CALL_COMPILED = """
+import torch
+from clever_kernels.loss import CLeVERLoss
+loss_fn = CLeVERLoss(40, 3, 0.04, 0.04, 0, 2, dvr_out_dim=40, backend={backend!r})
+head = torch.nn.Linear(16, 40)
+step = torch.compile(lambda x, t: loss_fn(head(x), head(x) * 0.5, t, t * 0.5, 0)[0], backend="eager",
+                     fullgraph=True)
+print("loss", step(torch.randn(9, 16), torch.randn(6, 40)).item())
+"""
+
+
+@pytest.mark.skipif("cpp" not in BACKENDS, reason="C++ extension not built")
+@pytest.mark.parametrize("backend", ["auto", "cpp"])
+def test_torch_compile_on_the_first_call_in_a_process(backend):
+    """The backend is chosen on the first call, which probes the machine (imports, device
+    queries) in ways Dynamo cannot trace: it must be made outside the trace, so that a fresh
+    process compiles a step with fullgraph=True before the loss has ever run eagerly."""
+    from train_helpers import REPO, cli_env
+    done = subprocess.run([sys.executable, "-c", FIRST_CALL_COMPILED.format(backend=backend)], cwd=REPO,
+                          env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert math.isfinite(float(done.stdout.split("loss")[-1]))
+
+
+@pytest.mark.skipif("cpp" not in BACKENDS, reason="C++ extension not built")
+def test_compiled_step_does_not_recompile_every_epoch(rng):
+    """A compiled step taking the epoch: the teacher temperature is a constant of the ops, so each
+    warm-up epoch compiles its own graph, and every epoch after the warm-up shares one, instead of
+    one graph an epoch until torch._dynamo's recompile limit (8) stops a fullgraph step."""
+    nepochs, warmup = 12, 2
+    fused = CLeVERLoss(24, 3, 0.02, 0.06, warmup, nepochs, dvr_out_dim=16, backend="cpp")
+    plain = ref.CLeVERLossReference(24, 3, 0.02, 0.06, warmup, nepochs, dvr_out_dim=16)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda *args: fused(*args), backend="eager", fullgraph=True)
+    for epoch in range(nepochs):
+        s1, s2, t1, t2, _, _ = _inputs(rng, 2, 3, 24, 16, torch.float32)
+        got = compiled(s1, s2, t1, t2, epoch)
+        want = plain(s1.double(), s2.double(), t1.double(), t2.double(), epoch)
+        for name, g, w in zip(("total", "loss_dir", "loss_dvr"), got, want):
+            _assert_close(g, w, torch.float32, f"{name} at epoch {epoch}")
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= warmup + 2
 
 
 def check_compiled_matches_eager(rng, compiler, backend, device=torch.device("cpu")):

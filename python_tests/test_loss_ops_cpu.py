@@ -457,11 +457,14 @@ def test_logit_argument_errors(op, case, change, match):
 
 @pytest.mark.parametrize("op", ALL_OPS)
 @pytest.mark.parametrize("ts, tt, match", [
-    (0.0, TT, r"student_temp must be finite and > 0, got 0"),
+    (0.0, TT, r"student_temp must be finite and > 0, in \[0.0001, 10000\], got 0"),
     (-0.1, TT, r"student_temp must be finite and > 0"),
     (float("nan"), TT, r"student_temp must be finite and > 0"),
-    (TS, 0.0, r"teacher_temp must be finite and > 0, got 0"),
+    (TS, 0.0, r"teacher_temp must be finite and > 0, in \[0.0001, 10000\], got 0"),
     (TS, float("inf"), r"teacher_temp must be finite and > 0"),
+    # float32 arithmetic: 1/T overflows below the range, T x log-sum above it
+    (TS, 1e-40, r"teacher_temp must be finite and > 0, in \[0.0001, 10000\]"),
+    (1e38, TT, r"student_temp must be finite and > 0, in \[0.0001, 10000\]"),
 ])
 def test_temperature_errors(op, ts, tt, match):
     with pytest.raises(RuntimeError, match=match):

@@ -344,6 +344,10 @@ FWD_ERRORS = {
     "teacher_temp": (lambda s, t, c: (s, t, c, 3, TS, -1.0), ValueError, "teacher_temp must be finite and > 0"),
     "teacher_temp inf": (lambda s, t, c: (s, t, c, 3, TS, float("inf")), ValueError,
                          "teacher_temp must be finite and > 0"),
+    "teacher_temp tiny": (lambda s, t, c: (s, t, c, 3, TS, 1e-40), ValueError,
+                          r"teacher_temp must be finite and > 0, in \[0.0001, 10000\]"),
+    "student_temp huge": (lambda s, t, c: (s, t, c, 3, 1e38, TT), ValueError,
+                          r"student_temp must be finite and > 0, in \[0.0001, 10000\]"),
 }
 
 

@@ -6,6 +6,7 @@ cross-entropies of the DIR head or the cosines of the DVR head. The few ops that
 into the scalar loss run as ordinary autograd on O(rows) data, so the kernels' backward only
 needs the per-pair upstream gradient and never sees how the pairs were combined.
 """
+import numbers
 import warnings
 
 import torch
@@ -15,6 +16,21 @@ from .. import _backend
 
 _warned = set()
 
+#: Temperatures the kernels take, student's and teacher's: they run in float32, which holds 1/T
+#: and T times a log-sum across this range (tested at both ends) but not at, say, 1e-40 or 1e38.
+#: Recipes use 0.01 to 0.1.
+TEMPERATURE_RANGE = (1e-4, 1e4)
+
+
+def check_temperature(name: str, value) -> float:
+    """value as a float, or an error naming `name` and the range the kernels take."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    lo, hi = TEMPERATURE_RANGE
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be finite and > 0, in [{lo:g}, {hi:g}], got {value!r}")
+    return float(value)
+
 
 def _warn_once(message: str):
     if message not in _warned:
@@ -22,15 +38,23 @@ def _warn_once(message: str):
         warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
+BACKEND_CHOICES = ("auto", "cpp", "triton", "reference")
 _resolved = {}
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """Memoised `_resolve_backend`: backends do not change within a process, and a dict lookup
-    keeps the choice out of torch.compile's trace."""
-    key = (backend, device.type)
+    """Memoised `_resolve_backend`: backends do not change within a process. Under
+    torch.compile the choice is made outside the trace and enters it as a constant, also on the
+    first call in a process, whose probing (imports, device queries) Dynamo could not trace."""
+    return _memoised_backend(backend, device.type)
+
+
+# (imports torch._dynamo, as a training loop's first optimizer step does anyway)
+@torch.compiler.assume_constant_result
+def _memoised_backend(backend: str, device_type: str) -> str:
+    key = (backend, device_type)
     if key not in _resolved:
-        _resolved[key] = _resolve_backend(backend, device)
+        _resolved[key] = _resolve_backend(backend, torch.device(device_type))
     return _resolved[key]
 
 
@@ -70,7 +94,7 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
             raise ValueError(f"backend='triton' runs on CUDA tensors (or CPU under TRITON_INTERPRET=1), "
                              f"got {device}")
         return "triton"
-    raise ValueError(f"backend must be one of 'auto', 'cpp', 'triton', 'reference', got {backend!r}")
+    raise ValueError(f"backend must be one of {BACKEND_CHOICES}, got {backend!r}")
 
 
 def _ops(impl: str):

@@ -16,7 +16,6 @@ that nothing large is rounded) and writes every gradient element once.
 """
 import contextlib
 import functools
-import math
 import operator
 from typing import Dict, NamedTuple, Tuple
 
@@ -25,6 +24,7 @@ import triton
 import triton.language as tl
 
 from .._backend import triton_interpreting
+from ._function import check_temperature
 
 Tensor = torch.Tensor
 
@@ -387,9 +387,8 @@ def _check_logits(student, teacher, center, ncrops, student_temp, teacher_temp) 
     """Returns B; raises naming the offending argument."""
     if isinstance(ncrops, bool) or not hasattr(ncrops, "__index__") or ncrops < 2:
         raise ValueError(f"ncrops must be an int >= 2 (two global views at least), got {ncrops!r}")
-    for name, temp in (("student_temp", student_temp), ("teacher_temp", teacher_temp)):
-        if not 0 < temp < math.inf:
-            raise ValueError(f"{name} must be finite and > 0, got {temp!r}")
+    check_temperature("student_temp", student_temp)
+    check_temperature("teacher_temp", teacher_temp)
     for name, x in (("student", student), ("teacher", teacher)):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")

@@ -4,12 +4,13 @@ Both take centres and temperatures explicitly and return this rank's batch centr
 of the teacher rows, (1, K) float32); syncing them across ranks and the EMA are the modules'.
 """
 import math
+import numbers
 from typing import Tuple
 
 import torch
 
 from ..reference import loss as reference
-from ._function import DirCrossEntropy, DvrCosine, resolve_backend
+from ._function import DirCrossEntropy, DvrCosine, check_temperature, resolve_backend
 
 Tensor = torch.Tensor
 
@@ -22,9 +23,21 @@ def _pairs(stats: Tensor, ncrops: int) -> Tensor:
 
 
 def _check_temperatures(student_temp, teacher_temp):
-    for name, value in (("student_temp", student_temp), ("teacher_temp", teacher_temp)):
-        if not 0 < value < math.inf:
-            raise ValueError(f"{name} must be finite and > 0, got {value}")
+    check_temperature("student_temp", student_temp)
+    check_temperature("teacher_temp", teacher_temp)
+
+
+_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _check_triton_dtypes(impl: str, **logits):
+    """Triton kernels (on CUDA, or interpreted) take no float64; said here, where the argument
+    has its caller's name, rather than by the per-head op ("student")."""
+    if impl != "triton" and next(iter(logits.values())).device.type != "cuda":
+        return
+    for name, x in logits.items():
+        if x.dtype not in _TRITON_DTYPES:
+            raise TypeError(f"{name} must be float32, float16 or bfloat16 for the Triton kernels, got {x.dtype}")
 
 
 def _prepare(student: Tensor, teacher: Tensor, center: Tensor):
@@ -60,6 +73,7 @@ def dino_loss(student: Tensor, teacher: Tensor, center: Tensor, ncrops: int, stu
     impl = resolve_backend(backend, student.device)
     if impl == "reference":
         return reference.dino_loss(student, teacher, center, ncrops, student_temp, teacher_temp)
+    _check_triton_dtypes(impl, student=student, teacher=teacher)
     ce, teacher_sum = _head(DirCrossEntropy, student, teacher, center, ncrops, student_temp,
                             teacher_temp, impl)
     return _pairs(ce, ncrops).mean(), (teacher_sum / (2 * batch)).unsqueeze(0)
@@ -85,10 +99,14 @@ def clever_loss(student_ir: Tensor, student_ef: Tensor, teacher_ir: Tensor, teac
         raise ValueError(f"student_ir and student_ef must be on one device, got {student_ir.device} "
                          f"and {student_ef.device}")
     _check_temperatures(student_temp, teacher_temp)
+    if isinstance(sep_lambd, bool) or not isinstance(sep_lambd, numbers.Real) or not math.isfinite(sep_lambd):
+        raise TypeError(f"sep_lambd must be a finite real number, got {sep_lambd!r}")
     impl = resolve_backend(backend, student_ir.device)
     if impl == "reference":
         return reference.clever_loss(student_ir, student_ef, teacher_ir, teacher_ef, center_ir, center_ef,
                                      ncrops, student_temp, teacher_temp, sep_lambd)
+    _check_triton_dtypes(impl, student_ir=student_ir, student_ef=student_ef, teacher_ir=teacher_ir,
+                         teacher_ef=teacher_ef)
     ce, sum_ir = _head(DirCrossEntropy, student_ir, teacher_ir, center_ir, ncrops, student_temp,
                        teacher_temp, impl)
     cos, sum_ef = _head(DvrCosine, student_ef, teacher_ef, center_ef, ncrops, student_temp,

@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 
 from ..reference.loss import teacher_temp_schedule
+from ._function import BACKEND_CHOICES, check_temperature
 from .functional import clever_loss, dino_loss
 
 
@@ -66,14 +67,20 @@ class _CenteredLoss(torch.nn.Module):
                  student_temp, center_momentum, backend):
         super().__init__()
         center_momentum = _as_float("center_momentum", center_momentum)
-        student_temp = _as_float("student_temp", student_temp)
+        student_temp = check_temperature("student_temp", student_temp)
         ncrops = _as_int("ncrops", ncrops)
         if not 0.0 <= center_momentum <= 1.0:
             raise ValueError(f"center_momentum must be in [0, 1], got {center_momentum}")
-        if not student_temp > 0:
-            raise ValueError(f"student_temp must be > 0, got {student_temp}")
         if ncrops < 2:
             raise ValueError(f"ncrops must be an int >= 2, got {ncrops!r}")
+        if backend not in BACKEND_CHOICES:
+            raise ValueError(f"backend must be one of {BACKEND_CHOICES}, got {backend!r}")
+        warmup_teacher_temp_epochs = _as_int("warmup_teacher_temp_epochs", warmup_teacher_temp_epochs)
+        nepochs = _as_int("nepochs", nepochs)
+        # the warm-up start is used only with warm-up epochs, as in DINO's schedule
+        if warmup_teacher_temp_epochs > 0:
+            warmup_teacher_temp = check_temperature("warmup_teacher_temp", warmup_teacher_temp)
+        teacher_temp = check_temperature("teacher_temp", teacher_temp)
         self.ncrops = ncrops
         self.student_temp = student_temp
         self.center_momentum = center_momentum
@@ -81,6 +88,7 @@ class _CenteredLoss(torch.nn.Module):
         # a list, not an array: indexing it under torch.compile is a constant, not a tensor read
         self.teacher_temp_schedule = teacher_temp_schedule(
             warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs).tolist()
+        self._warmup_epochs = warmup_teacher_temp_epochs
         self._pending = None
         self.register_state_dict_pre_hook(_sync_centers_first)
         self.register_load_state_dict_pre_hook(_sync_centers_first)
@@ -91,9 +99,17 @@ class _CenteredLoss(torch.nn.Module):
         return super().__getstate__()
 
     def teacher_temp(self, epoch: int) -> float:
-        epoch = _as_int("epoch", epoch)
-        if not 0 <= epoch < len(self.teacher_temp_schedule):
-            raise ValueError(f"epoch must be in [0, nepochs={len(self.teacher_temp_schedule)}), got {epoch}")
+        # A compiled step that takes the epoch sees it as a symbolic int once it has changed:
+        # only the warm-up's temperatures, constants of the ops, specialise on its value, so past
+        # the warm-up every epoch runs one graph, guarded by the comparisons below, instead of
+        # recompiling each epoch until torch._dynamo's recompile limit.
+        if not torch.compiler.is_compiling():  # operator.index would specialise on the value
+            epoch = _as_int("epoch", epoch)
+        nepochs = len(self.teacher_temp_schedule)
+        if not 0 <= epoch < nepochs:
+            raise ValueError(f"epoch must be in [0, nepochs={nepochs}), got {epoch}")
+        if epoch >= self._warmup_epochs:
+            return self.teacher_temp_schedule[-1]
         return self.teacher_temp_schedule[epoch]
 
     @torch.no_grad()

@@ -136,6 +136,8 @@ def check_loss_inputs(ncrops: int, student: Tensor, teacher: Tensor, center: Ten
                          f"{teacher.device}")
     if not isinstance(center, torch.Tensor):
         raise TypeError(f"{c_name} must be a torch.Tensor, got {type(center).__name__}")
+    if not center.is_floating_point():
+        raise TypeError(f"{c_name} must be a floating-point tensor, got {center.dtype}")
     if tuple(center.shape) not in ((teacher.shape[1],), (1, teacher.shape[1])):
         raise ValueError(f"{c_name} must have shape (1, K) or (K,) with K = {teacher.shape[1]}, got "
                          f"{tuple(center.shape)}")

@@ -40,6 +40,9 @@ constexpr int64_t kTile = 4096;
 constexpr int64_t kMinSplit = 4096;
 // Roughly the elements a parallel task must cover to be worth starting a thread for.
 constexpr int64_t kGrainElems = 1 << 15;
+// Temperatures taken (TEMPERATURE_RANGE in clever_kernels/loss/_function.py).
+constexpr double kMinTemperature = 1e-4;
+constexpr double kMaxTemperature = 1e4;
 
 template <typename scalar_t>
 using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
@@ -54,10 +57,11 @@ int64_t grain_for(int64_t elems_per_item) {
 int64_t check_logits(const Tensor& student, const Tensor& teacher, const Tensor& center,
                      int64_t ncrops, double student_temp, double teacher_temp) {
   TORCH_CHECK(ncrops >= 2, "ncrops must be >= 2 (two global views at least), got ", ncrops);
-  TORCH_CHECK(std::isfinite(student_temp) && student_temp > 0,
-              "student_temp must be finite and > 0, got ", student_temp);
-  TORCH_CHECK(std::isfinite(teacher_temp) && teacher_temp > 0,
-              "teacher_temp must be finite and > 0, got ", teacher_temp);
+  // float32 holds 1/T and T times a log-sum across this range, not at, say, 1e-40 or 1e38
+  TORCH_CHECK(student_temp >= kMinTemperature && student_temp <= kMaxTemperature,
+              "student_temp must be finite and > 0, in [0.0001, 10000], got ", student_temp);
+  TORCH_CHECK(teacher_temp >= kMinTemperature && teacher_temp <= kMaxTemperature,
+              "teacher_temp must be finite and > 0, in [0.0001, 10000], got ", teacher_temp);
   TORCH_CHECK(student.dim() == 2, "student must be 2-D (ncrops*B, K), got shape ",
               student.sizes());
   TORCH_CHECK(teacher.dim() == 2, "teacher must be 2-D (2*B, K), got shape ", teacher.sizes());
