@@ -524,6 +524,16 @@ def test_aug_params_record():
     assert len(p) == 6 and p.is_global and not params[2].is_global
 
 
+def test_elastic_constants_are_float32_in_config_and_params():
+    """The config records the elastic constants as the params and the kernels hold them."""
+    from clever_kernels.augment.params import as_float32
+    config = make_config("caug+", elastic_sigma=0.3, elastic_alpha=33.3, n_local=1)
+    assert config.global1.elastic_sigma == as_float32(0.3) != 0.3
+    assert config.local.elastic_alpha == as_float32(33.3)
+    for p in sample_params(torch.tensor([[20, 30]]), config):
+        assert (p.elastic_sigma, p.elastic_alpha) == (as_float32(0.3), as_float32(33.3))
+
+
 def test_aug_params_validation():
     p = AugParams.identity(torch.tensor([[10, 20], [30, 40]]), size=8)
     with pytest.raises(TypeError, match="angle"):

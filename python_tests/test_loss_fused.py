@@ -334,6 +334,8 @@ def test_module_takes_the_authors_calls(rng):
     (lambda m, x: CLeVERLoss(8, 2, 0.04, 0.04, 0, 3.0), TypeError, "nepochs must be an integer"),
     (lambda m, x: DINOLoss(8, 2, 0.04, 0.04, 1.5, 3), TypeError, "warmup_teacher_temp_epochs must be an integer"),
     (lambda m, x: CLeVERLoss(8, 2, 0.04, 0.04, 0, 3, backend="bogus"), ValueError, "backend must be one of"),
+    # compared as the ops see it: float(np.float32(1e-4)) = 9.9999997e-05
+    (lambda m, x: DINOLoss(8, 2, 0.04, np.float32(1e-4), 0, 3), ValueError, "teacher_temp must be finite"),
     (lambda m, x: m(torch.zeros(4, 9), *x[1:], 0), ValueError, "student_ir has K = 9 columns.*out_dim=8"),
     (lambda m, x: m(x[0], torch.zeros(4, 9), *x[2:], 0), ValueError, "student_ef has K = 9.*dvr_out_dim=8"),
     (lambda m, x: DINOLoss(8, 2, 0.04, 0.04, 0, 3)(torch.zeros(4, 6), torch.zeros(4, 6), 0), ValueError,
@@ -416,6 +418,7 @@ def test_compiled_step_does_not_recompile_every_epoch(rng):
     fused = CLeVERLoss(24, 3, 0.02, 0.06, warmup, nepochs, dvr_out_dim=16, backend="cpp")
     plain = ref.CLeVERLossReference(24, 3, 0.02, 0.06, warmup, nepochs, dvr_out_dim=16)
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()  # reset() keeps the graphs other tests compiled counted
     compiled = torch.compile(lambda *args: fused(*args), backend="eager", fullgraph=True)
     for epoch in range(nepochs):
         s1, s2, t1, t2, _, _ = _inputs(rng, 2, 3, 24, 16, torch.float32)
@@ -424,6 +427,10 @@ def test_compiled_step_does_not_recompile_every_epoch(rng):
         for name, g, w in zip(("total", "loss_dir", "loss_dvr"), got, want):
             _assert_close(g, w, torch.float32, f"{name} at epoch {epoch}")
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= warmup + 2
+    # numpy and tensor epochs compile too (read as ints, so on their value)
+    for epoch in (np.int64(nepochs - 1), torch.tensor(nepochs - 1)):
+        want = plain(s1.double(), s2.double(), t1.double(), t2.double(), nepochs - 1)
+        _assert_close(compiled(s1, s2, t1, t2, epoch)[0], want[0], torch.float32, f"total at epoch {epoch!r}")
 
 
 def check_compiled_matches_eager(rng, compiler, backend, device=torch.device("cpu")):

@@ -16,7 +16,7 @@ import numbers
 from dataclasses import dataclass
 from typing import Dict, List, Tuple, Union
 
-from .params import MAX_MAGNITUDE, MAX_SIGMA, MAX_SIZE
+from .params import MAX_MAGNITUDE, MAX_SIGMA, MAX_SIZE, as_float32
 
 Range = Tuple[float, float]
 
@@ -113,8 +113,9 @@ class ViewConfig:
             "scale": _check_range("scale", self.scale, high=1.0, positive=True),
             "ratio": _check_range("ratio", self.ratio, positive=True),
             "degrees": _check_range("degrees", self.degrees),
-            "elastic_alpha": _check_nonneg("elastic_alpha", self.elastic_alpha),
-            "elastic_sigma": _check_nonneg("elastic_sigma", self.elastic_sigma, high=MAX_SIGMA),
+            # float32, as AugParams records them and the kernels take them
+            "elastic_alpha": as_float32(_check_nonneg("elastic_alpha", self.elastic_alpha)),
+            "elastic_sigma": as_float32(_check_nonneg("elastic_sigma", self.elastic_sigma, high=MAX_SIGMA)),
             "brightness": _factor_range("brightness", self.brightness),
             "contrast": _factor_range("contrast", self.contrast),
             "saturation": _factor_range("saturation", self.saturation),

@@ -49,7 +49,8 @@ MAX_MAGNITUDE = 1e6
 JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
 
 
-def _float32(value: float) -> float:
+def as_float32(value: float) -> float:
+    """value rounded to the nearest float32, as a Python float."""
     return struct.unpack("f", struct.pack("f", value))[0]
 
 
@@ -110,7 +111,7 @@ class AugParams:
             # Rounded to float32 here, as the kernels take it, so that every renderer sees one
             # value: the field's kernel size int(8 sigma + 1) steps at sigma = k / 8, and a float64
             # sigma just below a step rounds onto it in float32.
-            setattr(self, name, _float32(value))
+            setattr(self, name, as_float32(value))
         batch, device = None, None
         for name in TENSOR_FIELDS:
             value = getattr(self, name)

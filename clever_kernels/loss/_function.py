@@ -26,10 +26,11 @@ def check_temperature(name: str, value) -> float:
     """value as a float, or an error naming `name` and the range the kernels take."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)  # compared as the ops will see it (np.float32(1e-4) is below 1e-4)
     lo, hi = TEMPERATURE_RANGE
     if not lo <= value <= hi:
         raise ValueError(f"{name} must be finite and > 0, in [{lo:g}, {hi:g}], got {value!r}")
-    return float(value)
+    return value
 
 
 def _warn_once(message: str):

@@ -103,12 +103,14 @@ class _CenteredLoss(torch.nn.Module):
         # only the warm-up's temperatures, constants of the ops, specialise on its value, so past
         # the warm-up every epoch runs one graph, guarded by the comparisons below, instead of
         # recompiling each epoch until torch._dynamo's recompile limit.
-        if not torch.compiler.is_compiling():  # operator.index would specialise on the value
+        # operator.index would specialise a compiled step on the value of a plain int epoch
+        if not torch.compiler.is_compiling() or isinstance(epoch, bool) or not isinstance(epoch, int):
             epoch = _as_int("epoch", epoch)
         nepochs = len(self.teacher_temp_schedule)
         if not 0 <= epoch < nepochs:
             raise ValueError(f"epoch must be in [0, nepochs={nepochs}), got {epoch}")
-        if epoch >= self._warmup_epochs:
+        # a module pickled before _warmup_epochs existed looks every epoch up
+        if epoch >= getattr(self, "_warmup_epochs", nepochs):
             return self.teacher_temp_schedule[-1]
         return self.teacher_temp_schedule[epoch]
 
