@@ -427,10 +427,6 @@ def test_compiled_step_does_not_recompile_every_epoch(rng):
         for name, g, w in zip(("total", "loss_dir", "loss_dvr"), got, want):
             _assert_close(g, w, torch.float32, f"{name} at epoch {epoch}")
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= warmup + 2
-    # numpy and tensor epochs compile too (read as ints, so on their value)
-    for epoch in (np.int64(nepochs - 1), torch.tensor(nepochs - 1)):
-        want = plain(s1.double(), s2.double(), t1.double(), t2.double(), nepochs - 1)
-        _assert_close(compiled(s1, s2, t1, t2, epoch)[0], want[0], torch.float32, f"total at epoch {epoch!r}")
 
 
 def check_compiled_matches_eager(rng, compiler, backend, device=torch.device("cpu")):
