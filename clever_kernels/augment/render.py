@@ -43,8 +43,8 @@ def check_options(mean, std, interpolation: str, rotation_interpolation: str, ou
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """"fused" or "reference"; "auto" falls back to the reference only with a warning."""
-    reference._check_choice("backend", backend, BACKENDS)
+    """"fused" or "reference" for a backend name check_options has accepted; "auto" falls back to
+    the reference only with a warning."""
     if backend == "reference":
         return "reference"
     if _fused_available(device):

@@ -6,6 +6,7 @@ cross-entropies of the DIR head or the cosines of the DVR head. The few ops that
 into the scalar loss run as ordinary autograd on O(rows) data, so the kernels' backward only
 needs the per-pair upstream gradient and never sees how the pairs were combined.
 """
+import math
 import numbers
 import warnings
 
@@ -15,6 +16,9 @@ from torch.autograd.function import once_differentiable
 from .. import _backend
 
 _warned = set()
+
+#: Logit dtypes the Triton kernels take (the C++ ones take float64 too).
+TRITON_LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 #: Temperatures the kernels take, student's and teacher's: they run in float32, which holds 1/T
 #: and T times a log-sum across this range (tested at both ends) but not at, say, 1e-40 or 1e38.
@@ -31,6 +35,13 @@ def check_temperature(name: str, value) -> float:
     if not lo <= value <= hi:
         raise ValueError(f"{name} must be finite and > 0, in [{lo:g}, {hi:g}], got {value!r}")
     return value
+
+
+def as_finite_float(name: str, value) -> float:
+    """value as a float, or a TypeError naming `name` (bools, strings, NaN and inf are refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise TypeError(f"{name} must be a finite real number, got {value!r}")
+    return float(value)
 
 
 def _warn_once(message: str):

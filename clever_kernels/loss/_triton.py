@@ -24,11 +24,10 @@ import triton
 import triton.language as tl
 
 from .._backend import triton_interpreting
-from ._function import check_temperature
+from ._function import TRITON_LOGIT_DTYPES, check_temperature
 
 Tensor = torch.Tensor
 
-_LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # The forward holds a [V_PAD, BLOCK_K] tile of 4096 logits per step with 8 warps: compiled for
 # sm_90 as launched (K and the pointers 16-aligned, tools/check_triton_compile.py) that is 64-104
 # registers a thread, two programs resident per SM (without the alignment hints, as for K not a
@@ -392,7 +391,7 @@ def _check_logits(student, teacher, center, ncrops, student_temp, teacher_temp) 
     for name, x in (("student", student), ("teacher", teacher)):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-        if x.dtype not in _LOGIT_DTYPES:
+        if x.dtype not in TRITON_LOGIT_DTYPES:
             raise TypeError(f"{name} must be float32, float16 or bfloat16, got {x.dtype}")
         if x.dim() != 2:
             raise ValueError(f"{name} must be 2-D (rows, K), got shape {tuple(x.shape)}")

@@ -3,14 +3,13 @@
 Both take centres and temperatures explicitly and return this rank's batch centres (the mean
 of the teacher rows, (1, K) float32); syncing them across ranks and the EMA are the modules'.
 """
-import math
-import numbers
 from typing import Tuple
 
 import torch
 
 from ..reference import loss as reference
-from ._function import DirCrossEntropy, DvrCosine, check_temperature, resolve_backend
+from ._function import (TRITON_LOGIT_DTYPES, DirCrossEntropy, DvrCosine, as_finite_float, check_temperature,
+                        resolve_backend)
 
 Tensor = torch.Tensor
 
@@ -27,16 +26,13 @@ def _check_temperatures(student_temp, teacher_temp):
     check_temperature("teacher_temp", teacher_temp)
 
 
-_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
 def _check_triton_dtypes(impl: str, **logits):
     """Triton kernels (on CUDA, or interpreted) take no float64; said here, where the argument
     has its caller's name, rather than by the per-head op ("student")."""
     if impl != "triton" and next(iter(logits.values())).device.type != "cuda":
         return
     for name, x in logits.items():
-        if x.dtype not in _TRITON_DTYPES:
+        if x.dtype not in TRITON_LOGIT_DTYPES:
             raise TypeError(f"{name} must be float32, float16 or bfloat16 for the Triton kernels, got {x.dtype}")
 
 
@@ -99,8 +95,7 @@ def clever_loss(student_ir: Tensor, student_ef: Tensor, teacher_ir: Tensor, teac
         raise ValueError(f"student_ir and student_ef must be on one device, got {student_ir.device} "
                          f"and {student_ef.device}")
     _check_temperatures(student_temp, teacher_temp)
-    if isinstance(sep_lambd, bool) or not isinstance(sep_lambd, numbers.Real) or not math.isfinite(sep_lambd):
-        raise TypeError(f"sep_lambd must be a finite real number, got {sep_lambd!r}")
+    as_finite_float("sep_lambd", sep_lambd)
     impl = resolve_backend(backend, student_ir.device)
     if impl == "reference":
         return reference.clever_loss(student_ir, student_ef, teacher_ir, teacher_ef, center_ir, center_ef,

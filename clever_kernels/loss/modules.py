@@ -1,15 +1,13 @@
 """CLeVERLoss and DINOLoss: drop-in replacements for the authors' CLeVER_DINOLoss and DINO's
 DINOLoss (same constructor arguments, forward arguments, results and buffer names), on the
 fused kernels."""
-import math
-import numbers
 import operator
 
 import torch
 import torch.distributed as dist
 
 from ..reference.loss import teacher_temp_schedule
-from ._function import BACKEND_CHOICES, check_temperature
+from ._function import BACKEND_CHOICES, as_finite_float, check_temperature
 from .functional import clever_loss, dino_loss
 
 
@@ -46,12 +44,6 @@ def _check_width(name: str, logits, center, dim_name: str):
                          f"{dim_name}={center.shape[-1]}")
 
 
-def _as_float(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise TypeError(f"{name} must be a finite real number, got {value!r}")
-    return float(value)
-
-
 class _CenteredLoss(torch.nn.Module):
     """Holds the centre buffers and their EMA.
 
@@ -66,7 +58,7 @@ class _CenteredLoss(torch.nn.Module):
     def __init__(self, ncrops, warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs,
                  student_temp, center_momentum, backend):
         super().__init__()
-        center_momentum = _as_float("center_momentum", center_momentum)
+        center_momentum = as_finite_float("center_momentum", center_momentum)
         student_temp = check_temperature("student_temp", student_temp)
         ncrops = _as_int("ncrops", ncrops)
         if not 0.0 <= center_momentum <= 1.0:
@@ -102,8 +94,8 @@ class _CenteredLoss(torch.nn.Module):
         # A compiled step that takes the epoch sees it as a symbolic int once it has changed:
         # only the warm-up's temperatures, constants of the ops, specialise on its value, so past
         # the warm-up every epoch runs one graph, guarded by the comparisons below, instead of
-        # recompiling each epoch until torch._dynamo's recompile limit.
-        # operator.index would specialise a compiled step on the value of a plain int epoch
+        # recompiling each epoch until torch._dynamo's recompile limit. operator.index would
+        # specialise on a plain int too, so that one is not converted while compiling.
         if not torch.compiler.is_compiling() or isinstance(epoch, bool) or not isinstance(epoch, int):
             epoch = _as_int("epoch", epoch)
         nepochs = len(self.teacher_temp_schedule)
@@ -169,11 +161,11 @@ class CLeVERLoss(_CenteredLoss):
             if from_args is None:
                 raise ValueError("args must have a sep_lambd attribute (the authors' --sep_lambd), "
                                  f"got {args!r}")
-            from_args = _as_float("args.sep_lambd", from_args)
-            if sep_lambd is not None and _as_float("sep_lambd", sep_lambd) != from_args:
+            from_args = as_finite_float("args.sep_lambd", from_args)
+            if sep_lambd is not None and as_finite_float("sep_lambd", sep_lambd) != from_args:
                 raise ValueError(f"sep_lambd={sep_lambd} and args.sep_lambd={from_args} disagree; give one")
             sep_lambd = from_args
-        self.sep_lambd = 1.0 if sep_lambd is None else _as_float("sep_lambd", sep_lambd)
+        self.sep_lambd = 1.0 if sep_lambd is None else as_finite_float("sep_lambd", sep_lambd)
         out_dim = _as_width("out_dim", out_dim)
         dvr_out_dim = out_dim if dvr_out_dim is None else _as_width("dvr_out_dim", dvr_out_dim)
         self.register_buffer("center", torch.zeros(1, out_dim))
