@@ -597,6 +597,22 @@ def test_ids_may_be_any_iterable():
     assert all(torch.equal(a.to_tensor(torch.float64), b.to_tensor(torch.float64)) for a, b in zip(got, want))
 
 
+def test_numpy_integer_seed_and_step():
+    """seed and step take integer scalars of any type with __index__, as MultiCrop's seed does;
+    an unsigned value beyond int64 is refused, not wrapped."""
+    sizes = torch.tensor([[40, 30]] * 3)
+    want = sample_params(sizes, "caug", n_local=1, seed=7, step=2**40)
+    got = sample_params(sizes, "caug", n_local=1, seed=np.int32(7), step=np.uint64(2**40))
+    assert all(torch.equal(a.to_tensor(torch.float64), b.to_tensor(torch.float64)) for a, b in zip(got, want))
+    mc = MultiCrop("caug", n_local=1, seed=np.int64(7))
+    got = mc.sample_params(torch.zeros(3, 3, 40, 30, dtype=torch.uint8), step=np.int64(2**40))
+    assert all(torch.equal(a.to_tensor(torch.float64), b.to_tensor(torch.float64)) for a, b in zip(got, want))
+    with pytest.raises(ValueError, match="step must fit in int64"):
+        sample_params(sizes, step=np.uint64(2**63))
+    with pytest.raises(TypeError, match="seed"):
+        sample_params(sizes, seed=np.float64(1.0))
+
+
 def test_sample_params_accepts_config():
     cfg = make_config("caug", n_local=2, local_size=48)
     assert isinstance(cfg, AugConfig)

@@ -186,7 +186,7 @@ def sample_views(sizes: Tensor, configs: Sequence[ViewConfig], first_view: int =
     drawn in one pass of tensor ops; view j's are exactly sample_view(sizes, configs[j],
     first_view + j, ...)'s. Arguments as sample_view's."""
     sizes, ids = _check_sizes_ids(sizes, ids)
-    _check_key(seed, step, sizes.device)
+    seed, step = _as_key("seed", seed, sizes.device), _as_key("step", step, sizes.device)
     if isinstance(first_view, bool) or not isinstance(first_view, int) or first_view < 0:
         raise ValueError(f"view must be an int >= 0, got {first_view!r}")
     configs = tuple(configs)
@@ -358,9 +358,13 @@ def _check_sizes_ids(sizes: Tensor, ids: Optional[Tensor]) -> Tuple[Tensor, Tens
     return sizes, ids
 
 
-def _check_key(seed, step, device) -> None:
-    for name, value in (("seed", seed), ("step", step)):
-        rng.check_int64(name, value)
-        if isinstance(value, Tensor) and (value.dim() != 0 or value.device != device):
-            raise ValueError(f"{name} must be an int or a 0-dim int64 tensor on {device}, got shape "
-                             f"{tuple(value.shape)} on {value.device}")
+def _as_key(name: str, value, device):
+    """seed or step checked, as a Python int or a 0-dim int64 tensor on `device`. Integer
+    scalars of other types (numpy's, as MultiCrop takes them) become ints."""
+    if not isinstance(value, (bool, int, Tensor)) and hasattr(value, "__index__"):
+        value = operator.index(value)
+    rng.check_int64(name, value)
+    if isinstance(value, Tensor) and (value.dim() != 0 or value.device != device):
+        raise ValueError(f"{name} must be an int or a 0-dim int64 tensor on {device}, got shape "
+                         f"{tuple(value.shape)} on {value.device}")
+    return value
