@@ -192,6 +192,27 @@ def test_nan_and_inf_propagate(rng, backend, where, value):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("head", ["teacher_ir", "teacher_ef"])
+@pytest.mark.parametrize("iq", [0, 1])
+@pytest.mark.parametrize("value", [float("nan"), float("-inf")])
+def test_nonfinite_teacher_row_gradients_match_reference(rng, backend, head, iq, value):
+    """A teacher row with no probabilities (all NaN or all -inf) makes the loss NaN, and the
+    gradient NaN exactly where the reference's is: a student's own global view is paired with
+    the other teacher only, so its gradient stays finite."""
+    batch, ncrops = 3, 4
+    s1, s2, t1, t2, c1, c2 = _inputs(rng, batch, ncrops, 50, 40, torch.float32)
+    dict(teacher_ir=t1, teacher_ef=t2)[head][iq * batch + 1] = value
+    parts, g1, g2 = _run(clever_loss, s1, s2, t1, t2, c1, c2, ncrops, 0.04, backend=backend)
+    want, w1, w2 = _reference(s1, s2, t1, t2, c1, c2, ncrops, 0.04)
+    assert torch.isnan(parts[0]) and torch.isnan(want[0])
+    for got, expected, name in ((g1, w1, "grad student_ir"), (g2, w2, "grad student_ef")):
+        assert torch.equal(got.isnan(), expected.isnan()), f"{name}: NaN pattern differs from the reference's"
+        assert torch.isfinite(expected[iq * batch + 1]).all(), "the case this test is about"
+        ok = expected.isfinite()
+        _assert_close(got[ok], expected[ok], torch.float32, name, 1.0 / (2 * (ncrops - 1) * batch * TS))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_dino_loss_matches_reference(rng, backend):
     s, _, t, _, c, _ = _inputs(rng, 3, 5, 257, 1, torch.float32)
     a = s.clone().requires_grad_()

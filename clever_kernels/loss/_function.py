@@ -187,6 +187,12 @@ class DirCrossEntropy(torch.autograd.Function):
         return grad, None, None, None, None, None, None
 
 
+def _own_view_pairs(ncrops: int, batch: int, device) -> torch.Tensor:
+    """(2, ncrops * B) mask of the (teacher iq, student row v*B+b) entries with v == iq."""
+    view = torch.arange(ncrops, device=device).repeat_interleave(batch)
+    return view[None, :] == torch.arange(2, device=device)[:, None]
+
+
 class DvrCosine(torch.autograd.Function):
     """cos[iq, v*B+b] = cos(p[iq,b], r[v*B+b]) for every (iq, v), and the column sum of the
     teacher rows (non-differentiable). The teacher gets no gradient."""
@@ -213,8 +219,12 @@ class DvrCosine(torch.autograd.Function):
         # the softmax Jacobian reduces to r * g_iq / ts: grad = r * (sum_iq u_iq p_iq - z r).
         norm_p = norm_t.view(2, 1, batch).expand(2, ncrops, batch).reshape(2, -1)
         g = grad_cos.float()
-        u = (g / (ts * norm_p * norm_s)).contiguous()
-        z = ((g * cos).sum(dim=0) / (ts * norm_s * norm_s)).contiguous()
+        # A global view and its own teacher row form no pair of the loss (upstream gradient 0):
+        # its terms are exactly 0, also where that teacher row has no probabilities (NaN norm
+        # and cosine), as in the reference; the kernels skip that teacher likewise.
+        absent = _own_view_pairs(ncrops, batch, g.device) & (g == 0)
+        u = torch.where(absent, 0.0, g / (ts * norm_p * norm_s)).contiguous()
+        z = (torch.where(absent, 0.0, g * cos).sum(dim=0) / (ts * norm_s * norm_s)).contiguous()
         grad = _ops(impl).dvr_loss_bwd(student, teacher, center, off_s, off_t, u, z, ncrops, ts, tt)
         return grad, None, None, None, None, None, None
 

@@ -280,7 +280,12 @@ def _loss_bwd_kernel(
     w0 = tl.load(pair_coef_ptr + rows, mask=view_ok, other=0.0)
     w1 = tl.load(pair_coef_ptr + V * B + rows, mask=view_ok, other=0.0)
     a = tl.load(row_coef_ptr + rows, mask=view_ok, other=0.0)
-    mix = w0[:, None] * q0[None, :] + w1[:, None] * q1[None, :]
+    # A global view and its own teacher row form no pair of the loss (coefficient 0): that
+    # term is 0 even where the teacher row has no probabilities (NaN), as in the reference.
+    own0 = (views == 0) & (w0 == 0)
+    own1 = (views == 1) & (w1 == 0)
+    mix = (tl.where(own0[:, None], 0.0, w0[:, None] * q0[None, :])
+           + tl.where(own1[:, None], 0.0, w1[:, None] * q1[None, :]))
     if COSINE:
         g = r * (mix - a[:, None] * r)
     else:

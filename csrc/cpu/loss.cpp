@@ -598,15 +598,20 @@ void read_offsets(const float* offsets, int64_t nrows, double temp, std::vector<
 // Shared backward driver: for every (image b, K tile), the teacher probabilities q0, q1 of the
 // tile, then grad_fn(row, m, c, s, q0, q1, n, g) writes the acc_t gradient of a student row's
 // segment into g, which is the output itself for float / double and a buffer converted afterwards
-// otherwise; (m, c) is the row's softmax offset.
+// otherwise; (m, c) is the row's softmax offset. pair_coef (2, rows) holds each (teacher, student
+// row) pair's coefficient. A global view and its own teacher row form no pair of the loss, and
+// their coefficient is 0 then: grad_fn sees zeros for that teacher, so a teacher row without
+// probabilities (all NaN or -inf) reaches only the rows it is paired with, as in the reference.
 template <typename scalar_t, typename GradFn>
 void backward_tiles(const Problem<scalar_t>& pb, const float* offset_student,
                     const float* offset_teacher, double student_temp, double teacher_temp,
-                    scalar_t* grad, GradFn grad_fn) {
+                    const float* pair_coef, scalar_t* grad, GradFn grad_fn) {
   using T = acc_type<scalar_t>;
   std::vector<T> ms, cs, mt, ct;
   read_offsets(offset_student, pb.V * pb.B, student_temp, ms, cs);
   read_offsets(offset_teacher, 2 * pb.B, teacher_temp, mt, ct);
+  const std::vector<T> zeros(kTile, T(0));
+  const int64_t rows = pb.V * pb.B;
   const int64_t tiles = (pb.K + kTile - 1) / kTile;
   at::parallel_for(0, pb.B * tiles, grain_for((pb.V + 2) * kTile), [&](int64_t begin, int64_t end) {
     Scratch<T> ws;
@@ -624,10 +629,12 @@ void backward_tiles(const Problem<scalar_t>& pb, const float* offset_student,
         const int64_t row = v * pb.B + b;
         const T* s = as_acc(pb.student_row(v, b) + k0, n, ws.row.data());
         scalar_t* out = grad + row * pb.K + k0;
+        const T* q0 = v == 0 && pair_coef[row] == 0.0f ? zeros.data() : ws.e0.data();
+        const T* q1 = v == 1 && pair_coef[rows + row] == 0.0f ? zeros.data() : ws.e1.data();
         if constexpr (std::is_same_v<scalar_t, T>) {
-          grad_fn(row, ms[row], cs[row], s, ws.e0.data(), ws.e1.data(), n, out);
+          grad_fn(row, ms[row], cs[row], s, q0, q1, n, out);
         } else {
-          grad_fn(row, ms[row], cs[row], s, ws.e0.data(), ws.e1.data(), n, out_buf.data());
+          grad_fn(row, ms[row], cs[row], s, q0, q1, n, out_buf.data());
           store(out_buf.data(), n, out);
         }
       }
@@ -641,7 +648,7 @@ void dir_bwd_kernel(const Problem<scalar_t>& pb, double student_temp, double tea
                     scalar_t* grad) {
   using T = acc_type<scalar_t>;
   const int64_t rows = pb.V * pb.B;
-  backward_tiles(pb, off_s, off_t, student_temp, teacher_temp, grad,
+  backward_tiles(pb, off_s, off_t, student_temp, teacher_temp, beta, grad,
                  [&](int64_t row, T m, T c, const T* s, const T* q0, const T* q1, int64_t n,
                      T* g) {
                    dir_grad_segment(s, q0, q1, n, m, c, pb.inv_ts, static_cast<T>(alpha[row]),
@@ -655,7 +662,7 @@ void dvr_bwd_kernel(const Problem<scalar_t>& pb, double student_temp, double tea
                     scalar_t* grad) {
   using T = acc_type<scalar_t>;
   const int64_t rows = pb.V * pb.B;
-  backward_tiles(pb, off_s, off_t, student_temp, teacher_temp, grad,
+  backward_tiles(pb, off_s, off_t, student_temp, teacher_temp, u, grad,
                  [&](int64_t row, T m, T c, const T* s, const T* p0, const T* p1, int64_t n,
                      T* g) {
                    dvr_grad_segment(s, p0, p1, n, m, c, pb.inv_ts, static_cast<T>(u[row]),
