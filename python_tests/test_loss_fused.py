@@ -213,6 +213,20 @@ def test_nonfinite_teacher_row_gradients_match_reference(rng, backend, head, iq,
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("modified", ["teacher_ir", "teacher_ef", "student_ir"])
+def test_logits_modified_before_backward_raise(rng, backend, modified):
+    """The backward reads the logits again: one changed in place after the forward must raise,
+    never give the gradient of the changed targets."""
+    s1, s2, t1, t2, c1, c2 = _inputs(rng, 2, 3, 50, 40, torch.float32)
+    a, b = s1.clone().requires_grad_(), s2.clone().requires_grad_()
+    total = clever_loss(a, b, t1, t2, c1, c2, 3, TS, 0.04, backend=backend)[0]
+    with torch.no_grad():
+        dict(teacher_ir=t1, teacher_ef=t2, student_ir=a)[modified].mul_(2.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        total.backward()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_dino_loss_matches_reference(rng, backend):
     s, _, t, _, c, _ = _inputs(rng, 3, 5, 257, 1, torch.float32)
     a = s.clone().requires_grad_()
