@@ -528,14 +528,42 @@ def test_center_sync_two_gloo_ranks():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_double_backward_is_refused(rng, backend):
-    """The fused backward has no derivative of its own: a gradient penalty through it must raise,
-    not come back zero or detached."""
+    """The fused backward has no derivative of its own: a gradient penalty or a Hessian through
+    it must raise, not come back zero or detached. The cross-entropy head alone is the case to
+    watch: the upstream gradient of a mean is a constant, so autograd's once_differentiable
+    would let the gradient through as a constant of the student."""
     s1, s2, t1, t2, c1, c2 = _inputs(rng, 2, 3, 20, 12, torch.float32)
-    a, b = s1.requires_grad_(), s2.requires_grad_()
-    total = clever_loss(a, b, t1, t2, c1, c2, 3, TS, 0.04, backend=backend)[0]
-    g_ir, g_ef = torch.autograd.grad(total, (a, b), create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable"):
+    a, b = s1.clone().requires_grad_(), s2.clone().requires_grad_()
+    total, l_dir, l_dvr = clever_loss(a, b, t1, t2, c1, c2, 3, TS, 0.04, backend=backend)[:3]
+    g_ir, g_ef = torch.autograd.grad(total, (a, b), create_graph=True, retain_graph=True)
+    with pytest.raises(RuntimeError, match="no derivative of its own"):
         (g_ir.square().sum() + g_ef.square().sum()).backward()
+    for part, x in ((l_dir, a), (l_dvr, b)):
+        g, = torch.autograd.grad(part, x, create_graph=True, retain_graph=True)
+        assert g.requires_grad
+        with pytest.raises(RuntimeError, match="no derivative of its own"):
+            g.square().sum().backward()
+    with pytest.raises(RuntimeError, match="no derivative of its own"):
+        torch.autograd.functional.hessian(lambda x: dino_loss(x, t1, c1, 3, TS, 0.04, backend=backend)[0], s1)
+    # an upstream gradient that itself requires grad (a learnt loss weight)
+    w = torch.tensor(0.5, requires_grad=True)
+    g, = torch.autograd.grad(w * dino_loss(s1, t1, c1, 3, TS, 0.04, backend=backend)[0].exp(), w,
+                             create_graph=True)
+    assert torch.isfinite(g)  # no student gradient asked for: nothing to refuse
+    x = s1.clone().requires_grad_()
+    gx, = torch.autograd.grad(w * dino_loss(x, t1, c1, 3, TS, 0.04, backend=backend)[0], x, create_graph=True)
+    with pytest.raises(RuntimeError, match="no derivative of its own"):
+        torch.autograd.grad(gx.sum(), w)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_create_graph_first_order_gradient_is_unchanged(rng, backend):
+    """create_graph=True alone (with nothing differentiated twice) gives the usual gradient."""
+    s1, _, t1, _, c1, _ = _inputs(rng, 3, 4, 33, 1, torch.float32)
+    x, y = s1.clone().requires_grad_(), s1.clone().requires_grad_()
+    g, = torch.autograd.grad(dino_loss(x, t1, c1, 4, TS, 0.04, backend=backend)[0], x, create_graph=True)
+    want, = torch.autograd.grad(dino_loss(y, t1, c1, 4, TS, 0.04, backend=backend)[0], y)
+    assert torch.equal(g.detach(), want)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

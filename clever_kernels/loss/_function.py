@@ -6,12 +6,12 @@ cross-entropies of the DIR head or the cosines of the DVR head. The few ops that
 into the scalar loss run as ordinary autograd on O(rows) data, so the kernels' backward only
 needs the per-pair upstream gradient and never sees how the pairs were combined.
 """
+import functools
 import math
 import numbers
 import warnings
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from .. import _backend
 
@@ -159,6 +159,44 @@ if _backend.has_extension():
     _register_triton_cuda()
 
 
+class _NotDifferentiable(torch.autograd.Function):
+    """The first-order gradient `grad`, attached to the tensors it was computed from
+    (`depends_on`); differentiating it raises."""
+
+    @staticmethod
+    def forward(ctx, grad, *depends_on):
+        return grad.view_as(grad)
+
+    @staticmethod
+    def backward(ctx, *_):
+        raise RuntimeError("clever_kernels.loss: the fused loss's backward has no derivative of its own "
+                           "(a gradient penalty or Hessian through the loss); use backend='reference' "
+                           "for higher-order gradients")
+
+
+def first_order_only(backward):
+    """For a backward computed by kernels without a graph. Under create_graph=True a gradient
+    that depends on the student (always) or on the upstream gradient must not come back as a
+    constant, which autograd's once_differentiable allows when the upstream gradient is one (a
+    loss's mean): differentiating it raises instead."""
+
+    @functools.wraps(backward)
+    def wrapper(ctx, *grad_outputs):
+        with torch.no_grad():
+            grads = backward(ctx, *grad_outputs)
+        if not torch.is_grad_enabled():
+            return grads
+        depends_on = [g for g in grad_outputs if isinstance(g, torch.Tensor) and g.requires_grad]
+        if ctx.needs_input_grad[0]:
+            depends_on.append(ctx.saved_tensors[0])
+        if not depends_on:
+            return grads
+        return tuple(_NotDifferentiable.apply(g, *depends_on) if isinstance(g, torch.Tensor) else g
+                     for g in grads)
+
+    return wrapper
+
+
 class DirCrossEntropy(torch.autograd.Function):
     """ce[iq, v*B+b] = -<q[iq,b], log_softmax(student[v*B+b]/ts)> for every (iq, v), and the
     column sum of the teacher rows (non-differentiable). The teacher gets no gradient."""
@@ -174,7 +212,7 @@ class DirCrossEntropy(torch.autograd.Function):
         return ce, teacher_sum
 
     @staticmethod
-    @once_differentiable  # the backward ops have no derivative: a second one is refused, never 0
+    @first_order_only  # the backward ops have no derivative: a second one is refused, never 0
     def backward(ctx, grad_ce, _grad_sum):
         if not ctx.needs_input_grad[0]:
             return (None,) * 7
@@ -208,7 +246,7 @@ class DvrCosine(torch.autograd.Function):
         return cos, teacher_sum
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx, grad_cos, _grad_sum):
         if not ctx.needs_input_grad[0]:
             return (None,) * 7
