@@ -440,6 +440,10 @@ def test_python_side_errors(ragged):
         _fused.render_views(ragged, params[:1], ZERO, ONE, out_dtype=torch.float64)
     with pytest.raises(ValueError, match="interpolation"):
         _fused.render_views(ragged, params[:1], ZERO, ONE, interpolation="lanczos")
+    with pytest.raises(TypeError, match="antialias must be a bool"):
+        _fused.render_views(ragged, params[:1], ZERO, ONE, antialias="False")
+    with pytest.raises(TypeError, match="channels_last must be a bool"):
+        render(ragged, params[:1], channels_last="no")
     with pytest.raises(ValueError, match="requires grad"):
         bad = dataclasses.replace(params[0], angle=params[0].angle.clone().requires_grad_())
         _fused.render_views(ragged, [bad], ZERO, ONE)

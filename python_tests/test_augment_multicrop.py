@@ -64,6 +64,9 @@ def test_channels_last_and_dtype(rng):
     (dict(interpolation="lanczos"), "interpolation"),
     (dict(rotation_interpolation="bicubic"), "rotation_interpolation"),
     (dict(backend="gpu"), "backend"),
+    (dict(antialias="False"), "antialias must be a bool"),
+    (dict(channels_last="no"), "channels_last must be a bool"),
+    (dict(seed=2**64), "seed must fit in int64"),
 ])
 def test_bad_config_names_the_argument(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):

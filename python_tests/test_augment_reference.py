@@ -374,6 +374,10 @@ def test_bad_inputs_raise_naming_the_argument(noise_images):
         (lambda: ref.render(noise_images, with_fields(p, angle=torch.zeros(3, requires_grad=True))),
          ValueError, "angle"),
         (lambda: ref.render(noise_images, p, interpolation="lanczos"), ValueError, "interpolation"),
+        # a flag read from a config file as a string would be truthy
+        (lambda: ref.render(noise_images, p, antialias="False"), TypeError, "antialias must be a bool"),
+        (lambda: ref.render(noise_images, with_fields(p, elastic_seed=-1)), ValueError, "elastic_seed"),
+        (lambda: ref.render(noise_images, with_fields(p, elastic_seed=2**32)), ValueError, "elastic_seed"),
         (lambda: ref.render(noise_images, p, rotation_interpolation="bicubic"), ValueError,
          "rotation_interpolation"),
         (lambda: ref.render(noise_images, p, mean=(0.5, 0.5)), ValueError, "mean"),

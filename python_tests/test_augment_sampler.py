@@ -1,4 +1,5 @@
 """The counter-based generator, the presets and the vectorised parameter sampler."""
+import dataclasses
 import itertools
 import math
 
@@ -141,7 +142,7 @@ def test_overrides_and_precedence():
     (dict(local_size=0), "size"),
     (dict(global_scale=(0.8, 0.4)), "scale"),
     (dict(local_scale=(0.0, 0.4)), "scale"),
-    (dict(global_scale=(0.4, 1.5)), "scale"),
+    (dict(global_scale=(0.4, 1.5)), r"scale must be <= 1.0, got \(0.4, 1.5\)"),
     (dict(ratio=(-1.0, 2.0)), "ratio"),
     (dict(degrees=(90, -90)), "degrees"),
     (dict(brightness=-0.1), "brightness"),
@@ -544,8 +545,39 @@ def test_aug_params_validation():
         AugParams(**{**p.__dict__, "flip": p.flip[:1]})
     with pytest.raises(ValueError, match="size"):
         AugParams(**{**p.__dict__, "size": 0})
+    # the kernels' largest output side, refused by every backend alike
+    with pytest.raises(ValueError, match=r"size must be an int in \[1, 4080\], got 4081"):
+        dataclasses.replace(p, size=4081)
+    assert dataclasses.replace(p, size=np.int64(16)).size == 16
     with pytest.raises(ValueError, match="table"):
         AugParams.from_tensor(torch.zeros(2, 5), size=8, view=0)
+    with pytest.raises(TypeError, match="AugParams.to takes a device"):
+        p.to(torch.float64)
+    assert AugParams.identity([[10, 20], [30, 40]], size=8) == p
+
+
+def test_aug_params_index_forms():
+    """Every natural index form selects what a list or a tensor index would; what would be
+    truncated or misread (floats, a bare bool, a mask of the wrong length) is refused."""
+    p = sample_params(torch.tensor([[120, 160]] * 5), "caug", n_local=0, seed=4)[0]
+    t = p.to_tensor(torch.float64)
+    for idx, rows in ((np.array([3, 1]), [3, 1]), (torch.tensor([3, 1], dtype=torch.int32), [3, 1]),
+                      ((4, 0), [4, 0]), (torch.tensor(2), [2]), (np.where(np.arange(5) > 2)[0], [3, 4]),
+                      ([True, False, False, True, False], [0, 3]), (torch.arange(5) < 2, [0, 1])):
+        assert torch.equal(p.index(idx).to_tensor(torch.float64), t[rows]), idx
+    for idx, exc in (([0.9, 1.9], TypeError), (True, TypeError), (torch.tensor([1.0]), TypeError),
+                     ([True, False], IndexError), (np.zeros((1, 2), dtype=np.int64), TypeError)):
+        with pytest.raises(exc, match="index"):
+            p.index(idx)
+
+
+def test_aug_params_equality():
+    a = sample_params(torch.tensor([[40, 50]] * 3), "caug+", seed=1)
+    b = sample_params(torch.tensor([[40, 50]] * 3), "caug+", seed=1)
+    assert a == b and a[0] == b[0] and a[0] != a[1]
+    assert a[0] != dataclasses.replace(a[0], angle=a[0].angle + 1)
+    assert a[0] != dataclasses.replace(a[0], elastic_alpha=1.0)
+    assert a[0] in b and a[0] != "not params"
 
 
 def test_from_tensor_refuses_what_it_cannot_rebuild():
@@ -583,7 +615,7 @@ def test_from_tensor_refuses_what_it_cannot_rebuild():
     (lambda: sample_params(torch.tensor([[-5, 10]])), ValueError, "sizes_or_images"),
     (lambda: sample_params(torch.zeros(2, 3, 8, 8), ids=[5.7, 6.2]), TypeError, "ids must be"),
     (lambda: sample_params(torch.zeros(2, 3, 8, 8), ids=[True, False]), TypeError, "ids must be"),
-    (lambda: sample_params(torch.zeros(2, 3, 8, 8), ids=iter([1, 2, 3])), ValueError, "ids must be an int64"),
+    (lambda: sample_params(torch.zeros(2, 3, 8, 8), ids=iter([1, 2, 3])), ValueError, "ids must be an integer tensor"),
     (lambda: sample_params(torch.zeros(2, 3, 8, 8), ids=[0, 2**63]), ValueError, "ids must fit in int64"),
 ])
 def test_sample_params_bad_inputs(call, exc, match):
@@ -609,6 +641,13 @@ def test_numpy_integer_seed_and_step():
     assert all(torch.equal(a.to_tensor(torch.float64), b.to_tensor(torch.float64)) for a, b in zip(got, want))
     with pytest.raises(ValueError, match="step must fit in int64"):
         sample_params(sizes, step=np.uint64(2**63))
+    # numpy integers wherever an int is taken; integer ids tensors of any width up to int64
+    np_sizes = [(np.int64(40), np.int32(30))] * 3
+    got = sample_params(np_sizes, "caug", n_local=np.int64(1), global_size=np.int64(224), seed=7,
+                        step=2**40, ids=torch.arange(3, dtype=torch.int32))
+    assert got == want
+    with pytest.raises(ValueError, match="ids must be an integer tensor"):
+        sample_params(sizes, ids=torch.arange(3, dtype=torch.float32))
     with pytest.raises(TypeError, match="seed"):
         sample_params(sizes, seed=np.float64(1.0))
 

@@ -342,7 +342,8 @@ def test_module_takes_the_authors_calls(rng):
 
 
 @pytest.mark.parametrize("call, exc, match", [
-    (lambda m, x: m(*x, torch.nn.CosineSimilarity(dim=0), torch.nn.L1Loss(), 0), ValueError, "criterion"),
+    (lambda m, x: m(*x, torch.nn.CosineSimilarity(dim=0), torch.nn.L1Loss(), 0), ValueError, "criterion.*dim=0"),
+    (lambda m, x: m(*x, 2, epoch=2), TypeError, r"got 6 arguments \(5 positional, epoch by keyword\)"),
     (lambda m, x: m(*x, torch.nn.CosineSimilarity(dim=1), torch.nn.MSELoss(), 0), ValueError, "L1"),
     (lambda m, x: m(*x, torch.nn.CosineSimilarity(dim=1), torch.nn.L1Loss(reduction="sum"), 0), ValueError, "L1"),
     (lambda m, x: m(*x, torch.nn.L1Loss(), 0), TypeError, "epoch"),

@@ -16,7 +16,7 @@ import numbers
 from dataclasses import dataclass
 from typing import Dict, List, Tuple, Union
 
-from .params import MAX_MAGNITUDE, MAX_SIGMA, MAX_SIZE, as_float32
+from .params import MAX_MAGNITUDE, MAX_SIGMA, MAX_SIZE, as_float32, as_index
 
 Range = Tuple[float, float]
 
@@ -49,8 +49,10 @@ def _check_range(name: str, value, low=None, high=None, positive=False) -> Range
         raise ValueError(f"{name} must lie within +-{MAX_MAGNITUDE:g}, got {value!r}")
     if positive and lo <= 0:
         raise ValueError(f"{name} must be > 0, got {value!r}")
-    if (low is not None and lo < low) or (high is not None and hi > high):
-        raise ValueError(f"{name} must lie in [{low}, {high}], got {value!r}")
+    if low is not None and lo < low:
+        raise ValueError(f"{name} must be >= {low}, got {value!r}")
+    if high is not None and hi > high:
+        raise ValueError(f"{name} must be <= {high}, got {value!r}")
     return lo, hi
 
 
@@ -107,6 +109,7 @@ class ViewConfig:
     solarize_p: float = 0.0
 
     def __post_init__(self):
+        object.__setattr__(self, "size", as_index(self.size))
         if isinstance(self.size, bool) or not isinstance(self.size, int) or not 1 <= self.size <= MAX_SIZE:
             raise ValueError(f"size must be an int in [1, {MAX_SIZE}], got {self.size!r}")
         checked = {
@@ -161,6 +164,7 @@ class AugConfig:
         for name in ("global1", "global2", "local"):
             if not isinstance(getattr(self, name), ViewConfig):
                 raise TypeError(f"{name} must be a ViewConfig, got {type(getattr(self, name)).__name__}")
+        object.__setattr__(self, "n_local", as_index(self.n_local))
         if isinstance(self.n_local, bool) or not isinstance(self.n_local, int) or self.n_local < 0:
             raise ValueError(f"n_local must be an int >= 0, got {self.n_local!r}")
         for name in ("mean", "std"):

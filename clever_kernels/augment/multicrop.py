@@ -1,12 +1,12 @@
 """MultiCrop: sample every view's parameters, then render them, as one call."""
-import operator
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from ..reference import augment as reference
+from . import rng
 from .config import AugConfig, make_config
-from .params import AugParams
+from .params import AugParams, as_index
 from .render import check_options, render, render_checked
 from .sampler import sample_params
 
@@ -42,11 +42,14 @@ class MultiCrop:
                  backend: str = "auto", **overrides):
         self.config = make_config(preset, n_local=n_local, global_size=global_size, local_size=local_size,
                                   global_scale=global_scale, local_scale=local_scale, **overrides)
-        if isinstance(seed, (bool, Tensor)) or not hasattr(seed, "__index__"):
+        seed = as_index(seed)
+        if not isinstance(seed, int) or isinstance(seed, bool):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-        self.seed = operator.index(seed)
+        rng.check_int64("seed", seed)
+        self.seed = seed
         # refused here rather than at the first call, and alike for every backend
-        check_options(self.config.mean, self.config.std, interpolation, rotation_interpolation, out_dtype, backend)
+        check_options(self.config.mean, self.config.std, antialias, channels_last, interpolation,
+                      rotation_interpolation, out_dtype, backend)
         self.render_options = dict(mean=self.config.mean, std=self.config.std, antialias=antialias,
                                    out_dtype=out_dtype, channels_last=channels_last,
                                    interpolation=interpolation, rotation_interpolation=rotation_interpolation,

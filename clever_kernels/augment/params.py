@@ -49,12 +49,22 @@ MAX_MAGNITUDE = 1e6
 JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
 
 
+def as_index(value):
+    """An integer scalar of any type (numpy's too) as a Python int; anything else unchanged, for
+    the caller's check to take or refuse (bools and tensors included, arrays too, which have
+    __index__ as well)."""
+    if (not isinstance(value, (bool, int, Tensor)) and hasattr(value, "__index__")
+            and getattr(value, "ndim", 0) == 0):
+        return operator.index(value)
+    return value
+
+
 def as_float32(value: float) -> float:
     """value rounded to the nearest float32, as a Python float."""
     return struct.unpack("f", struct.pack("f", value))[0]
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, eq=False)
 class AugParams:
     """Parameters of one view for B images. All tensors share one device; shapes are (B,) unless
     noted.
@@ -100,10 +110,12 @@ class AugParams:
     elastic_sigma: float = 0.0
 
     def __post_init__(self):
-        for name in ("size", "view"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "size" else 0):
-                raise ValueError(f"{name} must be an int >= {1 if name == 'size' else 0}, got {value!r}")
+        for name, low, high in (("size", 1, MAX_SIZE), ("view", 0, None)):
+            value = as_index(getattr(self, name))
+            setattr(self, name, value)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low or (high and value > high):
+                want = f"in [{low}, {high}]" if high else f">= {low}"
+                raise ValueError(f"{name} must be an int {want}, got {value!r}")
         for name, high in (("elastic_alpha", MAX_MAGNITUDE), ("elastic_sigma", MAX_SIGMA)):
             value = float(getattr(self, name))
             if not (math.isfinite(value) and 0 <= value <= high):
@@ -128,6 +140,17 @@ class AugParams:
                 raise ValueError(f"AugParams.{name} must have shape {shape}, got {tuple(value.shape)}")
             if value.device != device:
                 raise ValueError(f"AugParams.{name} is on {value.device}, the other fields on {device}")
+
+    def __eq__(self, other) -> bool:
+        """Same view constants and every per-sample field equal (and on the same device)."""
+        if not isinstance(other, AugParams):
+            return NotImplemented
+        return (all(getattr(self, name) == getattr(other, name)
+                    for name in ("size", "view", "elastic_alpha", "elastic_sigma"))
+                and self.device == other.device
+                and all(torch.equal(getattr(self, name), getattr(other, name)) for name in TENSOR_FIELDS))
+
+    __hash__ = None  # mutable tensors
 
     @property
     def batch_size(self) -> int:
@@ -205,23 +228,46 @@ class AugParams:
         return dataclasses.replace(self, **{name: fn(getattr(self, name)) for name in TENSOR_FIELDS})
 
     def index(self, idx: Union[int, slice, Sequence[int], Tensor]) -> "AugParams":
-        """The samples selected by idx (an int keeps a batch dimension of 1)."""
-        if not isinstance(idx, (bool, Tensor)) and hasattr(idx, "__index__"):  # numpy ints too
-            idx = operator.index(idx)
+        """The samples selected by idx: an int (a batch dimension of 1 is kept), a slice, or a
+        sequence, array or 1-D tensor of ints or of B bools (a mask)."""
+        if isinstance(idx, Tensor) and idx.dim() == 0 and not idx.dtype.is_floating_point and idx.dtype != torch.bool:
+            idx = int(idx)
+        if isinstance(idx, bool):
+            raise TypeError("index: a bool is not a sample index (a mask is a sequence of B bools)")
+        idx = as_index(idx)
+        if isinstance(idx, int):
             if not -self.batch_size <= idx < self.batch_size:
                 raise IndexError(f"index {idx} is out of range for a batch of {self.batch_size}")
             idx = slice(idx, idx + 1) if idx != -1 else slice(-1, None)
-        elif isinstance(idx, (list, tuple)):
-            idx = torch.as_tensor(idx, dtype=torch.int64, device=self.device)
+        elif not isinstance(idx, slice):
+            idx = self._as_index_tensor(idx)
         return self._map(lambda t: t[idx])
 
+    def _as_index_tensor(self, idx) -> Tensor:
+        tensor = idx if isinstance(idx, Tensor) else torch.as_tensor(idx)
+        if tensor.dim() != 1 or tensor.is_floating_point() or tensor.is_complex():
+            raise TypeError(f"index: expected an int, a slice, or a 1-D sequence or tensor of ints or bools, got "
+                            f"{tensor.dtype} of shape {tuple(tensor.shape)}")
+        if tensor.dtype == torch.bool and tensor.shape[0] != self.batch_size:
+            raise IndexError(f"index: a mask must have {self.batch_size} entries, got {tensor.shape[0]}")
+        if tensor.dtype != torch.bool:
+            tensor = tensor.to(torch.int64)
+        return tensor.to(self.device)
+
     def to(self, device: Union[str, torch.device], non_blocking: bool = False) -> "AugParams":
+        """The parameters on `device`; their dtypes are fixed (to_tensor(dtype) gives a table)."""
+        if isinstance(device, torch.dtype):
+            raise TypeError(f"AugParams.to takes a device, got the dtype {device}: the fields' dtypes are fixed "
+                            "(to_tensor(dtype) gives a table)")
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
     @classmethod
     def identity(cls, image_sizes: Tensor, size: int, view: int = 0) -> "AugParams":
         """Parameters that only resize each full image to size x size: no flip, rotation, elastic,
-        jitter, grayscale, blur or solarize. image_sizes: (B, 2) int64 (height, width)."""
+        jitter, grayscale, blur or solarize. image_sizes: (B, 2) ints (height, width), a tensor or
+        a sequence of pairs."""
+        if not isinstance(image_sizes, Tensor):
+            image_sizes = torch.as_tensor(image_sizes, dtype=torch.int64)
         if image_sizes.dim() != 2 or image_sizes.shape[1] != 2:
             raise ValueError(f"image_sizes must have shape (B, 2), got {tuple(image_sizes.shape)}")
         batch, device = image_sizes.shape[0], image_sizes.device

@@ -41,7 +41,7 @@ import torch
 from .. import _backend
 from . import rng
 from .config import AugConfig, ViewConfig, make_config
-from .params import AugParams
+from .params import AugParams, as_index
 
 Tensor = torch.Tensor
 
@@ -335,7 +335,7 @@ def image_sizes(sizes_or_images) -> Tensor:
         hw = [tuple(x.shape[1:]) for x in sizes_or_images]
         device = devices.pop()
     elif all(isinstance(x, (list, tuple)) and len(x) == 2 for x in sizes_or_images):
-        hw, device = [tuple(x) for x in sizes_or_images], torch.device("cpu")
+        hw, device = [tuple(as_index(v) for v in x) for x in sizes_or_images], torch.device("cpu")
     else:
         raise ValueError(f"{name} must be a list of (C, H, W) images or of (height, width) pairs")
     if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for pair in hw for v in pair):
@@ -350,8 +350,10 @@ def _check_sizes_ids(sizes: Tensor, ids: Optional[Tensor]) -> Tuple[Tensor, Tens
         raise ValueError("sizes: empty batch")
     if ids is None:
         return sizes, torch.arange(sizes.shape[0], device=sizes.device, dtype=torch.int64)
+    if isinstance(ids, Tensor) and ids.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32):
+        ids = ids.to(torch.int64)  # widens exactly
     if not isinstance(ids, Tensor) or ids.dtype != torch.int64 or tuple(ids.shape) != (sizes.shape[0],):
-        raise ValueError(f"ids must be an int64 tensor of shape ({sizes.shape[0]},), got "
+        raise ValueError(f"ids must be an integer tensor (int64 or narrower) of shape ({sizes.shape[0]},), got "
                          f"{getattr(ids, 'dtype', type(ids).__name__)} {tuple(getattr(ids, 'shape', ()))}")
     if ids.device != sizes.device:
         raise ValueError(f"ids is on {ids.device}, the images on {sizes.device}")
@@ -361,8 +363,7 @@ def _check_sizes_ids(sizes: Tensor, ids: Optional[Tensor]) -> Tuple[Tensor, Tens
 def _as_key(name: str, value, device):
     """seed or step checked, as a Python int or a 0-dim int64 tensor on `device`. Integer
     scalars of other types (numpy's, as MultiCrop takes them) become ints."""
-    if not isinstance(value, (bool, int, Tensor)) and hasattr(value, "__index__"):
-        value = operator.index(value)
+    value = as_index(value)
     rng.check_int64(name, value)
     if isinstance(value, Tensor) and (value.dim() != 0 or value.device != device):
         raise ValueError(f"{name} must be an int or a 0-dim int64 tensor on {device}, got shape "

@@ -187,20 +187,23 @@ def _authors_epoch(rest, epoch, student_ef):
     """The epoch of forward(..., epoch) or of the authors' forward(..., criterion, L1, epoch),
     whose criterion and L1 must be the ones the fused DVR term computes: the cosine with an eps
     that never binds (two softmax rows of width K have norms at least 1 / sqrt(K) each)."""
+    given = 4 + len(rest) + (epoch is not None)
     if epoch is not None:
         rest = (*rest, epoch)
     if len(rest) == 1:
         return rest[0]
     if len(rest) != 3:
+        how = f" ({4 + len(rest) - 1} positional, epoch by keyword)" if epoch is not None else ""
         raise TypeError("CLeVERLoss.forward takes (student_ir, student_ef, teacher_ir, teacher_ef, epoch) or the "
-                        f"authors' (..., criterion, L1, epoch), got {4 + len(rest)} arguments")
+                        f"authors' (..., criterion, L1, epoch), got {given} arguments{how}")
     criterion, l1, epoch = rest
     width = student_ef.shape[-1] if isinstance(student_ef, torch.Tensor) and student_ef.dim() else 1
     if not (isinstance(criterion, torch.nn.CosineSimilarity) and criterion.dim in (1, -1)
             and criterion.eps <= 1.0 / width):
         raise ValueError("criterion must be nn.CosineSimilarity(dim=1) with eps <= 1/K, the authors' DVR "
                          f"similarity (the fused loss computes that one), got {criterion!r} with "
-                         f"eps={getattr(criterion, 'eps', None)} for K={width}")
+                         f"dim={getattr(criterion, 'dim', None)}, eps={getattr(criterion, 'eps', None)} "
+                         f"for K={width}")
     if not (isinstance(l1, torch.nn.L1Loss) and l1.reduction == "mean"):
         raise ValueError("L1 must be nn.L1Loss() (the absolute value of the DVR term), got "
                          f"{type(l1).__name__} with reduction={getattr(l1, 'reduction', None)!r}")

@@ -301,16 +301,17 @@ def _check_structure(params: AugParams, images: List[Tensor]) -> None:
 
 def check_param_values(views: Sequence[AugParams], images: List[Tensor]) -> None:
     """Crop boxes inside their images, angles and colour factors finite, blur sigmas in
-    [0, MAX_SIGMA], orders permutations, for every view, with one device-to-host copy for all of
-    them (on a GPU each copy waits for the stream). The kernels refuse such rows too (the CUDA
-    ones with a device-side assert, which ends the process's CUDA context), so checking here
-    turns that into a ValueError naming the view and the sample."""
-    ints = torch.stack([torch.cat([torch.stack([p.top, p.left, p.height, p.width], dim=1), p.order], dim=1)
-                        for p in views])
+    [0, MAX_SIGMA], orders permutations, elastic seeds in [0, 2**32), for every view, with one
+    device-to-host copy for all of them (on a GPU each copy waits for the stream). The kernels
+    refuse such rows too (the CUDA ones with a device-side assert, which ends the process's CUDA
+    context), so checking here turns that into a ValueError naming the view and the sample; the
+    seeds they would take modulo 2**32, so -1 would render as 2**32 - 1 does."""
+    ints = torch.stack([torch.cat([torch.stack([p.top, p.left, p.height, p.width, p.elastic_seed], dim=1),
+                                   p.order], dim=1) for p in views])
     floats = torch.stack([torch.stack([getattr(p, name) for name in FLOAT_FIELDS], dim=1) for p in views])
     # float32 crop boxes would round: the two tables travel as one int64 copy, floats by their bits
     host = torch.cat([ints, floats.view(torch.int32).to(torch.int64)], dim=2).cpu()
-    n_ints = ints.shape[2]  # top, left, height, width, then the four order columns
+    n_ints = ints.shape[2]  # top, left, height, width, elastic_seed, then the four order columns
     host_floats = host[:, :, n_ints:].to(torch.int32).view(torch.float32)
     heights = torch.tensor([x.shape[1] for x in images])
     widths = torch.tensor([x.shape[2] for x in images])
@@ -324,7 +325,13 @@ def check_param_values(views: Sequence[AugParams], images: List[Tensor]) -> None
             raise ValueError(f"{where}: crop box (top {int(top[b])}, left {int(left[b])}, height {int(h[b])}, "
                              f"width {int(w[b])}) of sample {b} is not inside its "
                              f"{heights[b].item()}x{widths[b].item()} image")
-        order = host[v, :, 4:n_ints]
+        seed = host[v, :, 4]
+        bad_seed = (seed < 0) | (seed >= 2**32)
+        if bad_seed.any():
+            b = int(bad_seed.nonzero()[0, 0])
+            raise ValueError(f"{where}: elastic_seed of sample {b} is {int(seed[b])}; expected a 32-bit key in "
+                             "[0, 2**32)")
+        order = host[v, :, 5:n_ints]
         not_perm = (order.sort(dim=1).values != torch.arange(4)).any(dim=1)
         if not_perm.any():
             b = int(not_perm.nonzero()[0, 0])
@@ -354,6 +361,12 @@ def _check_norm(mean, std) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def _check_flag(name: str, value) -> None:
+    # a string such as "False" from a config file is truthy: taken as given it would do the opposite
+    if not isinstance(value, bool) and type(value).__name__ != "bool_":
+        raise TypeError(f"{name} must be a bool, got {value!r}")
 
 
 def _check_out_dtype(out_dtype: torch.dtype) -> None:
@@ -409,6 +422,8 @@ def render(images: Images, params: AugParams, mean: Sequence[float] = IMAGENET_M
     _check_choice("interpolation", interpolation, INTERPOLATIONS)
     _check_choice("rotation_interpolation", rotation_interpolation, ROTATION_INTERPOLATIONS)
     _check_out_dtype(out_dtype)
+    _check_flag("antialias", antialias)
+    antialias = bool(antialias)
     size = params.size
     views = []
     for image, p in zip(images, _sample_values(params)):
