@@ -24,6 +24,8 @@ TORCH_LIBRARY(clever_kernels, m) {
       "Tensor teacher_sum, Tensor center_used)");
   //   grad[v*B+b] = alpha[v*B+b] * softmax(student[v*B+b] / student_temp)
   //                 - sum_iq beta[iq, v*B+b] * q[iq, b]                              (V*B, K)
+  //   where the term of a global view's own teacher row (iq = v) is left out when its
+  //   coefficient is 0 (the loss has no such pair), so a NaN teacher row stays out of it
   m.def(
       "dir_loss_bwd(Tensor student, Tensor teacher, Tensor center, Tensor offset_student, "
       "Tensor offset_teacher, Tensor alpha, Tensor beta, int ncrops, float student_temp, "
@@ -38,6 +40,7 @@ TORCH_LIBRARY(clever_kernels, m) {
       "float teacher_temp) -> (Tensor offset_student, Tensor offset_teacher, Tensor norm_student, "
       "Tensor norm_teacher, Tensor cos, Tensor teacher_sum, Tensor center_used)");
   //   grad[v*B+b] = r ⊙ (sum_iq u[iq, v*B+b] * p[iq, b] - z[v*B+b] * r)             (V*B, K)
+  //   with the own-view term (iq = v) left out where u is 0, as dir_loss_bwd's
   m.def(
       "dvr_loss_bwd(Tensor student, Tensor teacher, Tensor center, Tensor offset_student, "
       "Tensor offset_teacher, Tensor u, Tensor z, int ncrops, float student_temp, "

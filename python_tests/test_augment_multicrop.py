@@ -73,9 +73,12 @@ def test_bad_config_names_the_argument(kwargs, match):
         MultiCrop("caug", **kwargs)
 
 
-def test_numpy_integer_seed():
-    mc = MultiCrop("baug", n_local=0, global_size=8, seed=np.int64(3))
+def test_numpy_integer_seed_and_bool_flags():
+    mc = MultiCrop("baug", n_local=0, global_size=8, seed=np.int64(3), antialias=np.False_,
+                   channels_last=np.True_)
     assert type(mc.seed) is int and mc.seed == 3
+    views, _ = mc(torch.zeros(2, 3, 20, 20, dtype=torch.uint8))
+    assert views[0].is_contiguous(memory_format=torch.channels_last)
 
 
 def test_unprefixed_overrides_and_configs_are_not_shadowed():

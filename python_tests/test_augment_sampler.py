@@ -563,10 +563,12 @@ def test_aug_params_index_forms():
     t = p.to_tensor(torch.float64)
     for idx, rows in ((np.array([3, 1]), [3, 1]), (torch.tensor([3, 1], dtype=torch.int32), [3, 1]),
                       ((4, 0), [4, 0]), (torch.tensor(2), [2]), (np.where(np.arange(5) > 2)[0], [3, 4]),
-                      ([True, False, False, True, False], [0, 3]), (torch.arange(5) < 2, [0, 1])):
+                      ([True, False, False, True, False], [0, 3]), (torch.arange(5) < 2, [0, 1]),
+                      ([], []), ((), []), (np.array([], dtype=np.int64), [])):
         assert torch.equal(p.index(idx).to_tensor(torch.float64), t[rows]), idx
     for idx, exc in (([0.9, 1.9], TypeError), (True, TypeError), (torch.tensor([1.0]), TypeError),
-                     ([True, False], IndexError), (np.zeros((1, 2), dtype=np.int64), TypeError)):
+                     ([True, False], IndexError), (np.zeros((1, 2), dtype=np.int64), TypeError),
+                     (np.array(True), TypeError)):
         with pytest.raises(exc, match="index"):
             p.index(idx)
 

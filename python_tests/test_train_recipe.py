@@ -226,7 +226,20 @@ def test_resume_from_an_epoch_boundary(folder, tmp_path):
 
 @pytest.mark.parametrize("field, value, match", [("warmup_epochs", EPOCHS + 1, "--warmup-epochs must be in"),
                                                  ("warmup_epochs", -1.0, "--warmup-epochs must be in"),
-                                                 ("method", "byol", "--method must be")])
+                                                 ("method", "byol", "--method must be"),
+                                                 ("lr", -1e-3, r"--lr must be >= 0.0, got -0.001"),
+                                                 ("min_lr", float("nan"), "--min-lr must be"),
+                                                 ("momentum_teacher", 1.5, r"--momentum-teacher must be in \[0.0, 1.0\]"),
+                                                 ("n_local", -1, "--n-local must be >= 0"),
+                                                 ("clip_grad", -1.0, "--clip-grad must be >= 0.0"),
+                                                 ("weight_decay_end", -0.1, "--weight-decay-end must be"),
+                                                 ("freeze_last_layer", -1, "--freeze-last-layer must be"),
+                                                 ("num_workers", -2, "--num-workers must be"),
+                                                 ("ckpt_every", -5, "--ckpt-every must be"),
+                                                 ("reg_lambd", float("inf"), "--reg-lambd must be"),
+                                                 ("sep_lambd", float("nan"), "--sep-lambd must be finite"),
+                                                 ("warmup_teacher_temp_epochs", -1,
+                                                  "--warmup-teacher-temp-epochs must be >= 0")])
 def test_out_of_range_config_is_refused(folder, tmp_path, field, value, match):
     """What the command line's own checks cannot catch, for a namespace built in code."""
     args = train_parser().parse_args(TINY_RUN + ["--data", folder, "--epochs", str(EPOCHS), "--out", str(tmp_path)])

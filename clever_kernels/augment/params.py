@@ -55,7 +55,10 @@ def as_index(value):
     __index__ as well)."""
     if (not isinstance(value, (bool, int, Tensor)) and hasattr(value, "__index__")
             and getattr(value, "ndim", 0) == 0):
-        return operator.index(value)
+        try:
+            return operator.index(value)
+        except TypeError:  # a 0-d array of another kind: the caller's check names it
+            return value
     return value
 
 
@@ -245,6 +248,8 @@ class AugParams:
 
     def _as_index_tensor(self, idx) -> Tensor:
         tensor = idx if isinstance(idx, Tensor) else torch.as_tensor(idx)
+        if tensor.numel() == 0 and tensor.dim() == 1:
+            tensor = tensor.to(torch.int64)  # [] reads as float32: no samples, as a list index gives
         if tensor.dim() != 1 or tensor.is_floating_point() or tensor.is_complex():
             raise TypeError(f"index: expected an int, a slice, or a 1-D sequence or tensor of ints or bools, got "
                             f"{tensor.dtype} of shape {tuple(tensor.shape)}")

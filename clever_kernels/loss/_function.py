@@ -165,7 +165,7 @@ class _NotDifferentiable(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, grad, *depends_on):
-        return grad.view_as(grad)
+        return grad.detach()  # not a view: the caller may modify the gradient in place
 
     @staticmethod
     def backward(ctx, *_):
@@ -178,17 +178,20 @@ def first_order_only(backward):
     """For a backward computed by kernels without a graph. Under create_graph=True a gradient
     that depends on the student (always) or on the upstream gradient must not come back as a
     constant, which autograd's once_differentiable allows when the upstream gradient is one (a
-    loss's mean): differentiating it raises instead."""
+    loss's mean): differentiating it raises instead. backward(ctx, saved, *grad_outputs) gets
+    the saved tensors, unpacked once here: activation checkpointing refuses a second unpack."""
 
     @functools.wraps(backward)
     def wrapper(ctx, *grad_outputs):
+        if not ctx.needs_input_grad[0]:
+            return (None,) * len(ctx.needs_input_grad)
+        saved = ctx.saved_tensors
         with torch.no_grad():
-            grads = backward(ctx, *grad_outputs)
+            grads = backward(ctx, saved, *grad_outputs)
         if not torch.is_grad_enabled():
             return grads
         depends_on = [g for g in grad_outputs if isinstance(g, torch.Tensor) and g.requires_grad]
-        if ctx.needs_input_grad[0]:
-            depends_on.append(ctx.saved_tensors[0])
+        depends_on.append(saved[0])
         if not depends_on:
             return grads
         return tuple(_NotDifferentiable.apply(g, *depends_on) if isinstance(g, torch.Tensor) else g
@@ -213,22 +216,14 @@ class DirCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     @first_order_only  # the backward ops have no derivative: a second one is refused, never 0
-    def backward(ctx, grad_ce, _grad_sum):
-        if not ctx.needs_input_grad[0]:
-            return (None,) * 7
-        student, teacher, center, off_s, off_t = ctx.saved_tensors
+    def backward(ctx, saved, grad_ce, _grad_sum):
+        student, teacher, center, off_s, off_t = saved
         ncrops, ts, tt, impl = ctx.args
         # d ce[iq, r] / d student[r] = (softmax(student[r]/ts) - q[iq]) / ts
         beta = (grad_ce.float() / ts).contiguous()
         alpha = beta.sum(dim=0).contiguous()
         grad = _ops(impl).dir_loss_bwd(student, teacher, center, off_s, off_t, alpha, beta, ncrops, ts, tt)
         return grad, None, None, None, None, None, None
-
-
-def _own_view_pairs(ncrops: int, batch: int, device) -> torch.Tensor:
-    """(2, ncrops * B) mask of the (teacher iq, student row v*B+b) entries with v == iq."""
-    view = torch.arange(ncrops, device=device).repeat_interleave(batch)
-    return view[None, :] == torch.arange(2, device=device)[:, None]
 
 
 class DvrCosine(torch.autograd.Function):
@@ -247,10 +242,8 @@ class DvrCosine(torch.autograd.Function):
 
     @staticmethod
     @first_order_only
-    def backward(ctx, grad_cos, _grad_sum):
-        if not ctx.needs_input_grad[0]:
-            return (None,) * 7
-        student, teacher, center, off_s, off_t, norm_s, norm_t, cos = ctx.saved_tensors
+    def backward(ctx, saved, grad_cos, _grad_sum):
+        student, teacher, center, off_s, off_t, norm_s, norm_t, cos = saved
         ncrops, ts, tt, impl = ctx.args
         batch = teacher.shape[0] // 2
         # With g_iq = d cos_iq / d r = p_iq/(|p_iq||r|) - cos_iq r/|r|^2 we have <r, g_iq> = 0, so
@@ -260,7 +253,8 @@ class DvrCosine(torch.autograd.Function):
         # A global view and its own teacher row form no pair of the loss (upstream gradient 0):
         # its terms are exactly 0, also where that teacher row has no probabilities (NaN norm
         # and cosine), as in the reference; the kernels skip that teacher likewise.
-        absent = _own_view_pairs(ncrops, batch, g.device) & (g == 0)
+        own_view = torch.eye(2, ncrops, dtype=torch.bool, device=g.device)[:, :, None]
+        absent = (own_view & (g.view(2, ncrops, batch) == 0)).view(2, -1)
         u = torch.where(absent, 0.0, g / (ts * norm_p * norm_s)).contiguous()
         z = (torch.where(absent, 0.0, g * cos).sum(dim=0) / (ts * norm_s * norm_s)).contiguous()
         grad = _ops(impl).dvr_loss_bwd(student, teacher, center, off_s, off_t, u, z, ncrops, ts, tt)

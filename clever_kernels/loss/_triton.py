@@ -566,7 +566,8 @@ def dir_loss_fwd(student: Tensor, teacher: Tensor, center: Tensor, ncrops: int, 
 def dir_loss_bwd(student: Tensor, teacher: Tensor, center: Tensor, offset_student: Tensor,
                  offset_teacher: Tensor, alpha: Tensor, beta: Tensor, ncrops: int, student_temp: float,
                  teacher_temp: float, *, block_k=None) -> Tensor:
-    """grad[v*B+b] = alpha[v*B+b] * softmax(student[v*B+b]/ts) - sum_iq beta[iq, v*B+b] * q[iq, b].
+    """grad[v*B+b] = alpha[v*B+b] * softmax(student[v*B+b]/ts) - sum_iq beta[iq, v*B+b] * q[iq, b],
+    the term of a global view's own teacher row (iq = v) left out where its beta is 0.
 
     offset_student (2, ncrops*B), offset_teacher (2, 2*B) from dir_loss_fwd; alpha (ncrops*B,)
     and beta (2, ncrops*B) float32. Returns grad (ncrops*B, K) in student's dtype.
@@ -589,7 +590,8 @@ def dvr_loss_fwd(student: Tensor, teacher: Tensor, center: Tensor, ncrops: int, 
 def dvr_loss_bwd(student: Tensor, teacher: Tensor, center: Tensor, offset_student: Tensor,
                  offset_teacher: Tensor, u: Tensor, z: Tensor, ncrops: int, student_temp: float,
                  teacher_temp: float, *, block_k=None) -> Tensor:
-    """grad[v*B+b] = r * (sum_iq u[iq, v*B+b] * p[iq, b] - z[v*B+b] * r), r and p as in dvr_loss_fwd.
+    """grad[v*B+b] = r * (sum_iq u[iq, v*B+b] * p[iq, b] - z[v*B+b] * r), r and p as in dvr_loss_fwd,
+    the own-view term (iq = v) left out where its u is 0.
 
     u (2, ncrops*B) and z (ncrops*B,) float32. Returns grad (ncrops*B, K) in student's dtype.
     """

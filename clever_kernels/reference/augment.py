@@ -57,6 +57,7 @@ not memory traffic, and would give other pixels than torchvision's ops.
 import math
 from typing import List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -365,7 +366,7 @@ def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
 
 def _check_flag(name: str, value) -> None:
     # a string such as "False" from a config file is truthy: taken as given it would do the opposite
-    if not isinstance(value, bool) and type(value).__name__ != "bool_":
+    if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {value!r}")
 
 

@@ -221,6 +221,28 @@ def _logged_sums(path: str, first_step: int, end_step: int) -> Tuple[Dict[str, f
     return sums, count
 
 
+# (option, lowest, highest): the numbers of the recipe that the trainer itself uses, checked
+# before anything is built (the loss, the augmentation and the model check their own)
+_OPTION_RANGES = (("lr", 0.0, None), ("min_lr", 0.0, None), ("weight_decay", 0.0, None),
+                  ("weight_decay_end", 0.0, None), ("momentum_teacher", 0.0, 1.0), ("clip_grad", 0.0, None),
+                  ("freeze_last_layer", 0, None), ("n_local", 0, None), ("num_workers", 0, None),
+                  ("ckpt_every", 0, None), ("reg_lambd", 0.0, None), ("sep_lambd", None, None),
+                  ("warmup_teacher_temp_epochs", 0, None))
+
+
+def check_option_ranges(args: Namespace) -> None:
+    """Raises naming the option (as the command line spells it) that is out of its range; also
+    for an argument namespace built in code rather than by the parser."""
+    for name, low, high in _OPTION_RANGES:
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+            where = (f"in [{low}, {high}]" if high is not None else f">= {low}") if low is not None else "finite"
+            raise ValueError(f"{flag} must be {where}, got {value}")
+
+
 class Trainer:
     """Builds everything from the argument namespace of `clever-train` and runs it (`run`)."""
 
@@ -231,6 +253,7 @@ class Trainer:
             raise ValueError(f"--method must be dino or clever, got {args.method!r}")
         if not 0 <= args.warmup_epochs <= args.epochs:
             raise ValueError(f"--warmup-epochs must be in [0, --epochs = {args.epochs}], got {args.warmup_epochs}")
+        check_option_ranges(args)
         if args.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)
