@@ -17,7 +17,10 @@ def _ddp_worker(rank, world, port, module_factory, inputs, results):
         module = module_factory()
         for step, (s1, s2, t1, t2) in enumerate(inputs[rank]):
             module(s1, s2, t1, t2, step)
+        module.sync_centers()  # what a logger calls before reading the buffers themselves
+        read = (module.center.clone(), module.center2.clone())
         state = {name: value.clone() for name, value in module.state_dict().items()}
+        read_current = torch.equal(read[0], state["center"]) and torch.equal(read[1], state["center2"])
         # with an update in flight: a copy must not take the collective's handle along, and
         # load_state_dict's centres must win over the update
         s1, s2, t1, t2 = inputs[rank][0]
@@ -26,15 +29,16 @@ def _ddp_worker(rank, world, port, module_factory, inputs, results):
         module(s1, s2, t1, t2, 0)
         module.load_state_dict(state)
         kept = all(torch.equal(value, state[name]) for name, value in module.state_dict().items())
-        results[rank] = (state["center"], state["center2"], kept)
+        results[rank] = (state["center"], state["center2"], kept and read_current)
     finally:
         dist.destroy_process_group()
 
 
 def run_two_ranks(module_factory, inputs):
     """Runs module_factory() on 2 gloo ranks over per-rank inputs; returns each rank's centres
-    after the inputs, and whether centres loaded with load_state_dict survived a later step's
-    update that was still in flight."""
+    after the inputs, and whether the buffers read after sync_centers() were those centres and
+    centres loaded with load_state_dict survived a later step's update that was still in
+    flight."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
