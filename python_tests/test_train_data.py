@@ -106,3 +106,20 @@ def test_fashion_mnist_package():
     assert len(train) == 60000 and len(test) == 10000
     image, label, _ = train[0]
     assert image.shape == (3, 28, 28) and train.classes[label] == "ankle boot"
+
+
+def test_one_split_folder_and_truncated_files_are_named(tmp_path):
+    """train/ without test/ would be read as one class called "train"; a truncated image's
+    decoding error names the file."""
+    make_image_folder(tmp_path / "lone" / "train", per_class=3, classes=2)
+    with pytest.raises(FileNotFoundError, match="has train/ but no test/"):
+        load_split(str(tmp_path / "lone"), "train")
+    root = make_image_folder(tmp_path / "cut", per_class=5, classes=2)
+    victim = os.path.join(root, "class1", "0.png")
+    with open(victim, "rb") as f:
+        head = f.read(200)
+    with open(victim, "wb") as f:
+        f.write(head)
+    dataset = next(d for d in (load_split(root, "train"), load_split(root, "test")) if victim in d.paths)
+    with pytest.raises(OSError, match=f"{victim}: "):
+        dataset[dataset.paths.index(victim)]

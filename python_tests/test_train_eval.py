@@ -55,9 +55,53 @@ def test_eval_checkpoint(run, capsys):
     assert student["which"] == "student"
 
 
+def test_eval_refusals_come_before_the_work(run, tmp_path):
+    """A run directory is taken for its checkpoint; what would fail only after the features
+    were extracted, or lose the results, is refused first."""
+    result = evaluate(str(run), out=str(tmp_path / "from_dir"), plot=False)
+    assert result["checkpoint"] == str(run / "checkpoint.pt")
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="a_file"):
+        evaluate(str(run), out=str(tmp_path / "a_file"))
+    torch.save({"step": 3}, tmp_path / "not_a_run.pt")
+    with pytest.raises(ValueError, match="not a checkpoint written by clever-train"):
+        evaluate(str(tmp_path / "not_a_run.pt"), out=str(tmp_path))
+    with pytest.raises(ValueError, match=r"max_train=1 of 32\) hold 1 class: a linear probe needs at least 2"):
+        evaluate(str(run), out=str(tmp_path), max_train=1)
+    with pytest.raises(ValueError, match="max_train must be >= 1"):
+        evaluate(str(run), out=str(tmp_path), max_train=0)
+    with pytest.raises(SystemExit):
+        eval_main([str(run), "--max-train", "0"])
+
+
 def test_plot(run, tmp_path):
     assert plot_main([str(run), "--out", str(tmp_path / "curves.png")]) == 0
     assert os.path.getsize(tmp_path / "curves.png") > 1000
+
+
+def test_plot_labels_and_torn_log(run, tmp_path):
+    """Runs that share a folder name (seed0/dino, seed1/dino) get distinct labels; a log whose
+    last line a killed run tore is read up to it."""
+    from clever_kernels.train.plot import read_log, run_labels
+
+    assert run_labels(["a/seed0/dino", "a/seed1/dino/"]) == [os.path.join("seed0", "dino"), os.path.join("seed1", "dino")]
+    assert run_labels(["runs/dino", "runs/clever"]) == ["dino", "clever"]
+    torn = tmp_path / "torn"
+    torn.mkdir()
+    text = open(run / "log.jsonl").read()
+    (torn / "log.jsonl").write_text(text[:-20])
+    assert len(read_log(str(torn / "log.jsonl"))["step"]) + len(read_log(str(torn / "log.jsonl"))["epoch"]) == \
+        text.count("\n") - 1
+    assert plot_main([str(torn), "--out", str(tmp_path / "torn.png")]) == 0
+
+
+@pytest.mark.parametrize("argv, message", [(["--seeds", "0", "0"], "repeats a seed"),
+                                           (["--seed", "7"], "--seed is set by the comparison itself: use --seeds"),
+                                           (["--method", "dino"], "--method is set by the comparison")])
+def test_compare_refuses_options_it_sets(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        compare_main(argv)
+    assert message in capsys.readouterr().err
 
 
 def test_perturbations_rotate_and_jitter_without_cropping():

@@ -109,6 +109,12 @@ def test_nan_stops_and_keeps_last_good_checkpoint(folder, reference, tmp_path, c
     _assert_same_as(reference, tmp_path)
 
 
+def test_nan_before_any_checkpoint_says_so(folder, tmp_path, capsys):
+    assert train_main(_argv(folder, tmp_path, "--inject-nan", "1:DIR")) == EXIT_NON_FINITE
+    message = capsys.readouterr().err
+    assert "no checkpoint had been written yet" in message and not (tmp_path / "checkpoint.pt").exists()
+
+
 def test_divergence_is_caught(folder, tmp_path, capsys):
     code = train_main(_argv(folder, tmp_path, "--ckpt-every", "1", "--lr", "1e37", "--warmup-epochs", "0"))
     assert code == EXIT_NON_FINITE
@@ -117,3 +123,47 @@ def test_divergence_is_caught(folder, tmp_path, capsys):
     assert any(part in message for part in ("total", "DIR", "DVR", "reg", "weights"))
     state = load_checkpoint(str(tmp_path / "checkpoint.pt"))
     assert _finite(state)
+
+
+def test_out_holding_a_run(folder, uninterrupted, tmp_path, capsys):
+    """A fresh run in an --out that holds a run is refused (it would replace the checkpoint and
+    append to the log); --overwrite starts afresh there; a --resume that finds no checkpoint
+    starts afresh with a fresh log."""
+    out = tmp_path / "held"
+    out.mkdir()
+    for name in ("checkpoint.pt", "log.jsonl"):
+        (out / name).write_bytes((uninterrupted / name).read_bytes())
+    assert train_main(_argv(folder, out, "--max-steps", "2")) == 2
+    assert "already holds a run (checkpoint.pt, log.jsonl)" in capsys.readouterr().err
+    assert load_checkpoint(str(out / "checkpoint.pt"))["step"] == EPOCHS * STEPS_PER_EPOCH, "left as it was"
+    assert train_main(_argv(folder, out, "--max-steps", "2", "--overwrite")) == 0
+    steps = [json.loads(line)["step"] for line in open(out / "log.jsonl") if '"type": "step"' in line]
+    assert steps == [0, 1] and load_checkpoint(str(out / "checkpoint.pt"))["step"] == 2
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    (stale / "log.jsonl").write_bytes((uninterrupted / "log.jsonl").read_bytes())  # a run stopped before its first checkpoint
+    assert train_main(_argv(folder, stale, "--max-steps", "2", "--resume")) == 0
+    steps = [json.loads(line)["step"] for line in open(stale / "log.jsonl") if '"type": "step"' in line]
+    assert steps == [0, 1]
+
+
+@pytest.mark.parametrize("extra, named", [(["--width", "16"], "--width"), (["--lr", "0.003"], "--lr"),
+                                          (["--aug-set", "degrees=(0, 0)"], "--aug-set"),
+                                          (["--global-size", "24"], "--global-size")])
+def test_resume_refuses_another_recipe(folder, tmp_path, capsys, extra, named):
+    assert train_main(_argv(folder, tmp_path, "--max-steps", "2")) == 0
+    assert train_main(_argv(folder, tmp_path, "--resume", *extra)) == 2
+    message = capsys.readouterr().err
+    assert "trained with other options: " in message and f"{named} " in message, message
+    # how it runs may change: the precision (float rounding only), the workers, the step limit
+    assert train_main(_argv(folder, tmp_path, "--resume", "--precision", "bf16", "--num-workers", "0",
+                            "--max-steps", "3")) == 0
+    assert load_checkpoint(str(tmp_path / "checkpoint.pt"))["step"] == 3
+
+
+def test_relative_data_path_is_recorded_absolute(folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(os.path.dirname(folder))
+    assert train_main(_argv(os.path.basename(folder), tmp_path, "--max-steps", "1")) == 0
+    assert load_checkpoint(str(tmp_path / "checkpoint.pt"))["args"]["data"] == os.path.abspath(folder)
+    monkeypatch.chdir(tmp_path)
+    assert train_main(_argv(folder + os.sep, tmp_path, "--max-steps", "2", "--resume")) == 0

@@ -17,7 +17,8 @@ def _ddp_worker(rank, world, port, module_factory, inputs, results):
         module = module_factory()
         for step, (s1, s2, t1, t2) in enumerate(inputs[rank]):
             module(s1, s2, t1, t2, step)
-        module.sync_centers()  # what a logger calls before reading the buffers themselves
+        if hasattr(module, "sync_centers"):  # the fused modules' (the reference's reduce synchronously)
+            module.sync_centers()  # what a logger calls before reading the buffers themselves
         read = (module.center.clone(), module.center2.clone())
         state = {name: value.clone() for name, value in module.state_dict().items()}
         read_current = torch.equal(read[0], state["center"]) and torch.equal(read[1], state["center2"])

@@ -13,6 +13,7 @@ from typing import List, Optional
 from .models import ARCHS
 
 EXIT_NON_FINITE = 3
+EXIT_USAGE = 2  # argparse's
 
 
 def _positive_int(text: str) -> int:
@@ -115,6 +116,8 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", default="runs/train", help="output directory")
     g.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from OUT/checkpoint.pt (or the given checkpoint)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --out that holds a run, replacing its checkpoint and log")
     g.add_argument("--save-params", action="store_true",
                    help="write every step's augmentation parameters to OUT/params/step<N>.pt (float64 "
                         "tables and each view's elastic constants: AugParams.from_tensor reads them back)")
@@ -137,13 +140,16 @@ def train_main(argv: Optional[List[str]] = None) -> int:
 
         return compare_main([a for a in argv if a != "--compare"])
     args = train_parser().parse_args(argv)
-    from .trainer import NonFiniteLoss, train
+    from .trainer import ConfigError, NonFiniteLoss, train
 
     try:
         result = train(args)
     except NonFiniteLoss as exc:
         print(f"clever-train: {exc}", file=sys.stderr)
         return EXIT_NON_FINITE
+    except ConfigError as exc:
+        print(f"clever-train: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if not args.no_progress and result["rank"] == 0:
         print(f"clever-train: {result['step']} steps done, checkpoint {result['checkpoint']}", file=sys.stderr)
     return 0
@@ -161,7 +167,7 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=256)
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--seed", type=int, default=0, help="seed of the test-time perturbations")
-    p.add_argument("--max-train", type=int, default=None, help="subsample the probe's training split")
+    p.add_argument("--max-train", type=_positive_int, default=None, help="subsample the probe's training split")
     p.add_argument("--out", default=None, help="directory for eval_<which>.{json,md,png} (default: the checkpoint's)")
     p.add_argument("--no-plot", action="store_true")
     return p

@@ -167,7 +167,14 @@ def write_report(report: Dict, stem: str) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args, passthrough = parser().parse_known_args(argv)
+    p = parser()
+    args, passthrough = p.parse_known_args(argv)
+    # each method and seed trains in a folder of its own under --out, with the seed of --seeds
+    for option in ("--seed", "--method", "--out", "--overwrite"):
+        if any(a == option or a.startswith(option + "=") for a in passthrough):
+            p.error(f"{option} is set by the comparison itself" + (": use --seeds" if option == "--seed" else ""))
+    if len(set(args.seeds)) != len(args.seeds):
+        p.error(f"--seeds repeats a seed: {args.seeds}")
     start = time.perf_counter()
     runs = []
     for seed in args.seeds:
@@ -181,8 +188,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             out = os.path.join(args.out, f"{method}_seed{seed}")
             train_argv = QUICK_RECIPE + passthrough + ["--method", method, "--seed", str(seed), "--out", out]
             train_args = train_parser().parse_args(train_argv)
-            if os.path.exists(os.path.join(out, "log.jsonl")) and not train_args.resume:
-                os.remove(os.path.join(out, "log.jsonl"))
+            # each comparison trains afresh in its own folder, unless asked to resume
+            train_args.overwrite = not train_args.resume
             print(f"compare: training {LABELS[method]}, seed {seed} -> {out}", file=sys.stderr)
             t0 = time.perf_counter()
             result = train(train_args)

@@ -73,8 +73,11 @@ class FileDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> Tuple[Tensor, int, int]:
         from PIL import Image
 
-        with Image.open(self.paths[index]) as image:
-            array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        try:
+            with Image.open(self.paths[index]) as image:
+                array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        except OSError as exc:  # a truncated file's error does not name it
+            raise OSError(f"{self.paths[index]}: {exc}") from exc
         return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous(), int(self.labels[index]), index
 
 
@@ -165,7 +168,13 @@ def _scan_classes(root: str) -> Tuple[List[str], List[int], List[str]]:
 
 def image_folder(root: str, split: str) -> FileDataset:
     name = os.path.basename(os.path.normpath(root))
-    if all(os.path.isdir(os.path.join(root, s)) for s in SPLITS):
+    present = [s for s in SPLITS if os.path.isdir(os.path.join(root, s))]
+    if len(present) == 1:
+        # read as class folders, train/ would be one class called "train"
+        missing = next(s for s in SPLITS if s not in present)
+        raise FileNotFoundError(f"--data {root!r} has {present[0]}/ but no {missing}/: give both splits, each "
+                                "holding the class folders, or the class folders alone (split here)")
+    if len(present) == len(SPLITS):
         paths, labels, classes = _scan_classes(os.path.join(root, split))
         train_classes = _scan_classes(os.path.join(root, "train"))[2]
         if classes != train_classes:

@@ -36,7 +36,7 @@ from ..augment import ViewConfig, image_sizes, render, sample_view
 from .checkpoint import load_checkpoint
 from .data import load_split, make_loader
 from .models import feature_split
-from .trainer import build_network
+from .trainer import CHECKPOINT_NAME, build_network
 
 PERTURBATIONS = ("clean", "cj_r", "rot")
 SLICES = ("full", "ir", "ef")
@@ -123,6 +123,8 @@ def _r2_at_width(train_x, train_angles, test_x, test_angles, width: int, seed: i
 
 
 def _subsample(n: int, limit: Optional[int], seed: int) -> np.ndarray:
+    if limit is not None and (isinstance(limit, bool) or limit < 1):
+        raise ValueError(f"max_train must be >= 1, got {limit}")
     if limit is None or limit >= n:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
@@ -139,6 +141,12 @@ def evaluate_network(model: torch.nn.Module, args: Namespace, data: Optional[str
     data = data or args.data
     train_set, test_set = load_split(data, "train"), load_split(data, "test")
     keep = _subsample(len(train_set), max_train, seed)
+    # checked before any feature is extracted, which is most of an evaluation's time
+    n_classes = len(torch.unique(train_set.labels[torch.as_tensor(keep)]))
+    if n_classes < 2:
+        chosen = f" (max_train={max_train} of {len(train_set)})" if len(keep) < len(train_set) else ""
+        raise ValueError(f"the probe's training images{chosen} hold {n_classes} class{'es' if n_classes != 1 else ''}: a linear probe needs "
+                         f"at least 2 ({data})")
     train_set = torch.utils.data.Subset(train_set, keep.tolist()) if len(keep) < len(train_set) else train_set
 
     size = args.global_size
@@ -173,7 +181,15 @@ def evaluate(checkpoint: str, which: str = "teacher", data: Optional[str] = None
     if which not in ("teacher", "student"):
         raise ValueError(f"which must be teacher or student, got {which!r}")
     start = time.perf_counter()
+    if os.path.isdir(checkpoint):  # a run's directory
+        checkpoint = os.path.join(checkpoint, CHECKPOINT_NAME)
+    out = out or os.path.dirname(os.path.abspath(checkpoint))
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise NotADirectoryError(f"out {out!r} is a file; the results need a directory")
     state = load_checkpoint(checkpoint)
+    if not isinstance(state, dict) or "args" not in state or which not in state:
+        raise ValueError(f"{checkpoint} is not a checkpoint written by clever-train (no training arguments "
+                         f"or no {which} network in it)")
     args = Namespace(**state["args"])
     model = build_network(args)
     model.load_state_dict(state[which])
@@ -182,7 +198,6 @@ def evaluate(checkpoint: str, which: str = "teacher", data: Optional[str] = None
     result = {"checkpoint": os.path.abspath(checkpoint), "which": which, "method": args.method, "arch": args.arch,
               "aug": args.aug, "epoch": state["epoch"], "step": state["step"],
               "split_nominal": args.method != "clever", **metrics, "seconds": time.perf_counter() - start}
-    out = out or os.path.dirname(os.path.abspath(checkpoint))
     os.makedirs(out, exist_ok=True)
     stem = os.path.join(out, f"eval_{which}")
     with open(stem + ".json", "w") as f:

@@ -3,6 +3,8 @@ import json
 import os
 from typing import Dict, List, Sequence
 
+from .runlog import log_records
+
 METRICS = (("top1_ori", "Top1-Ori (%)"), ("top1_ori_cj_r", "Top1-Ori+CJ+R (%)"), ("rotation_r2", "rotation R^2"))
 SLICES = ("full", "ir", "ef")
 
@@ -17,15 +19,22 @@ def _pyplot():
 
 
 def read_log(path: str) -> Dict[str, List[Dict]]:
-    """log.jsonl -> {"step": [...], "epoch": [...]} records."""
+    """log.jsonl -> {"step": [...], "epoch": [...]} records (a torn last line is skipped)."""
     records = {"step": [], "epoch": []}
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                record = json.loads(line)
-                records.setdefault(record.get("type", "step"), []).append(record)
+    for _, record in log_records(path):
+        records.setdefault(record.get("type", "step"), []).append(record)
     return records
+
+
+def run_labels(sources: Sequence[str]) -> List[str]:
+    """A label per run directory: its name, or where two share a name (runs/seed0/dino and
+    runs/seed1/dino), each one's path below their common parent."""
+    names = [os.path.basename(os.path.normpath(s)) or s for s in sources]
+    if len(set(names)) == len(names):
+        return names
+    paths = [os.path.abspath(s) for s in sources]
+    common = os.path.commonpath(paths)
+    return [os.path.relpath(p, common) if p != common else n for p, n in zip(paths, names)]
 
 
 def _smooth(values: Sequence[float], window: int) -> List[float]:
@@ -81,6 +90,7 @@ def plot_runs(sources: Sequence[str], path: str) -> str:
     when eval_teacher.json is present. A comparison JSON (from compare) draws its table."""
     plt = _pyplot()
     runs, evals = [], {}
+    labels = dict(zip(sources, run_labels(sources)))
     for source in sources:
         if os.path.isfile(source) and source.endswith(".json"):
             with open(source) as f:
@@ -90,7 +100,7 @@ def plot_runs(sources: Sequence[str], path: str) -> str:
         log = os.path.join(source, "log.jsonl")
         if not os.path.exists(log):
             raise FileNotFoundError(f"{source}: no log.jsonl (and not a comparison .json)")
-        runs.append((os.path.basename(os.path.normpath(source)) or source, read_log(log)))
+        runs.append((labels[source], read_log(log)))
         for which in ("teacher", "student"):
             eval_path = os.path.join(source, f"eval_{which}.json")
             if os.path.exists(eval_path):

@@ -27,6 +27,7 @@ from ..loss import CLeVERLoss, DINOLoss
 from . import checkpoint as ckpt_io
 from .data import EpochSampler, load_split, make_loader
 from .models import build_backbone, build_model, has_batchnorm
+from .runlog import log_records
 from .schedules import (cancel_last_layer_gradients, clip_gradients, cosine_schedule, ema_update, head_norm_gap,
                         param_groups, scaled_lr)
 
@@ -35,6 +36,11 @@ LOG_NAME = "log.jsonl"
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 LOSS_PARTS = ("total", "DIR", "DVR", "reg")
 _DATA_SIZES = {"digits": 32, "fashion-mnist": 28}
+
+
+class ConfigError(ValueError):
+    """An option out of range or at odds with the output directory or the checkpoint: the
+    command line reports it as a usage error, without a traceback."""
 
 
 class NonFiniteLoss(RuntimeError):
@@ -173,25 +179,12 @@ def _progress_text(record: Dict) -> str:
             f"{record['img_per_s']:.0f} img/s aug {100 * record['aug_share']:.0f}%")
 
 
-def _log_records(path: str):
-    """(line, record) of every complete record of a log; none for a missing log (a torn last line,
-    from a killed run, is skipped)."""
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        for line in f:
-            try:
-                yield line, json.loads(line)
-            except json.JSONDecodeError:
-                continue
-
-
 def _rewrite_log(path: str, keep_before_step: int, keep_before_epoch: int) -> None:
     """On resume, drop the log records of the steps that will be replayed."""
     if not os.path.exists(path):
         return
     kept = []
-    for line, record in _log_records(path):
+    for line, record in log_records(path):
         if record.get("type") == "step" and record["step"] >= keep_before_step:
             continue
         if record.get("type") == "epoch" and record["epoch"] >= keep_before_epoch:
@@ -214,7 +207,7 @@ def _logged_sums(path: str, first_step: int, end_step: int) -> Tuple[Dict[str, f
     """Sums of the loss parts over the logged step records in [first_step, end_step) and their
     count: on a resume mid-epoch, what the epoch record must also average over."""
     sums, count = {}, 0
-    for _, record in _log_records(path):
+    for _, record in log_records(path):
         if record.get("type") == "step" and first_step <= record["step"] < end_step:
             _add_losses(sums, record)
             count += 1
@@ -230,6 +223,20 @@ _OPTION_RANGES = (("lr", 0.0, None), ("min_lr", 0.0, None), ("weight_decay", 0.0
                   ("warmup_teacher_temp_epochs", 0, None))
 
 
+# Options a resumed run may change: how it runs, not what it trains (precision and the loss
+# backend change float rounding only; a run stopped by fp16 overflow may go on in bf16).
+_RUN_ONLY_OPTIONS = frozenset({"num_workers", "loss_backend", "precision", "device", "deterministic", "out",
+                               "resume", "overwrite", "save_params", "ckpt_every", "max_steps", "no_progress",
+                               "dist_timeout", "inject_nan", "compare"})
+
+
+def _same_option(a, b) -> bool:
+    # a checkpoint may hold a tuple the command line gives as a list, or the reverse
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_option(x, y) for x, y in zip(a, b))
+    return a == b
+
+
 def check_option_ranges(args: Namespace) -> None:
     """Raises naming the option (as the command line spells it) that is out of its range; also
     for an argument namespace built in code rather than by the parser."""
@@ -240,7 +247,7 @@ def check_option_ranges(args: Namespace) -> None:
         flag = "--" + name.replace("_", "-")
         if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
             where = (f"in [{low}, {high}]" if high is not None else f">= {low}") if low is not None else "finite"
-            raise ValueError(f"{flag} must be {where}, got {value}")
+            raise ConfigError(f"{flag} must be {where}, got {value}")
 
 
 class Trainer:
@@ -248,11 +255,15 @@ class Trainer:
 
     def __init__(self, args: Namespace):
         args = resolve_sizes(args)
+        if args.data not in _DATA_SIZES and os.path.isdir(args.data):
+            # as the checkpoint must name it for an evaluation or resume from another directory
+            args.data = os.path.abspath(args.data)
         self.args = args
         if args.method not in ("dino", "clever"):
-            raise ValueError(f"--method must be dino or clever, got {args.method!r}")
+            raise ConfigError(f"--method must be dino or clever, got {args.method!r}")
         if not 0 <= args.warmup_epochs <= args.epochs:
-            raise ValueError(f"--warmup-epochs must be in [0, --epochs = {args.epochs}], got {args.warmup_epochs}")
+            raise ConfigError(f"--warmup-epochs must be in [0, --epochs = {args.epochs}], got {args.warmup_epochs}"
+                              + (" (lower --warmup-epochs with --epochs)" if args.warmup_epochs > args.epochs else ""))
         check_option_ranges(args)
         if args.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -267,8 +278,7 @@ class Trainer:
         self.out = args.out
         self.ckpt_path = os.path.join(self.out, CHECKPOINT_NAME)
         self.log_path = os.path.join(self.out, LOG_NAME)
-        if self.dist.main:
-            os.makedirs(self.out, exist_ok=True)
+        self._claim_out_dir(args)
         self.inject = _parse_injection(getattr(args, "inject_nan", None))
 
         self.dataset = load_split(args.data, "train")
@@ -310,6 +320,25 @@ class Trainer:
         if args.resume:
             self._resume(self.ckpt_path if args.resume == "auto" else args.resume)
         self.last_saved_step = self.start_epoch * self.niter + self.start_iter
+
+    def _claim_out_dir(self, args: Namespace) -> None:
+        """A fresh run refuses an --out that holds another run's checkpoint or log (it would
+        replace the one and append to the other) unless --overwrite says to replace both; a
+        --resume that finds no checkpoint starts afresh, its log included."""
+        overwrite = getattr(args, "overwrite", False)
+        if overwrite and args.resume:
+            raise ConfigError("--overwrite starts afresh and --resume continues: pass one of them")
+        held = [name for name in (CHECKPOINT_NAME, LOG_NAME) if os.path.exists(os.path.join(self.out, name))]
+        if held and not args.resume and not overwrite:
+            raise ConfigError(f"--out {self.out} already holds a run ({', '.join(held)}): pass --resume to "
+                              "continue it, --overwrite to start afresh there, or another --out")
+        fresh = overwrite or (args.resume == "auto" and not os.path.isfile(self.ckpt_path))
+        if self.dist.main:
+            os.makedirs(self.out, exist_ok=True)
+            if fresh:
+                for path in (self.ckpt_path, self.log_path):
+                    if os.path.exists(path):
+                        os.remove(path)
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -355,13 +384,15 @@ class Trainer:
             raise FileNotFoundError(f"--resume {path}: no such checkpoint")
         state = ckpt_io.load_checkpoint(path, map_location=self.device)
         saved = state["args"]
-        for key in ("method", "arch", "out_dim", "dvr_out_dim", "hp1", "n_local", "batch_size", "seed",
-                    "epochs", "data", "aug"):
-            if key in saved and saved[key] != getattr(self.args, key):
-                raise ValueError(f"--resume: checkpoint {path} was trained with {key}={saved[key]!r}, "
-                                 f"this run asks for {getattr(self.args, key)!r}")
+        changed = [f"--{key.replace('_', '-')} {saved[key]!r} (this run: {getattr(self.args, key)!r})"
+                   for key in sorted(saved) if key not in _RUN_ONLY_OPTIONS and hasattr(self.args, key)
+                   and not _same_option(saved[key], getattr(self.args, key))]
+        if changed:
+            raise ConfigError(f"--resume: checkpoint {path} was trained with other options: "
+                              f"{'; '.join(changed)}. A resumed run continues the checkpoint's recipe: "
+                              "give its options, or start a new run in another --out")
         if state["niter_per_epoch"] != self.niter:
-            raise ValueError(f"--resume: checkpoint has {state['niter_per_epoch']} iterations per epoch, "
+            raise ConfigError(f"--resume: checkpoint has {state['niter_per_epoch']} iterations per epoch, "
                              f"this run {self.niter} (different world size or dataset?)")
         self.student_module.load_state_dict(state["student"])
         self.teacher.load_state_dict(state["teacher"])
@@ -405,10 +436,11 @@ class Trainer:
         if bad:
             parts_text = ", ".join(f"{name} = {values[name]}" for name in bad if name != "total")
             culprit = parts_text or f"total = {values['total']}"
+            kept = (f"the last good checkpoint {self.ckpt_path} (written after {self.last_saved_step} steps) is "
+                    "left as it was" if os.path.isfile(self.ckpt_path) else "no checkpoint had been written yet")
             raise NonFiniteLoss(
                 f"non-finite loss at step {step} (epoch {epoch}, iteration {iteration}): {culprit} "
-                f"(total = {values['total']}); stopping, the last good checkpoint {self.ckpt_path} "
-                f"(written after {self.last_saved_step} steps) is left as it was")
+                f"(total = {values['total']}); stopping, {kept}")
         return values
 
     def _save_params(self, step: int, epoch: int, ids: torch.Tensor, params) -> None:
