@@ -123,3 +123,15 @@ def test_one_split_folder_and_truncated_files_are_named(tmp_path):
     dataset = next(d for d in (load_split(root, "train"), load_split(root, "test")) if victim in d.paths)
     with pytest.raises(OSError, match=f"{victim}: "):
         dataset[dataset.paths.index(victim)]
+
+
+def test_sixteen_bit_grayscale_keeps_its_range(tmp_path):
+    from PIL import Image
+
+    from clever_kernels.train.data import FileDataset
+
+    values = (np.arange(12 * 10).reshape(12, 10) * 500).astype(np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    image, _, _ = FileDataset([str(tmp_path / "deep.png")], [0], ["a"], "t")[0]
+    assert image.shape == (3, 12, 10) and image.dtype == torch.uint8
+    assert torch.equal(image[0], torch.from_numpy((values >> 8).astype(np.uint8))) and torch.equal(image[0], image[2])

@@ -56,6 +56,15 @@ class ArrayDataset(torch.utils.data.Dataset):
         return image, int(self.labels[index]), index
 
 
+def _rgb8(image) -> np.ndarray:
+    """(H, W, 3) uint8 of a PIL image. 16-bit grayscale keeps its top 8 bits: PIL's own
+    conversion clips it at 255, which turns most such images white."""
+    if image.mode.startswith("I;16"):
+        gray = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
 class FileDataset(torch.utils.data.Dataset):
     """Image files decoded with PIL in the worker that loads them."""
 
@@ -75,7 +84,7 @@ class FileDataset(torch.utils.data.Dataset):
 
         try:
             with Image.open(self.paths[index]) as image:
-                array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+                array = _rgb8(image)
         except OSError as exc:  # a truncated file's error does not name it
             raise OSError(f"{self.paths[index]}: {exc}") from exc
         return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous(), int(self.labels[index]), index
