@@ -163,7 +163,32 @@ def test_resume_refuses_another_recipe(folder, tmp_path, capsys, extra, named):
 
 def test_relative_data_path_is_recorded_absolute(folder, tmp_path, monkeypatch):
     monkeypatch.chdir(os.path.dirname(folder))
-    assert train_main(_argv(os.path.basename(folder), tmp_path, "--max-steps", "1")) == 0
+    relative = os.path.basename(folder)
+    assert train_main(_argv(relative, tmp_path, "--max-steps", "1")) == 0
     assert load_checkpoint(str(tmp_path / "checkpoint.pt"))["args"]["data"] == os.path.abspath(folder)
-    monkeypatch.chdir(tmp_path)
     assert train_main(_argv(folder + os.sep, tmp_path, "--max-steps", "2", "--resume")) == 0
+    # a checkpoint written before, which recorded the folder as typed, resumes as typed
+    state = load_checkpoint(str(tmp_path / "checkpoint.pt"))
+    state["args"]["data"] = relative
+    torch.save(state, tmp_path / "checkpoint.pt")
+    assert train_main(_argv(relative, tmp_path, "--max-steps", "3", "--resume")) == 0
+
+
+def test_resume_and_overwrite_never_mix_runs(folder, tmp_path, capsys):
+    """A resume from another folder's checkpoint refuses an --out that holds a run; --overwrite
+    removes nothing until every option has been checked, then removes all of the earlier run
+    (its evaluations and recorded parameters included); an --aug-set spelt otherwise is the
+    same recipe."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert train_main(_argv(folder, a, "--max-steps", "2", "--aug-set", "flip_p=0.5", "--aug-set", "degrees=(-9, 9)")) == 0
+    assert train_main(_argv(folder, b, "--max-steps", "2", "--save-params")) == 0
+    assert train_main(_argv(folder, b, "--max-steps", "3", "--resume", str(a / "checkpoint.pt"))) == 2
+    assert "holds another run" in capsys.readouterr().err
+    (b / "eval_teacher.json").write_text("{}")
+    before = sorted(os.listdir(b))
+    assert train_main(_argv(str(tmp_path / "nowhere"), b, "--overwrite")) == 2
+    assert "nowhere" in capsys.readouterr().err and sorted(os.listdir(b)) == before
+    assert train_main(_argv(folder, b, "--max-steps", "1", "--overwrite")) == 0
+    assert sorted(os.listdir(b)) == ["args.json", "checkpoint.pt", "log.jsonl"]
+    assert train_main(_argv(folder, a, "--max-steps", "3", "--resume", "--aug-set", "degrees=(-9,9)",
+                            "--aug-set", "flip_p=0.5")) == 0

@@ -13,6 +13,7 @@ import datetime
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from argparse import Namespace
@@ -36,6 +37,9 @@ LOG_NAME = "log.jsonl"
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 LOSS_PARTS = ("total", "DIR", "DVR", "reg")
 _DATA_SIZES = {"digits": 32, "fashion-mnist": 28}
+# what a run writes in --out, and what clever-eval writes there by default
+_RUN_FILES = (CHECKPOINT_NAME, LOG_NAME, "args.json", "params")
+_EVAL_FILES = tuple(f"eval_{which}.{ext}" for which in ("teacher", "student") for ext in ("json", "md", "png"))
 
 
 class ConfigError(ValueError):
@@ -87,11 +91,11 @@ def aug_overrides(settings: List[str]) -> Dict:
     for item in settings:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--aug-set expects KEY=VALUE, got {item!r}")
+            raise ConfigError(f"--aug-set expects KEY=VALUE, got {item!r}")
         try:
             overrides[key.strip()] = ast.literal_eval(value.strip())
         except (ValueError, SyntaxError):
-            raise ValueError(f"--aug-set {item!r}: {value!r} is not a Python literal") from None
+            raise ConfigError(f"--aug-set {item!r}: {value!r} is not a Python literal") from None
     return overrides
 
 
@@ -163,8 +167,8 @@ def _parse_injection(spec: Optional[str]) -> Optional[Tuple[int, str]]:
     step, _, part = spec.partition(":")
     part = part or "total"
     names = {p.lower(): p for p in LOSS_PARTS}
-    if part.lower() not in names:
-        raise ValueError(f"--inject-nan part must be one of {LOSS_PARTS}, got {part!r}")
+    if part.lower() not in names or not step.strip().isdigit():
+        raise ConfigError(f"--inject-nan takes STEP[:PART] with PART one of {LOSS_PARTS}, got {spec!r}")
     return int(step), names[part.lower()]
 
 
@@ -230,11 +234,19 @@ _RUN_ONLY_OPTIONS = frozenset({"num_workers", "loss_backend", "precision", "devi
                                "dist_timeout", "inject_nan", "compare"})
 
 
-def _same_option(a, b) -> bool:
-    # a checkpoint may hold a tuple the command line gives as a list, or the reverse
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same_option(x, y) for x, y in zip(a, b))
-    return a == b
+def _same_option(key: str, saved, given) -> bool:
+    """Whether a checkpoint's option and this run's mean the same."""
+    if key == "aug_set":  # the settings, not their spelling or order
+        return aug_overrides(saved) == aug_overrides(given)
+    if key == "data" and saved not in _DATA_SIZES and given not in _DATA_SIZES:
+        # this run's folder is absolute; a checkpoint from before may hold it relative to the
+        # directory it was started in, and a moved copy of the data keeps its folder name
+        return (os.path.abspath(saved) == given or not os.path.exists(saved)
+                and os.path.basename(os.path.normpath(saved)) == os.path.basename(given))
+    if isinstance(saved, (list, tuple)) and isinstance(given, (list, tuple)):
+        # a checkpoint may hold a tuple the command line gives as a list, or the reverse
+        return len(saved) == len(given) and all(_same_option(key, x, y) for x, y in zip(saved, given))
+    return saved == given
 
 
 def check_option_ranges(args: Namespace) -> None:
@@ -278,12 +290,15 @@ class Trainer:
         self.out = args.out
         self.ckpt_path = os.path.join(self.out, CHECKPOINT_NAME)
         self.log_path = os.path.join(self.out, LOG_NAME)
-        self._claim_out_dir(args)
+        fresh = self._claim_out_dir(args)
         self.inject = _parse_injection(getattr(args, "inject_nan", None))
 
-        self.dataset = load_split(args.data, "train")
-        self.sampler = EpochSampler(len(self.dataset), args.batch_size, self.dist.world_size, self.dist.rank,
-                                    seed=args.seed)
+        try:  # a missing or malformed --data, or too few images for one batch
+            self.dataset = load_split(args.data, "train")
+            self.sampler = EpochSampler(len(self.dataset), args.batch_size, self.dist.world_size,
+                                        self.dist.rank, seed=args.seed)
+        except (FileNotFoundError, ValueError) as exc:
+            raise ConfigError(str(exc)) from exc
         self.niter = self.sampler.batches_per_epoch
         self.loader = make_loader(self.dataset, self.sampler, args.batch_size, args.num_workers,
                                   pin_memory=self.device.type == "cuda", seed=args.seed)
@@ -320,25 +335,41 @@ class Trainer:
         if args.resume:
             self._resume(self.ckpt_path if args.resume == "auto" else args.resume)
         self.last_saved_step = self.start_epoch * self.niter + self.start_iter
+        if fresh:
+            self._clear_out_dir()
 
-    def _claim_out_dir(self, args: Namespace) -> None:
-        """A fresh run refuses an --out that holds another run's checkpoint or log (it would
-        replace the one and append to the other) unless --overwrite says to replace both; a
-        --resume that finds no checkpoint starts afresh, its log included."""
+    def _claim_out_dir(self, args: Namespace) -> bool:
+        """Whether this run starts afresh in --out, whose earlier run's files must then go (by
+        _clear_out_dir, once every option has been checked). A fresh run refuses an --out that
+        holds a run (it would replace the checkpoint and append to the log) unless --overwrite
+        says to replace it; so does a resume from another folder's checkpoint. A --resume that
+        finds no checkpoint starts afresh."""
         overwrite = getattr(args, "overwrite", False)
         if overwrite and args.resume:
             raise ConfigError("--overwrite starts afresh and --resume continues: pass one of them")
-        held = [name for name in (CHECKPOINT_NAME, LOG_NAME) if os.path.exists(os.path.join(self.out, name))]
-        if held and not args.resume and not overwrite:
-            raise ConfigError(f"--out {self.out} already holds a run ({', '.join(held)}): pass --resume to "
-                              "continue it, --overwrite to start afresh there, or another --out")
-        fresh = overwrite or (args.resume == "auto" and not os.path.isfile(self.ckpt_path))
+        held = [name for name in _RUN_FILES if os.path.exists(os.path.join(self.out, name))]
+        if held and not overwrite:
+            if not args.resume:
+                raise ConfigError(f"--out {self.out} already holds a run ({', '.join(held)}): pass --resume to "
+                                  "continue it, --overwrite to start afresh there, or another --out")
+            if args.resume != "auto" and os.path.realpath(args.resume) != os.path.realpath(self.ckpt_path):
+                raise ConfigError(f"--out {self.out} holds another run ({', '.join(held)}) than --resume "
+                                  f"{args.resume}: continue it in its own folder or in an empty --out")
         if self.dist.main:
             os.makedirs(self.out, exist_ok=True)
-            if fresh:
-                for path in (self.ckpt_path, self.log_path):
-                    if os.path.exists(path):
-                        os.remove(path)
+        return overwrite or (args.resume == "auto" and not os.path.isfile(self.ckpt_path))
+
+    def _clear_out_dir(self) -> None:
+        """Removes an earlier run's files (its checkpoint, log, arguments, recorded parameters
+        and evaluations), so that nothing of it is read as this run's."""
+        if not self.dist.main:
+            return
+        for name in _RUN_FILES + _EVAL_FILES:
+            path = os.path.join(self.out, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -381,12 +412,12 @@ class Trainer:
                 if self.dist.main:
                     print(f"clever-train: no checkpoint at {path}, starting from scratch", file=sys.stderr)
                 return
-            raise FileNotFoundError(f"--resume {path}: no such checkpoint")
+            raise ConfigError(f"--resume {path}: no such checkpoint")
         state = ckpt_io.load_checkpoint(path, map_location=self.device)
         saved = state["args"]
         changed = [f"--{key.replace('_', '-')} {saved[key]!r} (this run: {getattr(self.args, key)!r})"
                    for key in sorted(saved) if key not in _RUN_ONLY_OPTIONS and hasattr(self.args, key)
-                   and not _same_option(saved[key], getattr(self.args, key))]
+                   and not _same_option(key, saved[key], getattr(self.args, key))]
         if changed:
             raise ConfigError(f"--resume: checkpoint {path} was trained with other options: "
                               f"{'; '.join(changed)}. A resumed run continues the checkpoint's recipe: "
