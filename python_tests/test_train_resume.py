@@ -190,5 +190,10 @@ def test_resume_and_overwrite_never_mix_runs(folder, tmp_path, capsys):
     assert "nowhere" in capsys.readouterr().err and sorted(os.listdir(b)) == before
     assert train_main(_argv(folder, b, "--max-steps", "1", "--overwrite")) == 0
     assert sorted(os.listdir(b)) == ["args.json", "checkpoint.pt", "log.jsonl"]
+    evaluated = tmp_path / "evaluated"  # an evaluation's results alone are a run's too
+    evaluated.mkdir()
+    (evaluated / "eval_student.md").write_text("old")
+    assert train_main(_argv(folder, evaluated, "--max-steps", "1")) == 2
+    assert "already holds a run (eval_student.md)" in capsys.readouterr().err
     assert train_main(_argv(folder, a, "--max-steps", "3", "--resume", "--aug-set", "degrees=(-9,9)",
                             "--aug-set", "flip_p=0.5")) == 0

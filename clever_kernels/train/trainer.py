@@ -347,7 +347,7 @@ class Trainer:
         overwrite = getattr(args, "overwrite", False)
         if overwrite and args.resume:
             raise ConfigError("--overwrite starts afresh and --resume continues: pass one of them")
-        held = [name for name in _RUN_FILES if os.path.exists(os.path.join(self.out, name))]
+        held = [name for name in _RUN_FILES + _EVAL_FILES if os.path.exists(os.path.join(self.out, name))]
         if held and not overwrite:
             if not args.resume:
                 raise ConfigError(f"--out {self.out} already holds a run ({', '.join(held)}): pass --resume to "
