@@ -190,6 +190,21 @@ def test_resume_and_overwrite_never_mix_runs(folder, tmp_path, capsys):
     assert "nowhere" in capsys.readouterr().err and sorted(os.listdir(b)) == before
     assert train_main(_argv(folder, b, "--max-steps", "1", "--overwrite")) == 0
     assert sorted(os.listdir(b)) == ["args.json", "checkpoint.pt", "log.jsonl"]
+    # only what the trainer and clever-eval write is removed, never a user's file
+    mine = tmp_path / "mine"
+    (mine / "params").mkdir(parents=True)
+    (mine / "params" / "notes.txt").write_text("keep")
+    (mine / "model.pt").write_text("keep")
+    assert train_main(_argv(folder, mine, "--max-steps", "1", "--resume", "--save-params")) == 0
+    assert (mine / "params" / "notes.txt").read_text() == "keep" and (mine / "model.pt").exists()
+    assert train_main(_argv(folder, mine, "--max-steps", "1", "--overwrite")) == 0
+    assert sorted(os.listdir(mine / "params")) == ["notes.txt"]
+    # rolling back to an older checkpoint of the same run, kept in its folder
+    (b / "checkpoint.pt").rename(b / "step1.pt")
+    assert train_main(_argv(folder, b, "--max-steps", "2", "--resume", str(b / "step1.pt"))) == 0
+    (tmp_path / "a_file").write_text("x")
+    assert train_main(_argv(folder, tmp_path / "a_file")) == 2
+    assert "is a file" in capsys.readouterr().err
     evaluated = tmp_path / "evaluated"  # an evaluation's results alone are a run's too
     evaluated.mkdir()
     (evaluated / "eval_student.md").write_text("old")

@@ -13,7 +13,6 @@ import datetime
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from argparse import Namespace
@@ -38,7 +37,8 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 LOSS_PARTS = ("total", "DIR", "DVR", "reg")
 _DATA_SIZES = {"digits": 32, "fashion-mnist": 28}
 # what a run writes in --out, and what clever-eval writes there by default
-_RUN_FILES = (CHECKPOINT_NAME, LOG_NAME, "args.json", "params")
+_RUN_FILES = (CHECKPOINT_NAME, LOG_NAME, "args.json")
+PARAMS_DIR = "params"  # --save-params: step<step>[_rank<r>].pt
 _EVAL_FILES = tuple(f"eval_{which}.{ext}" for which in ("teacher", "student") for ext in ("json", "md", "png"))
 
 
@@ -239,10 +239,9 @@ def _same_option(key: str, saved, given) -> bool:
     if key == "aug_set":  # the settings, not their spelling or order
         return aug_overrides(saved) == aug_overrides(given)
     if key == "data" and saved not in _DATA_SIZES and given not in _DATA_SIZES:
-        # this run's folder is absolute; a checkpoint from before may hold it relative to the
-        # directory it was started in, and a moved copy of the data keeps its folder name
-        return (os.path.abspath(saved) == given or not os.path.exists(saved)
-                and os.path.basename(os.path.normpath(saved)) == os.path.basename(given))
+        # this run's folder is absolute; a checkpoint from before holds it as typed, relative to
+        # the directory the run was started in
+        return os.path.abspath(saved) == given
     if isinstance(saved, (list, tuple)) and isinstance(given, (list, tuple)):
         # a checkpoint may hold a tuple the command line gives as a list, or the reverse
         return len(saved) == len(given) and all(_same_option(key, x, y) for x, y in zip(saved, given))
@@ -293,12 +292,15 @@ class Trainer:
         fresh = self._claim_out_dir(args)
         self.inject = _parse_injection(getattr(args, "inject_nan", None))
 
-        try:  # a missing or malformed --data, or too few images for one batch
+        try:  # a missing --data
             self.dataset = load_split(args.data, "train")
-            self.sampler = EpochSampler(len(self.dataset), args.batch_size, self.dist.world_size,
-                                        self.dist.rank, seed=args.seed)
-        except (FileNotFoundError, ValueError) as exc:
+        except FileNotFoundError as exc:
             raise ConfigError(str(exc)) from exc
+        if len(self.dataset) // self.dist.world_size < args.batch_size:
+            raise ConfigError(f"{len(self.dataset)} images over {self.dist.world_size} rank(s) do not fill one "
+                              f"batch of {args.batch_size}; lower --batch-size")
+        self.sampler = EpochSampler(len(self.dataset), args.batch_size, self.dist.world_size, self.dist.rank,
+                                    seed=args.seed)
         self.niter = self.sampler.batches_per_epoch
         self.loader = make_loader(self.dataset, self.sampler, args.batch_size, args.num_workers,
                                   pin_memory=self.device.type == "cuda", seed=args.seed)
@@ -347,29 +349,45 @@ class Trainer:
         overwrite = getattr(args, "overwrite", False)
         if overwrite and args.resume:
             raise ConfigError("--overwrite starts afresh and --resume continues: pass one of them")
+        if os.path.exists(self.out) and not os.path.isdir(self.out):
+            raise ConfigError(f"--out {self.out} is a file; a run needs a directory")
         held = [name for name in _RUN_FILES + _EVAL_FILES if os.path.exists(os.path.join(self.out, name))]
+        held += [PARAMS_DIR] if self._saved_params() else []
         if held and not overwrite:
             if not args.resume:
                 raise ConfigError(f"--out {self.out} already holds a run ({', '.join(held)}): pass --resume to "
                                   "continue it, --overwrite to start afresh there, or another --out")
-            if args.resume != "auto" and os.path.realpath(args.resume) != os.path.realpath(self.ckpt_path):
+            own_folder = os.path.dirname(os.path.realpath(args.resume)) == os.path.realpath(self.out)
+            if args.resume != "auto" and not own_folder:
                 raise ConfigError(f"--out {self.out} holds another run ({', '.join(held)}) than --resume "
                                   f"{args.resume}: continue it in its own folder or in an empty --out")
         if self.dist.main:
-            os.makedirs(self.out, exist_ok=True)
+            try:
+                os.makedirs(self.out, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"--out {self.out}: {exc}") from exc
         return overwrite or (args.resume == "auto" and not os.path.isfile(self.ckpt_path))
+
+    def _saved_params(self) -> List[str]:
+        """The parameter records a run with --save-params wrote in --out (nothing else there)."""
+        directory = os.path.join(self.out, PARAMS_DIR)
+        if not os.path.isdir(directory):
+            return []
+        return [os.path.join(directory, name) for name in sorted(os.listdir(directory))
+                if name.startswith("step") and name.endswith(".pt")]
 
     def _clear_out_dir(self) -> None:
         """Removes an earlier run's files (its checkpoint, log, arguments, recorded parameters
-        and evaluations), so that nothing of it is read as this run's."""
+        and evaluations), so that nothing of it is read as this run's; only files of the names
+        the trainer and clever-eval write, nothing else in --out or in its params folder."""
         if not self.dist.main:
             return
-        for name in _RUN_FILES + _EVAL_FILES:
-            path = os.path.join(self.out, name)
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-            elif os.path.exists(path):
+        for path in [os.path.join(self.out, name) for name in _RUN_FILES + _EVAL_FILES] + self._saved_params():
+            if os.path.isfile(path):
                 os.remove(path)
+        params = os.path.join(self.out, PARAMS_DIR)
+        if os.path.isdir(params) and not os.path.islink(params) and not os.listdir(params):
+            os.rmdir(params)
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -475,7 +493,7 @@ class Trainer:
         return values
 
     def _save_params(self, step: int, epoch: int, ids: torch.Tensor, params) -> None:
-        directory = os.path.join(self.out, "params")
+        directory = os.path.join(self.out, PARAMS_DIR)
         os.makedirs(directory, exist_ok=True)
         suffix = f"_rank{self.dist.rank}" if self.dist.active else ""
         # float64: it holds the 32-bit elastic seeds exactly, so AugParams.from_tensor(views[v],
