@@ -239,7 +239,8 @@ def test_resume_from_an_epoch_boundary(folder, tmp_path):
                                                  ("reg_lambd", float("inf"), "--reg-lambd must be"),
                                                  ("sep_lambd", float("nan"), "--sep-lambd must be finite"),
                                                  ("warmup_teacher_temp_epochs", -1,
-                                                  "--warmup-teacher-temp-epochs must be >= 0")])
+                                                  "--warmup-teacher-temp-epochs must be >= 0"),
+                                                 ("batch_size", 10**6, "do not fill one batch.*lower --batch-size")])
 def test_out_of_range_config_is_refused(folder, tmp_path, field, value, match):
     """What the command line's own checks cannot catch, for a namespace built in code."""
     args = train_parser().parse_args(TINY_RUN + ["--data", folder, "--epochs", str(EPOCHS), "--out", str(tmp_path)])

@@ -105,9 +105,8 @@ def render_views(images, group: Sequence[AugParams], mean: Sequence[float], std:
     if len(sizes) != 1:
         raise ValueError(f"group: every view must have the same size, got sizes {sorted(sizes)}")
     reference.check_views(group, images)
-    mean, std = check_options(mean, std, antialias, channels_last, interpolation, rotation_interpolation,
-                              out_dtype)
-    antialias, channels_last = bool(antialias), bool(channels_last)
+    mean, std, antialias, channels_last = check_options(mean, std, antialias, channels_last, interpolation,
+                                                        rotation_interpolation, out_dtype)
     return render_packed(pack_images(images), images[0].shape[0], group, mean, std, antialias, out_dtype,
                          channels_last, interpolation, rotation_interpolation)
 

@@ -31,17 +31,18 @@ BACKENDS = ("auto", "fused", "reference")
 
 def check_options(mean, std, antialias: bool, channels_last: bool, interpolation: str,
                   rotation_interpolation: str, out_dtype: torch.dtype, backend: str = "auto"):
-    """The rendering options, the same for every backend; returns (mean, std) as float tuples and
-    raises naming a bad option."""
+    """The rendering options, the same for every backend; returns (mean, std, antialias,
+    channels_last): mean and std as float tuples, the flags as Python bools. Raises naming a bad
+    option."""
     mean, std = reference._check_norm(mean, std)
-    reference._check_flag("antialias", antialias)
-    reference._check_flag("channels_last", channels_last)
+    antialias = reference._check_flag("antialias", antialias)
+    channels_last = reference._check_flag("channels_last", channels_last)
     reference._check_choice("interpolation", interpolation, reference.INTERPOLATIONS)
     reference._check_choice("rotation_interpolation", rotation_interpolation, reference.ROTATION_INTERPOLATIONS)
     if out_dtype not in OUT_DTYPES:
         raise ValueError(f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype!r}")
     reference._check_choice("backend", backend, BACKENDS)
-    return mean, std
+    return mean, std, antialias, channels_last
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -90,9 +91,8 @@ def render_checked(images, params, mean, std, antialias, out_dtype, channels_las
         raise ValueError("params: empty list of views")
     images = reference._check_images(images)
     reference.check_views(views, images, values=check_values)
-    mean, std = check_options(mean, std, antialias, channels_last, interpolation, rotation_interpolation,
-                              out_dtype, backend)
-    antialias, channels_last = bool(antialias), bool(channels_last)
+    mean, std, antialias, channels_last = check_options(mean, std, antialias, channels_last, interpolation,
+                                                        rotation_interpolation, out_dtype, backend)
     impl = resolve_backend(backend, images[0].device)
     groups = group_by_size(views)
     out: List[Tensor] = [None] * len(views)

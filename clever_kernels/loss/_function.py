@@ -192,8 +192,6 @@ def first_order_only(backward):
             return grads
         depends_on = [g for g in grad_outputs if isinstance(g, torch.Tensor) and g.requires_grad]
         depends_on.append(saved[0])
-        if not depends_on:
-            return grads
         return tuple(_NotDifferentiable.apply(g, *depends_on) if isinstance(g, torch.Tensor) else g
                      for g in grads)
 

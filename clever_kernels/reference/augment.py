@@ -364,10 +364,11 @@ def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
 
 
-def _check_flag(name: str, value) -> None:
+def _check_flag(name: str, value) -> bool:
     # a string such as "False" from a config file is truthy: taken as given it would do the opposite
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
 
 
 def _check_out_dtype(out_dtype: torch.dtype) -> None:
@@ -423,8 +424,7 @@ def render(images: Images, params: AugParams, mean: Sequence[float] = IMAGENET_M
     _check_choice("interpolation", interpolation, INTERPOLATIONS)
     _check_choice("rotation_interpolation", rotation_interpolation, ROTATION_INTERPOLATIONS)
     _check_out_dtype(out_dtype)
-    _check_flag("antialias", antialias)
-    antialias = bool(antialias)
+    antialias = _check_flag("antialias", antialias)
     size = params.size
     views = []
     for image, p in zip(images, _sample_values(params)):

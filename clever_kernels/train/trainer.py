@@ -296,11 +296,11 @@ class Trainer:
             self.dataset = load_split(args.data, "train")
         except FileNotFoundError as exc:
             raise ConfigError(str(exc)) from exc
-        if len(self.dataset) // self.dist.world_size < args.batch_size:
-            raise ConfigError(f"{len(self.dataset)} images over {self.dist.world_size} rank(s) do not fill one "
-                              f"batch of {args.batch_size}; lower --batch-size")
-        self.sampler = EpochSampler(len(self.dataset), args.batch_size, self.dist.world_size, self.dist.rank,
-                                    seed=args.seed)
+        try:  # too few images for one batch (the other arguments come from the process group)
+            self.sampler = EpochSampler(len(self.dataset), args.batch_size, self.dist.world_size,
+                                        self.dist.rank, seed=args.seed)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
         self.niter = self.sampler.batches_per_epoch
         self.loader = make_loader(self.dataset, self.sampler, args.batch_size, args.num_workers,
                                   pin_memory=self.device.type == "cuda", seed=args.seed)
