@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from clever_kernels.augment import MultiCrop, make_config, render, sample_params
+from clever_kernels.augment import IMAGENET_MEAN, IMAGENET_STD, MultiCrop, make_config, render, sample_params
 
 
 def _images(rng, sizes):
@@ -138,6 +138,35 @@ def test_fused_render_checks_values_in_one_host_copy(rng, monkeypatch):
     bad.order[0] = torch.tensor([0, 1, 1, 3])
     with pytest.raises(ValueError, match=r"params of view 3: order of sample 0 is \[0, 1, 1, 3\]"):
         render(images, params[:3] + [bad] + params[4:], backend="fused")
+
+
+@pytest.mark.parametrize("backend", ["reference", "fused"])
+def test_render_refuses_params_drawn_for_other_images(rng, backend):
+    """Crop boxes are in source pixels: parameters drawn for one image, rendered on a larger
+    one, would crop another region of it without any error. render() compares the sizes each
+    sample was drawn for with the images it is given, on every backend."""
+    import clever_kernels
+    from clever_kernels.augment import _fused
+    from clever_kernels.reference import augment as ref
+    if backend == "fused" and not clever_kernels.backends()["cpu-ext"].available:
+        pytest.skip("C++ extension not built")
+    small = _images(rng, [(30, 41), (17, 23)])
+    large = _images(rng, [(30, 41), (34, 46)])  # every crop box of `small` lies inside these
+    params = sample_params(small, "caug", n_local=2, seed=1)
+    render(small, params, backend=backend)
+    match = r"params of view 0: sample 1 was drawn for a 17x23 image .* but images\[1\] is 34x46"
+    with pytest.raises(ValueError, match=match):
+        render(large, params, backend=backend)
+    with pytest.raises(ValueError, match=match):
+        MultiCrop("caug", n_local=2, backend=backend).render(large, params)
+    with pytest.raises(ValueError, match="was drawn for a"):
+        if backend == "fused":
+            _fused.render_views(large, params[2:], IMAGENET_MEAN, IMAGENET_STD)
+        else:
+            ref.render(large, params[2], IMAGENET_MEAN, IMAGENET_STD)
+    swapped = [small[1], small[0]]  # same images, other order: sample 0 is no longer its image
+    with pytest.raises(ValueError, match=r"sample 0 was drawn for a 30x41 image .* images\[0\] is 17x23"):
+        render(swapped, params, backend=backend)
 
 
 def test_normalises_with_the_configured_mean_and_std(rng):

@@ -505,7 +505,9 @@ def test_aug_params_record():
     assert [p.view for p in params] == [0, 1, 2] and [p.size for p in params] == [224, 224, 96]
     p = params[1]
     t = p.to_tensor()
-    assert t.shape == (6, len(COLUMNS)) and list(p.columns) == list(COLUMNS) and len(COLUMNS) == 20
+    assert t.shape == (6, len(COLUMNS)) and list(p.columns) == list(COLUMNS) and len(COLUMNS) == 22
+    assert COLUMNS[-2:] == ("image_height", "image_width")
+    assert (t[:, -2:] == torch.tensor([120.0, 160.0])).all()
     assert torch.equal(t[:, COLUMNS.index("angle")], p.angle)
     assert torch.equal(t[:, COLUMNS.index("order0"):COLUMNS.index("order3") + 1], p.order.float())
     back = AugParams.from_tensor(p.to_tensor(torch.float64), size=p.size, view=p.view,
@@ -523,6 +525,23 @@ def test_aug_params_record():
     moved = p.to("meta")
     assert moved.device.type == "meta" and moved.size == p.size and moved.view == p.view
     assert len(p) == 6 and p.is_global and not params[2].is_global
+
+
+def test_params_record_each_samples_image_size():
+    """Every draw records the size of the image each sample was drawn for, ragged batches too,
+    and keeps it through index, to_tensor and from_tensor."""
+    images = [torch.zeros(3, h, w, dtype=torch.uint8) for h, w in ((31, 17), (5, 60), (40, 40))]
+    for p in sample_params(images, "caug+", n_local=2, seed=5):
+        assert p.image_height.tolist() == [31, 5, 40] and p.image_width.tolist() == [17, 60, 40]
+        assert p.index([2, 0]).image_height.tolist() == [40, 31]
+        back = AugParams.from_tensor(p.to_tensor(torch.float64), p.size, p.view, p.elastic_alpha, p.elastic_sigma)
+        assert back == p
+    identity = AugParams.identity([[7, 9], [3, 4]], size=5)
+    assert identity.image_height.tolist() == [7, 3] and identity.image_width.tolist() == [9, 4]
+    # a table in the layout without the sizes is refused with what to add, not misread
+    old_layout = p.to_tensor(torch.float64)[:, :-2]
+    with pytest.raises(ValueError, match="append image_height and image_width columns"):
+        AugParams.from_tensor(old_layout, p.size, p.view, p.elastic_alpha, p.elastic_sigma)
 
 
 def test_elastic_constants_are_float32_in_config_and_params():

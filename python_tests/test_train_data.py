@@ -135,3 +135,23 @@ def test_sixteen_bit_grayscale_keeps_its_range(tmp_path):
     image, _, _ = FileDataset([str(tmp_path / "deep.png")], [0], ["a"], "t")[0]
     assert image.shape == (3, 12, 10) and image.dtype == torch.uint8
     assert torch.equal(image[0], torch.from_numpy((values >> 8).astype(np.uint8))) and torch.equal(image[0], image[2])
+
+
+def test_thirty_two_bit_images_are_read_as_sixteen_bit_or_refused(tmp_path):
+    """Mode I (older Pillow's 16-bit PNGs) keeps the top 8 of 16 bits, like I;16; wider integers
+    and float images are refused naming the file, never clipped to white."""
+    from PIL import Image
+
+    from clever_kernels.train.data import FileDataset
+
+    values = (np.arange(12 * 10).reshape(12, 10) * 500).astype(np.int32)
+    Image.fromarray(values).save(tmp_path / "wide.tif")
+    assert Image.open(tmp_path / "wide.tif").mode == "I"
+    image, _, _ = FileDataset([str(tmp_path / "wide.tif")], [0], ["a"], "t")[0]
+    assert image.shape == (3, 12, 10) and torch.equal(image[1], torch.from_numpy((values >> 8).astype(np.uint8)))
+    Image.fromarray(values * 1000).save(tmp_path / "deeper.tif")
+    Image.fromarray(values.astype(np.float32) / 60000).save(tmp_path / "float.tif")
+    for name, match in (("deeper.tif", r"mode I\) with values in \[0, 59500000\]"), ("float.tif", "mode F")):
+        path = str(tmp_path / name)
+        with pytest.raises(ValueError, match=f"{path}: .*{match}"):
+            FileDataset([path], [0], ["a"], "t")[0]

@@ -15,18 +15,18 @@ import torch
 
 Tensor = torch.Tensor
 
-_INT_FIELDS = ("top", "left", "height", "width", "elastic_seed")
+_INT_FIELDS = ("top", "left", "height", "width", "elastic_seed", "image_height", "image_width")
 _BOOL_FIELDS = ("flip", "elastic", "jitter", "grayscale", "solarize")
 #: The float32 per-sample fields.
 FLOAT_FIELDS = ("angle", "brightness", "contrast", "saturation", "hue", "blur_sigma")
 TENSOR_FIELDS = ("top", "left", "height", "width", "flip", "angle", "elastic", "elastic_seed",
                  "jitter", "brightness", "contrast", "saturation", "hue", "order", "grayscale",
-                 "blur_sigma", "solarize")
+                 "blur_sigma", "solarize", "image_height", "image_width")
 
 #: Columns of AugParams.to_tensor(), in order (`order` spreads over four columns).
 COLUMNS = ("top", "left", "height", "width", "flip", "angle", "elastic", "elastic_seed", "jitter",
            "brightness", "contrast", "saturation", "hue", "order0", "order1", "order2", "order3",
-           "grayscale", "blur_sigma", "solarize")
+           "grayscale", "blur_sigma", "solarize", "image_height", "image_width")
 
 #: Largest blur or elastic sigma a renderer takes (output pixels). The kernels' work grows with
 #: the square of the radius (3 sigma), so an unbounded sigma would be a render that never ends.
@@ -86,6 +86,9 @@ class AugParams:
     grayscale                  bool
     blur_sigma                 float32 Gaussian blur sigma in output pixels; 0 when not blurred
     solarize                   bool
+    image_height, image_width  int64  size of the source image the parameters were drawn for:
+                                      render() refuses other images, whose crop boxes would
+                                      mean other regions
 
     View-level constants: size (output side S), view (0 global 1, 1 global 2, 2.. local),
     elastic_alpha and elastic_sigma (the elastic transform's strength and field smoothing).
@@ -109,6 +112,8 @@ class AugParams:
     grayscale: Tensor
     blur_sigma: Tensor
     solarize: Tensor
+    image_height: Tensor
+    image_width: Tensor
     elastic_alpha: float = 0.0
     elastic_sigma: float = 0.0
 
@@ -194,6 +199,10 @@ class AugParams:
         must be float32 or float64 (an integer one has truncated the angles and factors, a
         half-precision one rounded the crop boxes).
         """
+        if isinstance(table, Tensor) and table.dim() == 2 and table.shape[1] == len(COLUMNS) - 2:
+            raise ValueError(f"table has {len(COLUMNS) - 2} columns, the layout before AugParams recorded its "
+                             f"images' sizes: append image_height and image_width columns (B, 2) to read "
+                             f"it back, {len(COLUMNS)} in all")
         if not isinstance(table, Tensor) or table.dim() != 2 or table.shape[1] != len(COLUMNS):
             raise ValueError(f"table must be a tensor of shape (B, {len(COLUMNS)}), got "
                              f"{tuple(table.shape) if isinstance(table, Tensor) else type(table).__name__}")
@@ -286,7 +295,8 @@ class AugParams:
                    flip=false, angle=zeros_f, elastic=false.clone(), elastic_seed=zeros_i.clone(),
                    jitter=false.clone(), brightness=ones_f, contrast=ones_f.clone(),
                    saturation=ones_f.clone(), hue=zeros_f.clone(), order=order,
-                   grayscale=false.clone(), blur_sigma=zeros_f.clone(), solarize=false.clone())
+                   grayscale=false.clone(), blur_sigma=zeros_f.clone(), solarize=false.clone(),
+                   image_height=image_sizes[:, 0].to(torch.int64), image_width=image_sizes[:, 1].to(torch.int64))
 
 
 def group_by_size(views: Sequence[AugParams]) -> Dict[int, List[int]]:

@@ -225,6 +225,8 @@ def sample_views(sizes: Tensor, configs: Sequence[ViewConfig], first_view: int =
     blur = happens(Op.BLUR, k.blur_p)
     blur_sigma = torch.where(blur, within(Op.BLUR, 1, k.blur_sigma_lo, k.blur_sigma_span), 0.0)
     solarize = happens(Op.SOLARIZE, k.solarize_p)
+    # one pair of tensors shared by every view (as the per-view fields are slices of one table)
+    image_height, image_width = sizes.unbind(1)
 
     return [AugParams(
         size=config.size, view=first_view + j, elastic_alpha=config.elastic_alpha,
@@ -233,6 +235,7 @@ def sample_views(sizes: Tensor, configs: Sequence[ViewConfig], first_view: int =
         elastic=elastic[j], elastic_seed=elastic_seed[j], jitter=jitter[j], brightness=factors[0][j],
         contrast=factors[1][j], saturation=factors[2][j], hue=factors[3][j], order=order[j],
         grayscale=grayscale[j], blur_sigma=blur_sigma[j], solarize=solarize[j],
+        image_height=image_height, image_width=image_width,
     ) for j, config in enumerate(configs)]
 
 

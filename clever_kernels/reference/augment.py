@@ -301,23 +301,34 @@ def _check_structure(params: AugParams, images: List[Tensor]) -> None:
 
 
 def check_param_values(views: Sequence[AugParams], images: List[Tensor]) -> None:
-    """Crop boxes inside their images, angles and colour factors finite, blur sigmas in
+    """Parameters drawn for images of these sizes, crop boxes inside their images, angles and colour factors finite, blur sigmas in
     [0, MAX_SIGMA], orders permutations, elastic seeds in [0, 2**32), for every view, with one
     device-to-host copy for all of them (on a GPU each copy waits for the stream). The kernels
     refuse such rows too (the CUDA ones with a device-side assert, which ends the process's CUDA
     context), so checking here turns that into a ValueError naming the view and the sample; the
     seeds they would take modulo 2**32, so -1 would render as 2**32 - 1 does."""
     ints = torch.stack([torch.cat([torch.stack([p.top, p.left, p.height, p.width, p.elastic_seed], dim=1),
-                                   p.order], dim=1) for p in views])
+                                   p.order, torch.stack([p.image_height, p.image_width], dim=1)], dim=1)
+                        for p in views])
     floats = torch.stack([torch.stack([getattr(p, name) for name in FLOAT_FIELDS], dim=1) for p in views])
     # float32 crop boxes would round: the two tables travel as one int64 copy, floats by their bits
     host = torch.cat([ints, floats.view(torch.int32).to(torch.int64)], dim=2).cpu()
-    n_ints = ints.shape[2]  # top, left, height, width, elastic_seed, then the four order columns
+    # top, left, height, width, elastic_seed, the four order columns, image_height, image_width
+    n_ints = ints.shape[2]
     host_floats = host[:, :, n_ints:].to(torch.int32).view(torch.float32)
     heights = torch.tensor([x.shape[1] for x in images])
     widths = torch.tensor([x.shape[2] for x in images])
     for v in range(len(views)):
         where = f"params of view {views[v].view}"
+        drawn_h, drawn_w = host[v, :, n_ints - 2:n_ints].unbind(1)
+        # a crop box means a region only of the image it was drawn for: on a larger one it would
+        # render another region without any error
+        other = (drawn_h != heights) | (drawn_w != widths)
+        if other.any():
+            b = int(other.nonzero()[0, 0])
+            raise ValueError(f"{where}: sample {b} was drawn for a {int(drawn_h[b])}x{int(drawn_w[b])} image "
+                             f"(image_height x image_width) but images[{b}] is {heights[b].item()}x"
+                             f"{widths[b].item()}; draw parameters for these images (sample_params)")
         top, left, h, w = host[v, :, :4].unbind(1)
         # top > height - h rather than top + h > height, which wraps past int64 for huge boxes
         bad = (top < 0) | (left < 0) | (h < 1) | (w < 1) | (top > heights - h) | (left > widths - w)
@@ -332,7 +343,7 @@ def check_param_values(views: Sequence[AugParams], images: List[Tensor]) -> None
             b = int(bad_seed.nonzero()[0, 0])
             raise ValueError(f"{where}: elastic_seed of sample {b} is {int(seed[b])}; expected a 32-bit key in "
                              "[0, 2**32)")
-        order = host[v, :, 5:n_ints]
+        order = host[v, :, 5:n_ints - 2]
         not_perm = (order.sort(dim=1).values != torch.arange(4)).any(dim=1)
         if not_perm.any():
             b = int(not_perm.nonzero()[0, 0])

@@ -58,10 +58,19 @@ class ArrayDataset(torch.utils.data.Dataset):
 
 def _rgb8(image) -> np.ndarray:
     """(H, W, 3) uint8 of a PIL image. 16-bit grayscale keeps its top 8 bits: PIL's own
-    conversion clips it at 255, which turns most such images white."""
-    if image.mode.startswith("I;16"):
-        gray = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
+    conversion clips it at 255, which turns most such images white. Mode "I" (32-bit integers,
+    which older Pillow also gives 16-bit PNGs) is read as 16-bit where its values fit; wider
+    values and float images have no range to scale from, so they are refused, not clipped."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image)
+        if image.mode == "I" and values.size and (values.min() < 0 or values.max() > 65535):
+            raise ValueError(f"a 32-bit integer image (mode I) with values in [{values.min()}, {values.max()}]: "
+                             "only values in [0, 65535] (16-bit samples) can be read; convert it to 8 or 16 bits")
+        gray = (values.astype(np.uint16) >> 8).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode == "F":
+        raise ValueError("a 32-bit float image (mode F) has no fixed range to read as 8 bits; convert it to 8 or "
+                         "16 bits")
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
@@ -87,6 +96,8 @@ class FileDataset(torch.utils.data.Dataset):
                 array = _rgb8(image)
         except OSError as exc:  # a truncated file's error does not name it
             raise OSError(f"{self.paths[index]}: {exc}") from exc
+        except ValueError as exc:
+            raise ValueError(f"{self.paths[index]}: {exc}") from exc
         return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous(), int(self.labels[index]), index
 
 
