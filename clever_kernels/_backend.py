@@ -101,10 +101,13 @@ def _interpreter_loop_problem() -> Optional[str]:
             total += 1
         tl.store(out_ptr, total)
 
-    out = torch.zeros(1, dtype=torch.int32)
+    # the first call may come inside a torch.func transform, which would wrap this tensor into
+    # one the interpreter cannot read, and the answer is kept for the process
+    with torch._C._DisableFuncTorch():
+        out = torch.zeros(1, dtype=torch.int32)
     try:
-        with warnings.catch_warnings():  # numpy < 2.4 only warns, and that is triton's to say
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(), torch._C._DisableFuncTorch():
+            warnings.simplefilter("ignore")  # numpy < 2.4 only warns, and that is triton's to say
             count_to[(1,)](out, 3)
     except Exception as exc:
         return (f"triton {triton.__version__}'s interpreter cannot run a loop with a runtime trip count "

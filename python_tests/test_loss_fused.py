@@ -554,6 +554,71 @@ def test_double_backward_is_refused(rng, backend):
         torch.autograd.grad(gx.sum(), w)
 
 
+@pytest.mark.skipif("cpp" not in BACKENDS, reason="C++ extension not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch,ncrops,k1,k2", [(1, 2, 17, 9), (3, 4, 1000, 33)])
+def test_torch_func_transforms_match_the_reference(rng, dtype, batch, ncrops, k1, k2):
+    """torch.func.grad and vmap run the fused ops (vmap as one fused call per entry): per-sample
+    losses and per-sample gradients of both heads, over batched students and teachers, against
+    the float64 reference under the same transforms."""
+    from torch.func import grad, vmap
+
+    entries = 3
+    draws = [_inputs(rng, batch, ncrops, k1, k2, dtype) for _ in range(entries)]
+    s1, s2, t1, t2 = (torch.stack([d[i] for d in draws]) for i in range(4))
+    c1, c2 = draws[0][4], draws[0][5]
+
+    def parts(backend, up=lambda x: x):
+        def loss(a, b, ta, tb):
+            total, l_dir, l_dvr = clever_loss(up(a), up(b), up(ta), up(tb), up(c1), up(c2), ncrops, TS, 0.04,
+                                              0.7, backend=backend)[:3]
+            return total + 0.3 * l_dir - 2.0 * l_dvr, (total, l_dir, l_dvr)
+
+        per_sample = vmap(grad(loss, argnums=(0, 1), has_aux=True))(s1, s2, t1, t2)
+        whole = grad(lambda a, b: vmap(loss)(a, b, t1, t2)[0].sum(), argnums=(0, 1))(s1, s2)
+        return per_sample, whole
+
+    (got_g, got_parts), got_whole = parts("cpp")
+    (want_g, want_parts), want_whole = parts("reference", up=torch.Tensor.double)
+    for name, got, want in zip(("total", "loss_dir", "loss_dvr"), got_parts, want_parts):
+        assert got.shape == (entries,)
+        _assert_close(got, want, dtype, name)
+    unit = 1.0 / (2 * (ncrops - 1) * batch * TS)
+    for grads in ((got_g, want_g), (got_whole, want_whole)):
+        (g1, g2), (w1, w2) = grads
+        assert g1.shape == s1.shape and g1.dtype == dtype
+        _assert_close(g1, w1, dtype, "grad student_ir", unit)
+        _assert_close(g2, w2, dtype, "grad student_ef", unit * _largest_probability(s2))
+    with pytest.raises(RuntimeError, match="no derivative of its own"):
+        torch.func.jacrev(torch.func.jacrev(lambda a: dino_loss(a, t1[0], c1, ncrops, TS, 0.04, backend="cpp")[0]))(s1[0])
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="the Triton interpreter does not run here")
+def test_interpreted_triton_refuses_torch_func_transforms():
+    """The interpreted Triton launchers cannot read functorch's wrapped tensors: under a
+    transform they say which backends can, and the backend probe made inside a transform still
+    finds the interpreter (the answer is kept for the process)."""
+    code = """
+import torch
+from clever_kernels.loss import dino_loss
+s, t, c = torch.randn(6, 40), torch.randn(4, 40), torch.zeros(1, 40)
+try:
+    torch.func.grad(lambda x: dino_loss(x, t, c, 3, 0.1, 0.04, backend="triton")[0])(s)
+except RuntimeError as exc:
+    print("refused:", exc)
+else:
+    print("not refused")
+print("plain:", bool(torch.isfinite(dino_loss(s, t, c, 3, 0.1, 0.04, backend="triton")[0])))
+"""
+    import os
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "refused: torch.func transforms (grad, vmap, ...) run the fused loss on CPU tensors with " \
+           "backend='cpp'" in done.stdout, done.stdout
+    assert "plain: True" in done.stdout, done.stdout
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_create_graph_first_order_gradient_is_unchanged(rng, backend):
     """create_graph=True alone (with nothing differentiated twice) gives the usual gradient,

@@ -148,6 +148,29 @@ def _register_fakes():
         return torch.empty_like(student)
 
 
+def _register_vmap_rules():
+    """torch.func.vmap runs each loss op once per batch entry, outputs stacked: the kernels take
+    one problem at a time. With these the Functions vmap by their own forward and backward
+    (generate_vmap_rule), so per-sample losses and gradients work, as a loop of fused calls."""
+    if not hasattr(torch.library, "register_vmap"):
+        return
+
+    def loop(op):
+        def rule(info, in_dims, *args):
+            def entry(i):
+                return [a.select(d, i) if d is not None else a for a, d in zip(args, in_dims)]
+
+            outputs = [op(*entry(i)) for i in range(info.batch_size)]
+            if isinstance(outputs[0], torch.Tensor):
+                return torch.stack(outputs), 0
+            return tuple(torch.stack(parts) for parts in zip(*outputs)), (0,) * len(outputs[0])
+
+        return rule
+
+    for name in ("dir_loss_fwd", "dvr_loss_fwd", "dir_loss_bwd", "dvr_loss_bwd"):
+        torch.library.register_vmap(f"clever_kernels::{name}", loop(getattr(torch.ops.clever_kernels, name)))
+
+
 def _register_triton_cuda():
     if torch.cuda.is_available() and _backend._triton_import() is None:
         from . import _triton
@@ -156,6 +179,7 @@ def _register_triton_cuda():
 
 if _backend.has_extension():
     _register_fakes()
+    _register_vmap_rules()
     _register_triton_cuda()
 
 
@@ -163,15 +187,22 @@ class _NotDifferentiable(torch.autograd.Function):
     """The first-order gradient `grad`, attached to the tensors it was computed from
     (`depends_on`); differentiating it raises."""
 
+    generate_vmap_rule = True  # its forward is one detach
+
     @staticmethod
-    def forward(ctx, grad, *depends_on):
+    def forward(grad, *depends_on):
         return grad.detach()  # not a view: the caller may modify the gradient in place
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass  # nothing to keep: the backward raises
 
     @staticmethod
     def backward(ctx, *_):
         raise RuntimeError("clever_kernels.loss: the fused loss's backward has no derivative of its own "
                            "(a gradient penalty or Hessian through the loss); use backend='reference' "
                            "for higher-order gradients")
+
 
 
 def first_order_only(backward):
@@ -202,19 +233,25 @@ class DirCrossEntropy(torch.autograd.Function):
     """ce[iq, v*B+b] = -<q[iq,b], log_softmax(student[v*B+b]/ts)> for every (iq, v), and the
     column sum of the teacher rows (non-differentiable). The teacher gets no gradient."""
 
+    generate_vmap_rule = True  # the ops have vmap rules (_register_vmap_rules)
+
     @staticmethod
-    def forward(ctx, student, teacher, center, ncrops: int, student_temp: float, teacher_temp: float,
-                impl: str):
+    def forward(student, teacher, center, ncrops: int, student_temp: float, teacher_temp: float, impl: str):
         off_s, off_t, ce, teacher_sum, center = _ops(impl).dir_loss_fwd(
             student, teacher, center, ncrops, student_temp, teacher_temp)
+        return ce, teacher_sum, center, off_s, off_t
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        student, teacher, _, ncrops, student_temp, teacher_temp, impl = inputs
+        ce, teacher_sum, center, off_s, off_t = output
         ctx.save_for_backward(student, teacher, center, off_s, off_t)
         ctx.args = (ncrops, student_temp, teacher_temp, impl)
-        ctx.mark_non_differentiable(teacher_sum)
-        return ce, teacher_sum
+        ctx.mark_non_differentiable(teacher_sum, center, off_s, off_t)
 
     @staticmethod
     @first_order_only  # the backward ops have no derivative: a second one is refused, never 0
-    def backward(ctx, saved, grad_ce, _grad_sum):
+    def backward(ctx, saved, grad_ce, *_):
         student, teacher, center, off_s, off_t = saved
         ncrops, ts, tt, impl = ctx.args
         # d ce[iq, r] / d student[r] = (softmax(student[r]/ts) - q[iq]) / ts
@@ -228,19 +265,25 @@ class DvrCosine(torch.autograd.Function):
     """cos[iq, v*B+b] = cos(p[iq,b], r[v*B+b]) for every (iq, v), and the column sum of the
     teacher rows (non-differentiable). The teacher gets no gradient."""
 
+    generate_vmap_rule = True  # the ops have vmap rules (_register_vmap_rules)
+
     @staticmethod
-    def forward(ctx, student, teacher, center, ncrops: int, student_temp: float, teacher_temp: float,
-                impl: str):
+    def forward(student, teacher, center, ncrops: int, student_temp: float, teacher_temp: float, impl: str):
         off_s, off_t, norm_s, norm_t, cos, teacher_sum, center = _ops(impl).dvr_loss_fwd(
             student, teacher, center, ncrops, student_temp, teacher_temp)
+        return cos, teacher_sum, center, off_s, off_t, norm_s, norm_t
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        student, teacher, _, ncrops, student_temp, teacher_temp, impl = inputs
+        cos, teacher_sum, center, off_s, off_t, norm_s, norm_t = output
         ctx.save_for_backward(student, teacher, center, off_s, off_t, norm_s, norm_t, cos)
         ctx.args = (ncrops, student_temp, teacher_temp, impl)
-        ctx.mark_non_differentiable(teacher_sum)
-        return cos, teacher_sum
+        ctx.mark_non_differentiable(teacher_sum, center, off_s, off_t, norm_s, norm_t)
 
     @staticmethod
     @first_order_only
-    def backward(ctx, saved, grad_cos, _grad_sum):
+    def backward(ctx, saved, grad_cos, *_):
         student, teacher, center, off_s, off_t, norm_s, norm_t, cos = saved
         ncrops, ts, tt, impl = ctx.args
         batch = teacher.shape[0] // 2

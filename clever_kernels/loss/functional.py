@@ -50,9 +50,22 @@ def _prepare(student: Tensor, teacher: Tensor, center: Tensor):
     return student, teacher, center
 
 
+def _check_not_transformed(impl: str):
+    """torch.func transforms reach the kernels through the registered ops (their vmap rules, the
+    dispatcher's unwrapping); the interpreted Triton launchers are called directly, and would
+    hand the interpreter wrapped tensors (inputs, or outputs made inside a transform) it cannot
+    read."""
+    if impl == "triton" and torch._C._functorch.peek_interpreter_stack() is not None:
+        raise RuntimeError("torch.func transforms (grad, vmap, ...) run the fused loss on CPU tensors with "
+                           "backend='cpp', on CUDA ones with 'triton' or 'auto'; the interpreted Triton "
+                           "kernels (backend='triton' on the CPU) do not take them")
+
+
 def _head(function, student, teacher, center, ncrops, student_temp, teacher_temp, impl):
+    _check_not_transformed(impl)
     student, teacher, center = _prepare(student, teacher, center)
-    return function.apply(student, teacher, center, ncrops, float(student_temp), float(teacher_temp), impl)
+    # the Functions also return what their backward keeps (setup_context saves it from there)
+    return function.apply(student, teacher, center, ncrops, float(student_temp), float(teacher_temp), impl)[:2]
 
 
 def dino_loss(student: Tensor, teacher: Tensor, center: Tensor, ncrops: int, student_temp: float,
