@@ -28,7 +28,7 @@ from clever_kernels.reference import augment as ref_augment
 
 from conftest import assert_inf_exactly_at, minus_inf_against_positive_teacher
 from test_loss_fused import (TS, _assert_close, _check_against_reference, _inputs, _reference, _run,
-                             check_compiled_matches_eager)
+                             check_compiled_matches_eager, check_torch_func_matches_reference)
 
 DEVICE = torch.device(os.environ.get("CLEVER_GPU_TEST_DEVICE", "cuda"))
 ON_GPU = DEVICE.type == "cuda"
@@ -108,6 +108,13 @@ def test_minus_inf_logits_on_the_device(rng, splits):
                          num_splits=splits)[2].cpu()
     want_inf = assert_inf_exactly_at(ce, want, pairs)
     torch.testing.assert_close(ce[~want_inf].double(), want[~want_inf], rtol=1e-5, atol=1e-4)
+
+
+@gpu_only  # the interpreted kernels take no torch.func transform
+@pytest.mark.parametrize("dtype", [F32, BF16])
+def test_triton_loss_under_torch_func(rng, dtype):
+    """The Triton ops run under grad and vmap through the registered ops' vmap rules."""
+    check_torch_func_matches_reference(rng, "triton", 3, 4, 4097, 1000, dtype, device=DEVICE)
 
 
 def test_auto_backend_is_the_kernel_for_the_device(rng):

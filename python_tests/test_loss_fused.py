@@ -558,13 +558,17 @@ def test_double_backward_is_refused(rng, backend):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("batch,ncrops,k1,k2", [(1, 2, 17, 9), (3, 4, 1000, 33)])
 def test_torch_func_transforms_match_the_reference(rng, dtype, batch, ncrops, k1, k2):
+    check_torch_func_matches_reference(rng, "cpp", batch, ncrops, k1, k2, dtype)
+
+
+def check_torch_func_matches_reference(rng, backend, batch, ncrops, k1, k2, dtype, device="cpu"):
     """torch.func.grad and vmap run the fused ops (vmap as one fused call per entry): per-sample
     losses and per-sample gradients of both heads, over batched students and teachers, against
-    the float64 reference under the same transforms."""
+    the float64 reference under the same transforms; a second derivative raises."""
     from torch.func import grad, vmap
 
     entries = 3
-    draws = [_inputs(rng, batch, ncrops, k1, k2, dtype) for _ in range(entries)]
+    draws = [[x.to(device) for x in _inputs(rng, batch, ncrops, k1, k2, dtype)] for _ in range(entries)]
     s1, s2, t1, t2 = (torch.stack([d[i] for d in draws]) for i in range(4))
     c1, c2 = draws[0][4], draws[0][5]
 
@@ -578,7 +582,7 @@ def test_torch_func_transforms_match_the_reference(rng, dtype, batch, ncrops, k1
         whole = grad(lambda a, b: vmap(loss)(a, b, t1, t2)[0].sum(), argnums=(0, 1))(s1, s2)
         return per_sample, whole
 
-    (got_g, got_parts), got_whole = parts("cpp")
+    (got_g, got_parts), got_whole = parts(backend)
     (want_g, want_parts), want_whole = parts("reference", up=torch.Tensor.double)
     for name, got, want in zip(("total", "loss_dir", "loss_dvr"), got_parts, want_parts):
         assert got.shape == (entries,)
@@ -590,7 +594,7 @@ def test_torch_func_transforms_match_the_reference(rng, dtype, batch, ncrops, k1
         _assert_close(g1, w1, dtype, "grad student_ir", unit)
         _assert_close(g2, w2, dtype, "grad student_ef", unit * _largest_probability(s2))
     with pytest.raises(RuntimeError, match="no derivative of its own"):
-        torch.func.jacrev(torch.func.jacrev(lambda a: dino_loss(a, t1[0], c1, ncrops, TS, 0.04, backend="cpp")[0]))(s1[0])
+        torch.func.jacrev(torch.func.jacrev(lambda a: dino_loss(a, t1[0], c1, ncrops, TS, 0.04, backend=backend)[0]))(s1[0])
 
 
 @pytest.mark.skipif("triton" not in BACKENDS, reason="the Triton interpreter does not run here")
