@@ -13,6 +13,7 @@ import datetime
 import json
 import math
 import os
+import re
 import sys
 import time
 from argparse import Namespace
@@ -181,6 +182,14 @@ def _progress_text(record: Dict) -> str:
     dvr = f" DVR {record['DVR']:.4f}" if "DVR" in record else ""
     return (f"loss {record['total']:.4f} DIR {record['DIR']:.4f}{dvr} lr {record['lr']:.2e} "
             f"{record['img_per_s']:.0f} img/s aug {100 * record['aug_share']:.0f}%")
+
+
+#: A parameter record's file name (_save_params): step<step>[_rank<r>].pt
+_RECORD_NAME = re.compile(r"step(\d+)(_rank\d+)?\.pt")
+
+
+def _record_step(path: str) -> int:
+    return int(_RECORD_NAME.fullmatch(os.path.basename(path)).group(1))
 
 
 def _rewrite_log(path: str, keep_before_step: int, keep_before_epoch: int) -> None:
@@ -374,7 +383,7 @@ class Trainer:
         if not os.path.isdir(directory):
             return []
         return [os.path.join(directory, name) for name in sorted(os.listdir(directory))
-                if name.startswith("step") and name.endswith(".pt")]
+                if _RECORD_NAME.fullmatch(name)]
 
     def _clear_out_dir(self) -> None:
         """Removes an earlier run's files (its checkpoint, log, arguments, recorded parameters
@@ -422,7 +431,18 @@ class Trainer:
         state = self._state(epoch, iteration)
         if self.dist.main:
             ckpt_io.atomic_save(state, self.ckpt_path)
+            self._drop_evaluations()
         self.last_saved_step = step
+
+    def _drop_evaluations(self) -> None:
+        """clever-eval's results in --out describe the checkpoint just replaced (a resumed run's):
+        removed, so that no report shows them as this checkpoint's."""
+        stale = [name for name in _EVAL_FILES if os.path.isfile(os.path.join(self.out, name))]
+        for name in stale:
+            os.remove(os.path.join(self.out, name))
+        if stale:
+            print(f"clever-train: removed {', '.join(stale)}, the evaluation of an earlier checkpoint "
+                  "(run clever-eval again)", file=sys.stderr)
 
     def _resume(self, path: str) -> None:
         if not os.path.isfile(path):
@@ -452,6 +472,11 @@ class Trainer:
         self.start_epoch, self.start_iter = state["epoch"], state["iteration"]
         if self.dist.main:
             _rewrite_log(self.log_path, state["step"], self.start_epoch)
+            # the steps from the checkpoint on are replayed: their records of the earlier attempt
+            # go, as their log records do (a run with --save-params writes them again)
+            for path in self._saved_params():
+                if _record_step(path) >= state["step"]:
+                    os.remove(path)
             print(f"clever-train: resumed from {path} at epoch {self.start_epoch}, iteration "
                   f"{self.start_iter} (step {state['step']})", file=sys.stderr)
 
