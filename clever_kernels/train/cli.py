@@ -11,6 +11,7 @@ import sys
 from typing import List, Optional
 
 from .models import ARCHS
+from .runlog import EVALUATED
 
 EXIT_NON_FINITE = 3
 EXIT_USAGE = 2  # argparse's
@@ -161,7 +162,7 @@ def eval_parser() -> argparse.ArgumentParser:
         description="Linear probes (Top1-Ori, Top1-Ori+CJ+R) on frozen backbone features, full / IR / EF, "
                     "and the rotation sensitivity (R^2 of a linear regression of the angle) of IR and EF.")
     p.add_argument("checkpoint", help="a checkpoint written by clever-train")
-    p.add_argument("--which", choices=("teacher", "student"), default="teacher")
+    p.add_argument("--which", choices=EVALUATED, default="teacher")
     p.add_argument("--data", default=None, help="evaluate on other data than the training data")
     p.add_argument("--device", default=None)
     p.add_argument("--batch-size", type=_positive_int, default=256)

@@ -36,6 +36,7 @@ from ..augment import ViewConfig, image_sizes, render, sample_view
 from .checkpoint import load_checkpoint
 from .data import load_split, make_loader
 from .models import feature_split
+from .runlog import eval_stem
 from .trainer import CHECKPOINT_NAME, build_network
 
 PERTURBATIONS = ("clean", "cj_r", "rot")
@@ -199,7 +200,7 @@ def evaluate(checkpoint: str, which: str = "teacher", data: Optional[str] = None
               "aug": args.aug, "epoch": state["epoch"], "step": state["step"],
               "split_nominal": args.method != "clever", **metrics, "seconds": time.perf_counter() - start}
     os.makedirs(out, exist_ok=True)
-    stem = os.path.join(out, f"eval_{which}")
+    stem = eval_stem(out, which)
     with open(stem + ".json", "w") as f:
         json.dump(result, f, indent=1)
     with open(stem + ".md", "w") as f:

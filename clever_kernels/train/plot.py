@@ -3,7 +3,7 @@ import json
 import os
 from typing import Dict, List, Sequence
 
-from .runlog import log_records
+from .runlog import EVALUATED, eval_stem, log_records
 
 METRICS = (("top1_ori", "Top1-Ori (%)"), ("top1_ori_cj_r", "Top1-Ori+CJ+R (%)"), ("rotation_r2", "rotation R^2"))
 SLICES = ("full", "ir", "ef")
@@ -101,8 +101,8 @@ def plot_runs(sources: Sequence[str], path: str) -> str:
         if not os.path.exists(log):
             raise FileNotFoundError(f"{source}: no log.jsonl (and not a comparison .json)")
         runs.append((labels[source], read_log(log)))
-        for which in ("teacher", "student"):
-            eval_path = os.path.join(source, f"eval_{which}.json")
+        for which in EVALUATED:
+            eval_path = eval_stem(source, which) + ".json"
             if os.path.exists(eval_path):
                 with open(eval_path) as f:
                     result = json.load(f)

@@ -1,6 +1,17 @@
-"""Reading a run's log.jsonl, shared by the trainer (resume) and the plots."""
+"""A run's files: reading its log.jsonl (the trainer's resume, the plots) and the names of
+clever-eval's results (written by evaluate, read by the plots, removed by the trainer)."""
 import json
 import os
+
+#: The networks clever-eval evaluates.
+EVALUATED = ("teacher", "student")
+#: What clever-eval writes in a run's folder.
+EVAL_FILES = tuple(f"eval_{which}.{ext}" for which in EVALUATED for ext in ("json", "md", "png"))
+
+
+def eval_stem(out: str, which: str) -> str:
+    """The path of clever-eval's results for `which`, without the extension."""
+    return os.path.join(out, f"eval_{which}")
 
 
 def log_records(path: str):

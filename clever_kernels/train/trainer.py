@@ -28,7 +28,7 @@ from ..loss import CLeVERLoss, DINOLoss
 from . import checkpoint as ckpt_io
 from .data import EpochSampler, load_split, make_loader
 from .models import build_backbone, build_model, has_batchnorm
-from .runlog import log_records
+from .runlog import EVAL_FILES, log_records
 from .schedules import (cancel_last_layer_gradients, clip_gradients, cosine_schedule, ema_update, head_norm_gap,
                         param_groups, scaled_lr)
 
@@ -40,7 +40,6 @@ _DATA_SIZES = {"digits": 32, "fashion-mnist": 28}
 # what a run writes in --out, and what clever-eval writes there by default
 _RUN_FILES = (CHECKPOINT_NAME, LOG_NAME, "args.json")
 PARAMS_DIR = "params"  # --save-params: step<step>[_rank<r>].pt
-_EVAL_FILES = tuple(f"eval_{which}.{ext}" for which in ("teacher", "student") for ext in ("json", "md", "png"))
 
 
 class ConfigError(ValueError):
@@ -360,7 +359,7 @@ class Trainer:
             raise ConfigError("--overwrite starts afresh and --resume continues: pass one of them")
         if os.path.exists(self.out) and not os.path.isdir(self.out):
             raise ConfigError(f"--out {self.out} is a file; a run needs a directory")
-        held = [name for name in _RUN_FILES + _EVAL_FILES if os.path.exists(os.path.join(self.out, name))]
+        held = [name for name in _RUN_FILES + EVAL_FILES if os.path.exists(os.path.join(self.out, name))]
         held += [PARAMS_DIR] if self._saved_params() else []
         if held and not overwrite:
             if not args.resume:
@@ -391,7 +390,7 @@ class Trainer:
         the trainer and clever-eval write, nothing else in --out or in its params folder."""
         if not self.dist.main:
             return
-        for path in [os.path.join(self.out, name) for name in _RUN_FILES + _EVAL_FILES] + self._saved_params():
+        for path in [os.path.join(self.out, name) for name in _RUN_FILES + EVAL_FILES] + self._saved_params():
             if os.path.isfile(path):
                 os.remove(path)
         params = os.path.join(self.out, PARAMS_DIR)
@@ -437,7 +436,7 @@ class Trainer:
     def _drop_evaluations(self) -> None:
         """clever-eval's results in --out describe the checkpoint just replaced (a resumed run's):
         removed, so that no report shows them as this checkpoint's."""
-        stale = [name for name in _EVAL_FILES if os.path.isfile(os.path.join(self.out, name))]
+        stale = [name for name in EVAL_FILES if os.path.isfile(os.path.join(self.out, name))]
         for name in stale:
             os.remove(os.path.join(self.out, name))
         if stale:
