@@ -538,6 +538,15 @@ def test_params_record_each_samples_image_size():
         assert back == p
     identity = AugParams.identity([[7, 9], [3, 4]], size=5)
     assert identity.image_height.tolist() == [7, 3] and identity.image_width.tolist() == [9, 4]
+    # each record owns its sizes: not the caller's tensor, not another view's or field's
+    sizes = torch.tensor([[31, 17], [5, 60]])
+    drawn = sample_params(sizes, "caug", n_local=1, seed=5)
+    from_sizes = AugParams.identity(sizes, size=5)
+    sizes.fill_(1)
+    drawn[0].image_height.fill_(2)
+    from_sizes.height.fill_(3)
+    assert drawn[1].image_height.tolist() == [31, 5] and drawn[0].image_width.tolist() == [17, 60]
+    assert from_sizes.image_height.tolist() == [31, 5] and from_sizes.width.tolist() == [17, 60]
     # a table in the layout without the sizes is refused with what to add, not misread
     old_layout = p.to_tensor(torch.float64)[:, :-2]
     with pytest.raises(ValueError, match="append image_height and image_width columns"):

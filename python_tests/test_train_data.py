@@ -137,21 +137,51 @@ def test_sixteen_bit_grayscale_keeps_its_range(tmp_path):
     assert torch.equal(image[0], torch.from_numpy((values >> 8).astype(np.uint8))) and torch.equal(image[0], image[2])
 
 
-def test_thirty_two_bit_images_are_read_as_sixteen_bit_or_refused(tmp_path):
-    """Mode I (older Pillow's 16-bit PNGs) keeps the top 8 of 16 bits, like I;16; wider integers
-    and float images are refused naming the file, never clipped to white."""
+def test_thirty_two_bit_images_are_read_by_their_range_or_refused(tmp_path):
+    """Mode I (32-bit integers) holding 16-bit samples keeps their top 8 bits, like I;16, and
+    holding 8-bit samples keeps them; wider integers and float images are refused naming the
+    file, never clipped to white (or shifted to black)."""
     from PIL import Image
 
     from clever_kernels.train.data import FileDataset
 
-    values = (np.arange(12 * 10).reshape(12, 10) * 500).astype(np.int32)
-    Image.fromarray(values).save(tmp_path / "wide.tif")
-    assert Image.open(tmp_path / "wide.tif").mode == "I"
-    image, _, _ = FileDataset([str(tmp_path / "wide.tif")], [0], ["a"], "t")[0]
-    assert image.shape == (3, 12, 10) and torch.equal(image[1], torch.from_numpy((values >> 8).astype(np.uint8)))
-    Image.fromarray(values * 1000).save(tmp_path / "deeper.tif")
-    Image.fromarray(values.astype(np.float32) / 60000).save(tmp_path / "float.tif")
+    def read(name):
+        return FileDataset([str(tmp_path / name)], [0], ["a"], "t")[0][0]
+
+    sixteen = (np.arange(12 * 10).reshape(12, 10) * 500).astype(np.int32)
+    eight = (np.arange(12 * 10).reshape(12, 10) * 2).astype(np.int32)
+    Image.fromarray(sixteen).save(tmp_path / "sixteen.tif")
+    Image.fromarray(eight.astype(np.uint8)).convert("I").save(tmp_path / "eight.tif")
+    assert Image.open(tmp_path / "sixteen.tif").mode == Image.open(tmp_path / "eight.tif").mode == "I"
+    image = read("sixteen.tif")
+    assert image.shape == (3, 12, 10) and torch.equal(image[1], torch.from_numpy((sixteen >> 8).astype(np.uint8)))
+    assert torch.equal(read("eight.tif")[2], torch.from_numpy(eight.astype(np.uint8)))
+    Image.fromarray(sixteen * 1000).save(tmp_path / "deeper.tif")
+    Image.fromarray(sixteen.astype(np.float32) / 60000).save(tmp_path / "float.tif")
     for name, match in (("deeper.tif", r"mode I\) with values in \[0, 59500000\]"), ("float.tif", "mode F")):
-        path = str(tmp_path / name)
-        with pytest.raises(ValueError, match=f"{path}: .*{match}"):
-            FileDataset([path], [0], ["a"], "t")[0]
+        with pytest.raises(ValueError, match=f"{tmp_path / name}: .*{match}"):
+            read(name)
+
+
+def test_sixteen_bit_file_read_as_mode_i_keeps_its_depth(tmp_path):
+    """Where Pillow opens a 16-bit file as mode I (older releases do so for PNGs), its decoder's
+    16-bit raw mode decides, not its values: a dark 16-bit image stays dark."""
+    from PIL import Image
+
+    from clever_kernels.train.data import _rgb8
+
+    dark = (np.arange(12 * 10).reshape(12, 10) * 2).astype(np.uint16)  # all below 256
+    Image.fromarray(dark).save(tmp_path / "dark.png")
+    with Image.open(tmp_path / "dark.png") as png:
+        tile = png.tile
+
+    class OpenedAsModeI:  # such a Pillow's image: mode I, the PNG's decoder tiles
+        mode = "I"
+
+        def __init__(self):
+            self.tile = tile
+
+        def __array__(self, dtype=None, copy=None):
+            return dark.astype(np.int32)
+
+    assert (_rgb8(OpenedAsModeI()) == 0).all()

@@ -214,26 +214,26 @@ def test_resume_and_overwrite_never_mix_runs(folder, tmp_path, capsys):
                             "--aug-set", "flip_p=0.5")) == 0
 
 
-def test_resume_drops_what_describes_replaced_steps(folder, tmp_path, capsys):
-    """A resume replays the steps from its checkpoint on: their parameter records of the earlier
-    attempt go with their log records, and an evaluation goes once a newer checkpoint replaces
-    the one it describes (not before: a resume with nothing left to train keeps it). Files of
-    other names in params/ stay."""
+def test_new_checkpoint_drops_only_the_evaluations_it_replaces(folder, tmp_path, capsys):
+    """An evaluation of the run's checkpoint file at an earlier step describes weights that a new
+    checkpoint replaced: it goes (json, md and png) once that checkpoint is written, not before (a
+    resume with nothing left to train keeps it). An evaluation of another checkpoint kept beside
+    it stays, and so do the parameter records of the replayed steps, whose draws the replay
+    repeats."""
     import shutil
 
     out = tmp_path / "run"
     assert train_main(_argv(folder, out, "--max-steps", "2", "--save-params")) == 0
     shutil.copy(out / "checkpoint.pt", out / "early.pt")
-    assert train_main(_argv(folder, out, "--max-steps", "4", "--resume", "--save-params")) == 0
-    records = lambda: sorted(os.listdir(out / "params"))
-    assert records() == [f"step{s:08d}.pt" for s in range(4)]
-    (out / "params" / "step_notes.pt").write_text("mine")
-    (out / "eval_teacher.json").write_text("{}")
-    assert train_main(_argv(folder, out, "--max-steps", "4", "--resume")) == 0  # nothing left to train
+    for which, checkpoint in (("teacher", out / "checkpoint.pt"), ("student", out / "early.pt")):
+        (out / f"eval_{which}.json").write_text(json.dumps({"checkpoint": str(checkpoint), "step": 2}))
+        (out / f"eval_{which}.md").write_text("table")
+    assert train_main(_argv(folder, out, "--max-steps", "2", "--resume")) == 0  # nothing left to train
     assert (out / "eval_teacher.json").exists()
     capsys.readouterr()
-    assert train_main(_argv(folder, out, "--max-steps", "3", "--resume", str(out / "early.pt"))) == 0
-    assert records() == ["step00000000.pt", "step00000001.pt", "step_notes.pt"]
-    assert not (out / "eval_teacher.json").exists()
-    assert "removed eval_teacher.json, the evaluation of an earlier checkpoint" in capsys.readouterr().err
+    assert train_main(_argv(folder, out, "--max-steps", "3", "--resume")) == 0
+    assert sorted(p.name for p in out.glob("eval_*")) == ["eval_student.json", "eval_student.md"]
+    assert f"removed eval_teacher.json, eval_teacher.md, the evaluation of {out / 'checkpoint.pt'} at step 2" \
+        in capsys.readouterr().err
+    assert sorted(os.listdir(out / "params")) == ["step00000000.pt", "step00000001.pt"]
     assert load_checkpoint(str(out / "checkpoint.pt"))["step"] == 3

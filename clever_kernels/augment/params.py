@@ -291,12 +291,14 @@ class AugParams:
         ones_f = torch.ones(batch, dtype=torch.float32, device=device)
         order = torch.arange(4, device=device).expand(batch, 4).clone()
         return cls(size=size, view=view, top=zeros_i, left=zeros_i.clone(),
-                   height=image_sizes[:, 0].to(torch.int64), width=image_sizes[:, 1].to(torch.int64),
+                   height=image_sizes[:, 0].to(torch.int64, copy=True),
+                   width=image_sizes[:, 1].to(torch.int64, copy=True),
                    flip=false, angle=zeros_f, elastic=false.clone(), elastic_seed=zeros_i.clone(),
                    jitter=false.clone(), brightness=ones_f, contrast=ones_f.clone(),
                    saturation=ones_f.clone(), hue=zeros_f.clone(), order=order,
                    grayscale=false.clone(), blur_sigma=zeros_f.clone(), solarize=false.clone(),
-                   image_height=image_sizes[:, 0].to(torch.int64), image_width=image_sizes[:, 1].to(torch.int64))
+                   image_height=image_sizes[:, 0].to(torch.int64, copy=True),
+                   image_width=image_sizes[:, 1].to(torch.int64, copy=True))
 
 
 def group_by_size(views: Sequence[AugParams]) -> Dict[int, List[int]]:

@@ -225,8 +225,9 @@ def sample_views(sizes: Tensor, configs: Sequence[ViewConfig], first_view: int =
     blur = happens(Op.BLUR, k.blur_p)
     blur_sigma = torch.where(blur, within(Op.BLUR, 1, k.blur_sigma_lo, k.blur_sigma_span), 0.0)
     solarize = happens(Op.SOLARIZE, k.solarize_p)
-    # one pair of tensors shared by every view (as the per-view fields are slices of one table)
-    image_height, image_width = sizes.unbind(1)
+    # a (2, views, batch) table of its own, so that no view's record shares memory with another
+    # view's or with the caller's sizes (the other fields are slices of such tables too)
+    image_h, image_w = (side.unbind(0) for side in sizes.t().unsqueeze(1).expand(2, n_views, batch).clone())
 
     return [AugParams(
         size=config.size, view=first_view + j, elastic_alpha=config.elastic_alpha,
@@ -235,7 +236,7 @@ def sample_views(sizes: Tensor, configs: Sequence[ViewConfig], first_view: int =
         elastic=elastic[j], elastic_seed=elastic_seed[j], jitter=jitter[j], brightness=factors[0][j],
         contrast=factors[1][j], saturation=factors[2][j], hue=factors[3][j], order=order[j],
         grayscale=grayscale[j], blur_sigma=blur_sigma[j], solarize=solarize[j],
-        image_height=image_height, image_width=image_width,
+        image_height=image_h[j], image_width=image_w[j],
     ) for j, config in enumerate(configs)]
 
 

@@ -155,7 +155,10 @@ def _register_vmap_rules():
     if not hasattr(torch.library, "register_vmap"):
         return
 
-    def loop(op):
+    def loop(op, teacher_only=()):
+        """teacher_only: the outputs that depend on the teacher and centre alone (arguments 1 and
+        2), unbatched where those are, as the batch centre of a shared teacher must be for the
+        modules' in-place EMA."""
         def rule(info, in_dims, *args):
             def entry(i):
                 return [a.select(d, i) if d is not None else a for a, d in zip(args, in_dims)]
@@ -163,12 +166,18 @@ def _register_vmap_rules():
             outputs = [op(*entry(i)) for i in range(info.batch_size)]
             if isinstance(outputs[0], torch.Tensor):
                 return torch.stack(outputs), 0
-            return tuple(torch.stack(parts) for parts in zip(*outputs)), (0,) * len(outputs[0])
+            shared = in_dims[1] is None and in_dims[2] is None
+            dims = tuple(None if shared and k in teacher_only else 0 for k in range(len(outputs[0])))
+            return tuple(outputs[0][k] if d is None else torch.stack([o[k] for o in outputs])
+                         for k, d in enumerate(dims)), dims
 
         return rule
 
-    for name in ("dir_loss_fwd", "dvr_loss_fwd", "dir_loss_bwd", "dvr_loss_bwd"):
-        torch.library.register_vmap(f"clever_kernels::{name}", loop(getattr(torch.ops.clever_kernels, name)))
+    # the outputs' order is the schemas' (csrc/ops.cpp)
+    for name, teacher_only in (("dir_loss_fwd", (1, 3, 4)), ("dvr_loss_fwd", (1, 3, 5, 6)),
+                               ("dir_loss_bwd", ()), ("dvr_loss_bwd", ())):
+        torch.library.register_vmap(f"clever_kernels::{name}",
+                                    loop(getattr(torch.ops.clever_kernels, name), teacher_only))
 
 
 def _register_triton_cuda():

@@ -57,21 +57,40 @@ class ArrayDataset(torch.utils.data.Dataset):
 
 
 def _rgb8(image) -> np.ndarray:
-    """(H, W, 3) uint8 of a PIL image. 16-bit grayscale keeps its top 8 bits: PIL's own
-    conversion clips it at 255, which turns most such images white. Mode "I" (32-bit integers,
-    which older Pillow also gives 16-bit PNGs) is read as 16-bit where its values fit; wider
-    values and float images have no range to scale from, so they are refused, not clipped."""
-    if image.mode.startswith("I;16") or image.mode == "I":
-        values = np.asarray(image)
-        if image.mode == "I" and values.size and (values.min() < 0 or values.max() > 65535):
-            raise ValueError(f"a 32-bit integer image (mode I) with values in [{values.min()}, {values.max()}]: "
-                             "only values in [0, 65535] (16-bit samples) can be read; convert it to 8 or 16 bits")
-        gray = (values.astype(np.uint16) >> 8).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
+    """(H, W, 3) uint8 of a PIL image, freshly opened (its decoder still says how samples are
+    stored). 16-bit grayscale keeps its top 8 bits: PIL's own conversion clips it at 255, which
+    turns most such images white. Mode "I" holds 32-bit integers, whatever the file's depth: a
+    16-bit file (older Pillow opens 16-bit PNGs so) is read as 16-bit; from a 32-bit file, values
+    within [0, 255] as 8-bit and within [0, 65535] as 16-bit (the depth the file does not say is
+    taken from its values), wider ones are refused, as are float images: they have no range to
+    scale from, and clipping them is what this avoids."""
     if image.mode == "F":
         raise ValueError("a 32-bit float image (mode F) has no fixed range to read as 8 bits; convert it to 8 or "
                          "16 bits")
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    if not (image.mode.startswith("I;16") or image.mode == "I"):
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    stored = _stored_rawmode(image)
+    values = np.asarray(image)
+    if image.mode == "I" and not stored.startswith("I;16") and values.size:
+        low, high = int(values.min()), int(values.max())
+        if low < 0 or high > 65535:
+            raise ValueError(f"a 32-bit integer image (mode I) with values in [{low}, {high}]: only values in "
+                             "[0, 65535] (8- or 16-bit samples) can be read; convert it to 8 or 16 bits")
+        if high <= 255:
+            return np.repeat(values.astype(np.uint8)[:, :, None], 3, axis=2)
+    gray = (values.astype(np.uint16) >> 8).astype(np.uint8)
+    return np.repeat(gray[:, :, None], 3, axis=2)
+
+
+def _stored_rawmode(image) -> str:
+    """The raw mode of the image's first decoder tile ("I;16B" for a 16-bit PNG), or "" once the
+    image is loaded or where the format says none."""
+    tile = getattr(image, "tile", None) or []
+    if not tile:
+        return ""
+    args = tile[0][3] if len(tile[0]) > 3 else None
+    rawmode = args[0] if isinstance(args, tuple) and args else args
+    return rawmode if isinstance(rawmode, str) else ""
 
 
 class FileDataset(torch.utils.data.Dataset):

@@ -28,7 +28,7 @@ from ..loss import CLeVERLoss, DINOLoss
 from . import checkpoint as ckpt_io
 from .data import EpochSampler, load_split, make_loader
 from .models import build_backbone, build_model, has_batchnorm
-from .runlog import EVAL_FILES, log_records
+from .runlog import EVAL_FILES, EVALUATED, eval_stem, log_records
 from .schedules import (cancel_last_layer_gradients, clip_gradients, cosine_schedule, ema_update, head_norm_gap,
                         param_groups, scaled_lr)
 
@@ -184,11 +184,7 @@ def _progress_text(record: Dict) -> str:
 
 
 #: A parameter record's file name (_save_params): step<step>[_rank<r>].pt
-_RECORD_NAME = re.compile(r"step(\d+)(_rank\d+)?\.pt")
-
-
-def _record_step(path: str) -> int:
-    return int(_RECORD_NAME.fullmatch(os.path.basename(path)).group(1))
+_RECORD_NAME = re.compile(r"step\d+(_rank\d+)?\.pt")
 
 
 def _rewrite_log(path: str, keep_before_step: int, keep_before_epoch: int) -> None:
@@ -347,6 +343,8 @@ class Trainer:
         self.last_saved_step = self.start_epoch * self.niter + self.start_iter
         if fresh:
             self._clear_out_dir()
+            # no rank may write into --out (a parameter record) before rank 0 has cleared it
+            self.dist.barrier()
 
     def _claim_out_dir(self, args: Namespace) -> bool:
         """Whether this run starts afresh in --out, whose earlier run's files must then go (by
@@ -430,18 +428,30 @@ class Trainer:
         state = self._state(epoch, iteration)
         if self.dist.main:
             ckpt_io.atomic_save(state, self.ckpt_path)
-            self._drop_evaluations()
+            self._drop_evaluations(step)
         self.last_saved_step = step
 
-    def _drop_evaluations(self) -> None:
-        """clever-eval's results in --out describe the checkpoint just replaced (a resumed run's):
-        removed, so that no report shows them as this checkpoint's."""
-        stale = [name for name in EVAL_FILES if os.path.isfile(os.path.join(self.out, name))]
-        for name in stale:
-            os.remove(os.path.join(self.out, name))
-        if stale:
-            print(f"clever-train: removed {', '.join(stale)}, the evaluation of an earlier checkpoint "
-                  "(run clever-eval again)", file=sys.stderr)
+    def _drop_evaluations(self, step: int) -> None:
+        """clever-eval's results in --out that describe this run's checkpoint file at another step
+        than the one just written describe weights that are gone: removed, so that no report
+        shows them as this checkpoint's. Results of other checkpoints (a copy kept beside it)
+        and files that are not such results stay."""
+        checkpoint = os.path.realpath(self.ckpt_path)
+        for which in EVALUATED:
+            stem = eval_stem(self.out, which)
+            try:
+                with open(stem + ".json") as f:
+                    result = json.load(f)
+                stale = (os.path.realpath(result["checkpoint"]) == checkpoint and result["step"] != step)
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if stale:
+                removed = [stem + ext for ext in (".json", ".md", ".png") if os.path.isfile(stem + ext)]
+                for path in removed:
+                    os.remove(path)
+                print(f"clever-train: removed {', '.join(os.path.basename(p) for p in removed)}, the "
+                      f"evaluation of {self.ckpt_path} at step {result['step']} (run clever-eval again)",
+                      file=sys.stderr)
 
     def _resume(self, path: str) -> None:
         if not os.path.isfile(path):
@@ -470,12 +480,9 @@ class Trainer:
         ckpt_io.set_rng_state(state["rng"])
         self.start_epoch, self.start_iter = state["epoch"], state["iteration"]
         if self.dist.main:
+            # (the parameter records of the replayed steps stay: draws are keyed by seed, step and
+            # sample, so the replay draws what they hold)
             _rewrite_log(self.log_path, state["step"], self.start_epoch)
-            # the steps from the checkpoint on are replayed: their records of the earlier attempt
-            # go, as their log records do (a run with --save-params writes them again)
-            for path in self._saved_params():
-                if _record_step(path) >= state["step"]:
-                    os.remove(path)
             print(f"clever-train: resumed from {path} at epoch {self.start_epoch}, iteration "
                   f"{self.start_iter} (step {state['step']})", file=sys.stderr)
 
