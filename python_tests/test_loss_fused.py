@@ -605,6 +605,8 @@ def check_torch_func_matches_reference(rng, backend, batch, ncrops, k1, k2, dtyp
         _assert_close(g2, w2, dtype, "grad student_ef", unit * _largest_probability(s2))
     with pytest.raises(RuntimeError, match="no derivative of its own"):
         torch.func.jacrev(torch.func.jacrev(lambda a: dino_loss(a, t1[0], c1, ncrops, TS, 0.04, backend=backend)[0]))(s1[0])
+    with pytest.raises(ValueError, match="vmap over an empty batch"):
+        vmap(lambda a: dino_loss(a, t1[0], c1, ncrops, TS, 0.04, backend=backend)[0])(s1[:0])
 
 
 @pytest.mark.skipif("cpp" not in BACKENDS, reason="C++ extension not built")

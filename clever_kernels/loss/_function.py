@@ -163,6 +163,8 @@ def _register_vmap_rules():
             def entry(i):
                 return [a.select(d, i) if d is not None else a for a, d in zip(args, in_dims)]
 
+            if info.batch_size == 0:
+                raise ValueError("clever_kernels.loss: vmap over an empty batch (a mapped dimension of size 0)")
             outputs = [op(*entry(i)) for i in range(info.batch_size)]
             if isinstance(outputs[0], torch.Tensor):
                 return torch.stack(outputs), 0
