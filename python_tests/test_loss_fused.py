@@ -113,12 +113,18 @@ def _largest_probability(student, ts=TS):
 @pytest.mark.parametrize("ts, tt", [(1e-4, 1e-4), (1e4, 1e4), (0.1, 1e-4), (1e4, 0.04)])
 def test_temperatures_at_the_ends_of_their_range(rng, backend, ts, tt):
     """The kernels take temperatures in [1e-4, 1e4] (one-hot to uniform softmaxes): float32 holds
-    1/T and T times a log-sum across it, and both ends match the float64 reference."""
+    1/T and T times a log-sum across it, and both ends match the float64 reference. At tt = 1e-4
+    the float32 rounding of t - c (about 2e-7 of t ~ 3) is an exponent error of 2e-3, which moves
+    near-tied teacher probabilities past the float32 tolerance on rare seeds (about 1 in 500):
+    the losses and gradients are held to the reference on the teacher centred in float32, the
+    batch centres (the plain teacher's mean) to the plain one."""
     batch, ncrops = 3, 4
     inputs = _inputs(rng, batch, ncrops, 300, 200, torch.float32)
     parts, g1, g2 = _run(clever_loss, *inputs, ncrops, tt, ts, backend=backend)
-    want_parts, w1, w2 = _reference(*inputs, ncrops, tt, ts)
-    for name, got, exp in zip(("total", "loss_dir", "loss_dvr", "center_ir", "center_ef"), parts, want_parts):
+    want_parts, w1, w2 = reference_centred_in_float32(*inputs, ncrops, tt, ts)
+    plain_parts = _reference(*inputs, ncrops, tt, ts)[0]
+    for name, got, exp in zip(("total", "loss_dir", "loss_dvr", "center_ir", "center_ef"), parts,
+                              want_parts[:3] + plain_parts[3:]):
         _assert_close(got, exp, torch.float32, name)
     unit = 1.0 / (2 * (ncrops - 1) * batch * ts)
     _assert_close(g1, w1, torch.float32, "grad student_ir", unit)
