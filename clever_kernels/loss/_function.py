@@ -215,7 +215,6 @@ class _NotDifferentiable(torch.autograd.Function):
                            "for higher-order gradients")
 
 
-
 def first_order_only(backward):
     """For a backward computed by kernels without a graph. Under create_graph=True a gradient
     that depends on the student (always) or on the upstream gradient must not come back as a

@@ -69,16 +69,16 @@ def _rgb8(image) -> np.ndarray:
                          "16 bits")
     if not (image.mode.startswith("I;16") or image.mode == "I"):
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    stored = _stored_rawmode(image)
     values = np.asarray(image)
-    if image.mode == "I" and not stored.startswith("I;16") and values.size:
+    shift = 8  # 16-bit samples keep their top 8 bits
+    if image.mode == "I" and not _stored_rawmode(image).startswith("I;16") and values.size:
         low, high = int(values.min()), int(values.max())
         if low < 0 or high > 65535:
             raise ValueError(f"a 32-bit integer image (mode I) with values in [{low}, {high}]: only values in "
                              "[0, 65535] (8- or 16-bit samples) can be read; convert it to 8 or 16 bits")
         if high <= 255:
-            return np.repeat(values.astype(np.uint8)[:, :, None], 3, axis=2)
-    gray = (values.astype(np.uint16) >> 8).astype(np.uint8)
+            shift = 0
+    gray = (values.astype(np.uint16) >> shift).astype(np.uint8)
     return np.repeat(gray[:, :, None], 3, axis=2)
 
 

@@ -36,7 +36,7 @@ from ..augment import ViewConfig, image_sizes, render, sample_view
 from .checkpoint import load_checkpoint
 from .data import load_split, make_loader
 from .models import feature_split
-from .runlog import eval_stem
+from .runlog import EVALUATED, eval_stem
 from .trainer import CHECKPOINT_NAME, build_network
 
 PERTURBATIONS = ("clean", "cj_r", "rot")
@@ -179,8 +179,8 @@ def evaluate(checkpoint: str, which: str = "teacher", data: Optional[str] = None
     """Evaluates the `which` ("teacher" or "student") network of a clever-train checkpoint and
     writes eval_<which>.json, .md (and .png with plot) next to it or in `out`. Returns the
     result dict (see markdown_table for the keys)."""
-    if which not in ("teacher", "student"):
-        raise ValueError(f"which must be teacher or student, got {which!r}")
+    if which not in EVALUATED:
+        raise ValueError(f"which must be one of {EVALUATED}, got {which!r}")
     start = time.perf_counter()
     if os.path.isdir(checkpoint):  # a run's directory
         checkpoint = os.path.join(checkpoint, CHECKPOINT_NAME)

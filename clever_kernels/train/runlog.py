@@ -5,13 +5,17 @@ import os
 
 #: The networks clever-eval evaluates.
 EVALUATED = ("teacher", "student")
-#: What clever-eval writes in a run's folder.
-EVAL_FILES = tuple(f"eval_{which}.{ext}" for which in EVALUATED for ext in ("json", "md", "png"))
+#: The files clever-eval writes for one network, by extension: results, table, plot.
+EVAL_EXTENSIONS = (".json", ".md", ".png")
 
 
 def eval_stem(out: str, which: str) -> str:
     """The path of clever-eval's results for `which`, without the extension."""
     return os.path.join(out, f"eval_{which}")
+
+
+#: What clever-eval writes in a run's folder.
+EVAL_FILES = tuple(eval_stem("", which) + ext for which in EVALUATED for ext in EVAL_EXTENSIONS)
 
 
 def log_records(path: str):

@@ -28,7 +28,7 @@ from ..loss import CLeVERLoss, DINOLoss
 from . import checkpoint as ckpt_io
 from .data import EpochSampler, load_split, make_loader
 from .models import build_backbone, build_model, has_batchnorm
-from .runlog import EVAL_FILES, EVALUATED, eval_stem, log_records
+from .runlog import EVAL_EXTENSIONS, EVAL_FILES, EVALUATED, eval_stem, log_records
 from .schedules import (cancel_last_layer_gradients, clip_gradients, cosine_schedule, ema_update, head_norm_gap,
                         param_groups, scaled_lr)
 
@@ -446,7 +446,7 @@ class Trainer:
             except (OSError, ValueError, KeyError, TypeError):
                 continue
             if stale:
-                removed = [stem + ext for ext in (".json", ".md", ".png") if os.path.isfile(stem + ext)]
+                removed = [stem + ext for ext in EVAL_EXTENSIONS if os.path.isfile(stem + ext)]
                 for path in removed:
                     os.remove(path)
                 print(f"clever-train: removed {', '.join(os.path.basename(p) for p in removed)}, the "
