@@ -13,6 +13,8 @@ per-pixel maths; the CUDA kernels sum the separable resize as an outer product a
 multiply-adds, so the last bits differ), float16 / bfloat16 outputs the float32 result rounded.
 """
 import functools
+import json
+import math
 import os
 import subprocess
 import sys
@@ -344,3 +346,93 @@ def test_cuda_kernels_refuse_a_bad_table_row(case):
     said = run.stdout + run.stderr
     assert run.returncode != 0 and "RENDERED" not in said, said
     assert "device-side assert" in said and "a row of iparams / fparams cannot be rendered" in said, said
+
+
+# ============================================================================= training
+@pytest.fixture(scope="module")
+def digits_folder(tmp_path_factory):
+    pytest.importorskip("sklearn")
+    from train_helpers import make_image_folder
+    return make_image_folder(tmp_path_factory.mktemp("digits") / "tree", per_class=10)
+
+
+@pytest.fixture
+def restores_determinism():
+    """The trainer's --deterministic switches process-wide settings; the tests after it in this
+    process time and profile kernels without them."""
+    flags = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark)
+    yield
+    torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
+    torch.backends.cudnn.benchmark = flags[2]
+
+
+def _train(folder, out, device, *extra):
+    from clever_kernels.train.cli import train_main
+    from train_helpers import TINY_RUN
+    assert train_main(TINY_RUN + ["--data", folder, "--device", str(device), "--out", str(out), *extra]) == 0
+    return [json.loads(line) for line in open(out / "log.jsonl") if '"type": "step"' in line]
+
+
+@pytest.mark.parametrize("method", ["dino", "clever"])
+def test_training_on_the_device_follows_the_cpu(digits_folder, tmp_path, restores_determinism, method):
+    """The trainer's GPU path (pinned loader, on-device multi-crop, the device's fused loss):
+    each step draws what the CPU run draws, and the first step's loss, from the same weights
+    and views equal to 5e-5, is the CPU's to float32 accuracy (the patch embedding may run in
+    TF32 on a GPU, hence 1e-3)."""
+    steps = ["--method", method, "--epochs", "1", "--max-steps", "2", "--save-params"]
+    on_device = _train(digits_folder, tmp_path / "device", DEVICE, *steps)
+    on_cpu = _train(digits_folder, tmp_path / "cpu", "cpu", *steps)
+    parts = ("total", "DIR", "DVR", "reg") if method == "clever" else ("total", "DIR")
+    for record in on_device:
+        assert all(math.isfinite(record[p]) for p in parts), record
+    for part in parts:
+        assert on_device[0][part] == pytest.approx(on_cpu[0][part], rel=1e-3, abs=1e-5), part
+    for step in range(2):
+        name = f"step{step:08d}.pt"
+        device_record = torch.load(tmp_path / "device" / "params" / name)
+        cpu_record = torch.load(tmp_path / "cpu" / "params" / name)
+        assert torch.equal(device_record["ids"], cpu_record["ids"])
+        for a, b in zip(device_record["views"], cpu_record["views"]):
+            assert torch.equal(a, b)
+
+
+def test_resume_on_the_device(digits_folder, tmp_path, restores_determinism):
+    """A run stopped after 2 steps and resumed on the device (optimizer, centres, loss scaler and
+    RNG states mapped back to it) reaches the uninterrupted run's state bit for bit. Global views
+    only: a local view's position embedding is interpolated bicubically, whose CUDA backward adds
+    with atomics, in another order each run."""
+    from clever_kernels.train.checkpoint import load_checkpoint
+    from train_helpers import assert_state_equal
+    precision = "fp16" if ON_GPU else "bf16"  # fp16 on a GPU: the loss scaler's state is resumed too
+    recipe = ["--method", "clever", "--epochs", "1", "--n-local", "0", "--precision", precision]
+    whole = _train(digits_folder, tmp_path / "whole", DEVICE, *recipe)
+    _train(digits_folder, tmp_path / "resumed", DEVICE, *recipe, "--max-steps", "2", "--ckpt-every", "2")
+    at_two = load_checkpoint(str(tmp_path / "resumed" / "checkpoint.pt"))
+    assert at_two["step"] == 2 and bool(at_two["scaler"]) == (precision == "fp16")
+    resumed = _train(digits_folder, tmp_path / "resumed", DEVICE, *recipe, "--resume")
+    assert [r["step"] for r in resumed] == [r["step"] for r in whole] == [0, 1, 2, 3]
+    a = load_checkpoint(str(tmp_path / "whole" / "checkpoint.pt"))
+    b = load_checkpoint(str(tmp_path / "resumed" / "checkpoint.pt"))
+    assert a["step"] == b["step"] == 4
+    for key in ("student", "teacher", "optimizer", "loss", "scaler"):
+        assert_state_equal(a[key], b[key], key)
+    assert [r["total"] for r in resumed] == [r["total"] for r in whole]
+
+
+def test_comparison_on_the_device(digits_folder, tmp_path, restores_determinism, capsys):
+    """The main job end to end on the device at toy size: both trainings, the untrained
+    reference and the three evaluations run there and the report says so."""
+    from clever_kernels.train.compare import main as compare_main
+    toy = ["--data", digits_folder, "--epochs", "1", "--batch-size", "8", "--arch", "vit_tiny", "--width", "32",
+           "--depth", "1", "--patch-size", "8", "--out-dim", "48", "--dvr-out-dim", "40", "--head-hidden", "32",
+           "--head-bottleneck", "16", "--n-local", "2", "--no-progress", "--device", str(DEVICE)]
+    assert compare_main(["--seeds", "0", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
+                        + toy) == 0
+    assert "| DINO | CLeVER |" in capsys.readouterr().out
+    report = json.load(open(tmp_path / "results" / "compare_tree_vit_tiny_seeds0.json"))
+    trained = [r for r in report["runs"] if r["method"] != "untrained"]
+    assert len(trained) == 2 and all(r["device"].startswith(DEVICE.type) for r in trained)
+    for run in report["runs"]:
+        assert all(0 <= run["eval"]["top1_ori"][part] <= 100 for part in ("full", "ir", "ef"))
+        assert math.isfinite(run["eval"]["rotation_r2"]["full"])

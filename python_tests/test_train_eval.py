@@ -147,10 +147,16 @@ def test_r2_at_width_scores_subsets_of_that_width():
     assert _r2_at_width(wide[:300], angles[:300], wide[300:], angles[300:], 40, seed=0) == full
 
 
-def test_compare_end_to_end(folder, tmp_path, capsys):
+def test_compare_end_to_end(folder, tmp_path, capsys, monkeypatch):
+    from clever_kernels.train import compare
     toy = ["--data", folder, "--epochs", "1", "--batch-size", "8", "--arch", "vit_tiny", "--width", "32", "--depth",
            "1", "--patch-size", "8", "--out-dim", "48", "--dvr-out-dim", "40", "--head-hidden", "32",
-           "--head-bottleneck", "16", "--n-local", "2", "--no-progress"]
+           "--head-bottleneck", "16", "--n-local", "2", "--no-progress", "--device", "cpu"]
+    # the evaluations run where the trainings ran, not on a GPU the machine may also have
+    devices = []
+    for name in ("evaluate", "evaluate_network"):
+        monkeypatch.setattr(compare, name, lambda *a, _f=getattr(compare, name), **k: devices.append(k["device"])
+                            or _f(*a, **k))
     code = compare_main(["--seeds", "0", "1", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
                         + toy)
     assert code == 0
@@ -164,7 +170,9 @@ def test_compare_end_to_end(folder, tmp_path, capsys):
     assert report["machine"]["cpu_count"] >= 1
     assert set(report["summary"]) == {"untrained", "DINO", "CLeVER"}
     assert len(report["summary"]["CLeVER"]["top1_ori"]["full"]["values"]) == 2
-    assert "Machine:" in open(f"{stem}.md").read()
+    assert devices == ["cpu"] * 6
+    assert {r.get("device") for r in report["runs"]} == {None, "cpu"}  # the untrained rows train nowhere
+    assert "Machine:" in open(f"{stem}.md").read() and "trained and evaluated on cpu." in open(f"{stem}.md").read()
 
 
 def test_angle_r2_regresses_cos_and_sin_not_degrees():

@@ -143,6 +143,7 @@ def write_report(report: Dict, stem: str) -> str:
         json.dump(report, f, indent=1)
     m = report["machine"]
     seeds = report["seeds"]
+    devices = sorted({r["device"] for r in report["runs"] if "device" in r})
     with open(stem + ".md", "w") as f:
         f.write(f"# DINO vs CLeVER on {report['data']} ({report['arch']}, {report['aug']}, "
                 f"{len(seeds)} seed(s): {', '.join(map(str, seeds))})\n\n")
@@ -151,6 +152,7 @@ def write_report(report: Dict, stem: str) -> str:
         f.write(f"Machine: {m.get('cpu', m['processor'])}, {m['cpu_count']} CPU(s), torch {m['torch']} "
                 f"({m['torch_threads']} threads), {m['platform']}"
                 + (f", GPU {m['cuda']}" if m["cuda"] else "")
+                + (f"; trained and evaluated on {', '.join(devices)}" if devices else "")
                 + f". Checked-out commit: {report.get('commit', 'unknown')} (the working tree may hold "
                 f"changes not yet committed). Date: {report['date']}.\n\n")
         f.write(f"Total wall time (untrained reference, training and evaluation of both methods, all seeds): "
@@ -183,7 +185,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         torch.manual_seed(seed)
         print(f"compare: evaluating the untrained network, seed {seed}", file=sys.stderr)
         runs.append({"method": "untrained", "seed": seed, "train_seconds": 0.0,
-                     "eval": evaluate_network(build_network(init_args), init_args)})
+                     "eval": evaluate_network(build_network(init_args), init_args, device=init_args.device)})
         for method in METHODS:
             out = os.path.join(args.out, f"{method}_seed{seed}")
             train_argv = QUICK_RECIPE + passthrough + ["--method", method, "--seed", str(seed), "--out", out]
@@ -195,8 +197,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             result = train(train_args)
             seconds = time.perf_counter() - t0
             print(f"compare: evaluating {LABELS[method]}, seed {seed}", file=sys.stderr)
-            evaluation = evaluate(result["checkpoint"], which=args.which, plot=False)
-            runs.append({"method": method, "seed": seed, "train_seconds": seconds, "eval": evaluation})
+            # on the training's device: a --device cpu comparison stays off a GPU the machine has
+            evaluation = evaluate(result["checkpoint"], which=args.which, device=train_args.device, plot=False)
+            runs.append({"method": method, "seed": seed, "device": result["device"], "train_seconds": seconds,
+                         "eval": evaluation})
 
     summary = {}
     for method in ("untrained",) + METHODS:

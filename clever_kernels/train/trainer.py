@@ -594,7 +594,7 @@ class Trainer:
                 log.close()
         self.dist.barrier()
         return {"out": self.out, "checkpoint": self.ckpt_path, "log": self.log_path, "step": steps_done,
-                "rank": self.dist.rank,
+                "rank": self.dist.rank, "device": str(self.device),
                 "stopped_early": stopped_early, "student": self.student_module, "teacher": self.teacher}
 
     def _step(self, images, ids, epoch: int, iteration: int, step: int, tick: float) -> Dict:
