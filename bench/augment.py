@@ -3,7 +3,8 @@
 the plain-PyTorch reference renderer and a PIL pipeline, in one run.
 
 Every variant but the two that render recorded parameters includes drawing the parameters
-(sample_params); all produce normalised float32 views. The PIL pipeline is the per-image loop the authors' data loader runs (crop + bicubic
+(sample_params); all produce normalised float32 views. Two more rows time the drawing alone, with
+the sample_views op and with the tensor ops that define it. The PIL pipeline is the per-image loop the authors' data loader runs (crop + bicubic
 resize, flip, rotate, ImageEnhance colour jitter in the drawn order, hue through HSV, grayscale,
 GaussianBlur, solarize, then to a tensor and normalise), driven by the same drawn parameters, in
 this one process: what one data-loader worker does. Kornia (when it imports) runs one
@@ -209,6 +210,9 @@ def _root_cause(exc: BaseException) -> str:
 
 
 KERNELS_ONLY = "clever_kernels fused, kernels only"
+# drawing the parameters alone, no rendering: compared with each other only
+DRAWS_FUSED = "sample_params alone: the sample_views op"
+DRAWS_REFERENCE = "sample_params alone: its tensor ops (the reference)"
 
 
 def kernels_only(images, params, config):
@@ -247,6 +251,9 @@ def main(args):
         f"clever_kernels fused ({'CUDA' if device.type == 'cuda' else 'C++'})": lambda: fused(images, step=next(step)),
         "plain-PyTorch reference": lambda: reference(images, step=next(step)),
     }
+    for backend, name in (("fused", DRAWS_FUSED), ("reference", DRAWS_REFERENCE)):
+        variants[name] = lambda backend=backend: sample_params(images, config, seed=0, step=next(step),
+                                                               backend=backend)
     drawn = sample_params(images, config, seed=0, step=0)
     variants["clever_kernels render() of recorded params (values checked)"] = lambda: render(
         images, drawn, mean=config.mean, std=config.std, backend="fused")
@@ -347,10 +354,12 @@ def _with_ratios(rows):
         "per core vs PIL": (find(lambda v: v.startswith("PIL pipeline (per image")), "images / s per core"),
         "speed-up vs Kornia eager": (find(lambda v: v.startswith("Kornia") and "eager" in v), "images / s"),
     }
+    draws_baselines = {"speed-up vs reference": (find(lambda v: v == DRAWS_REFERENCE), "images / s")}
     out = []
     for row in rows:
         row = dict(row)
-        for column, (base, key) in baselines.items():
+        draws_only = row["variant"] in (DRAWS_FUSED, DRAWS_REFERENCE)
+        for column, (base, key) in (draws_baselines if draws_only else baselines).items():
             if base is not None and key in row:
                 row[column] = row[key] / base[key]
         out.append(row)
@@ -363,7 +372,10 @@ def _notes(preset, shape, batch, device, has_kornia, kornia_note, max_err, moved
              f"{' (taken in rounds, one batch of each variant a round)' if device.type == 'cpu' else ''}, "
              "parameter sampling (sample_params) included in every variant but the two rendering recorded "
              "parameters: render() (which checks the parameters' values) and the kernels only (images packed "
-             "and tables built once, outside the timing; replayed from a CUDA graph on a GPU). ")
+             "and tables built once, outside the timing; replayed from a CUDA graph on a GPU). The two "
+             "'sample_params alone' rows draw the parameters without rendering, with the sample_views op "
+             "and with the tensor ops that define it (the reference MultiCrop draws with these), and are "
+             "compared with each other only. ")
     if device.type == "cpu":
         notes += ("The PIL pipeline runs one image at a time in this process, and again split over one "
                   "worker process per core (started before the timing; the views come back through shared "

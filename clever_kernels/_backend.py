@@ -145,6 +145,14 @@ def backends() -> Dict[str, Backend]:
     }
 
 
+def kernel_available(op: str, device: torch.device) -> bool:
+    """Whether torch.ops.clever_kernels.<op> has a kernel for tensors on `device` here."""
+    ext = extension()
+    if ext is None or not hasattr(torch.ops.clever_kernels, op):
+        return False
+    return device.type == "cpu" or (device.type == "cuda" and ext.cuda_built())
+
+
 def host_to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A small host tensor on `device` without the host waiting for the device: to a GPU through
     pinned memory (a non_blocking copy from pageable memory can still block inside the driver)."""

@@ -46,6 +46,24 @@ TORCH_LIBRARY(clever_kernels, m) {
       "Tensor offset_teacher, Tensor u, Tensor z, int ncrops, float student_temp, "
       "float teacher_temp) -> Tensor");
 
+  // Augmentation parameters: every draw of V views for B samples (definition: the tensor-op
+  // sampler of clever_kernels/augment/sampler.py; per-row maths in sample_draws.h).
+  //   sizes      int64 (B, 2): (H_i, W_i) of the source images, each >= 1
+  //   ids        int64 (B,): the samples' ids
+  //   key        int64 0-dim: rng.hash32(seed_lo, seed_hi, step_lo, step_hi), in [0, 2^32)
+  //   first_view the key's view number of the first view; view j is first_view + j
+  //   constants  float64 (V, sample::kNumViewConstants): each view's probabilities and ranges
+  // Returns, field-major so that one field of one view is a contiguous (B,) row:
+  //   ints (7, V, B) int64: top, left, height, width, elastic_seed, image_height, image_width
+  //   floats (6, V, B) float32: angle, brightness, contrast, saturation, hue, blur_sigma
+  //   flags (5, V, B) bool: flip, elastic, jitter, grayscale, solarize
+  //   order (V, B, 4) int64: the jitter ops in application order
+  //   iparams (V * B, 15) int64, fparams (V * B, 8) float32: the same draws as render_views'
+  //              parameter tables, row v * B + b for view v of sample b (image index b)
+  m.def(
+      "sample_views(Tensor sizes, Tensor ids, Tensor key, int first_view, Tensor constants) -> (Tensor ints, "
+      "Tensor floats, Tensor flags, Tensor order, Tensor iparams, Tensor fparams)");
+
   // Augmentation: every view of one output size for a batch (clever_kernels/augment/_fused.py
   // builds the arguments; pixel semantics: clever_kernels/reference/augment.py::render, in every
   // mode, antialias=False included). All tensors contiguous and on one device.

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from clever_kernels import _backend
 from clever_kernels.augment import IMAGENET_MEAN, IMAGENET_STD, MultiCrop, make_config, render, sample_params
 
 
@@ -11,16 +12,22 @@ def _images(rng, sizes):
     return [torch.randint(0, 256, (3, h, w), generator=rng, dtype=torch.uint8) for h, w in sizes]
 
 
-@pytest.fixture
-def multicrop():
-    return MultiCrop("caug+", n_local=3, global_size=21, local_size=9, seed=7, backend="reference")
+needs_ext = pytest.mark.skipif(not _backend.has_extension(), reason="clever_kernels._C is not built")
+
+
+@pytest.fixture(params=["reference", pytest.param("fused", marks=needs_ext)])
+def multicrop(request):
+    return MultiCrop("caug+", n_local=3, global_size=21, local_size=9, seed=7, backend=request.param)
 
 
 def test_call_equals_render_of_sample_params(rng, multicrop):
+    """Also where the sample_views op hands the renderer its own tables (fused): the same views
+    as the tables render() builds from the records."""
     images = _images(rng, [(30, 41), (17, 23), (40, 40)])
     views, params = multicrop(images, step=3)
-    again = render(images, sample_params(images, multicrop.config, seed=7, step=3), mean=multicrop.config.mean,
-                   std=multicrop.config.std, backend="reference")
+    backend = multicrop.render_options["backend"]
+    again = render(images, sample_params(images, multicrop.config, seed=7, step=3, backend=backend),
+                   mean=multicrop.config.mean, std=multicrop.config.std, backend=backend)
     assert len(views) == 5 and [v.shape[-1] for v in views] == [21, 21, 9, 9, 9]
     for got, want in zip(views, again):
         assert torch.equal(got, want)
@@ -179,3 +186,34 @@ def test_normalises_with_the_configured_mean_and_std(rng):
     views, params = mc(images)
     for got, want in zip(views, render(images, params, mean=mean, std=std, backend="reference")):
         assert torch.equal(got, want)
+
+
+@needs_ext
+def test_multicrop_makes_the_same_calls_for_any_number_of_views(rng):
+    """One draw op, one render op per view size, and the packing of the images: the ATen calls
+    that do work (views and slices aside, which launch nothing on a GPU) do not grow with the
+    number of views, as building each view's render table would make them."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountWork(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not func.is_view:
+                self.calls.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    images = _images(rng, [(30, 41), (17, 23), (40, 40)])
+    calls = {}
+    for n_local in (1, 8):
+        mc = MultiCrop("caug+", n_local=n_local, global_size=15, local_size=7, backend="fused")
+        mc(images)  # the recipe's constants are copied on a first call
+        with CountWork() as count:
+            mc(images, step=1)
+        calls[n_local] = count.calls
+    assert calls[1] == calls[8], calls
+    assert calls[8].count("clever_kernels.sample_views.default") == 1
+    assert calls[8].count("clever_kernels.render_views.default") == 2
+    assert len(calls[8]) <= 10, calls[8]

@@ -8,10 +8,12 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from clever_kernels import _backend
 from clever_kernels.augment import (COLUMNS, AugConfig, AugParams, MultiCrop, Op, ViewConfig, image_sizes,
                                     make_config, sample_params, sample_view)
 from clever_kernels.augment import rng as ck_rng
-from clever_kernels.augment import sampler
+from clever_kernels.augment import _fused, sampler
+from clever_kernels.augment.params import TENSOR_FIELDS
 from clever_kernels.augment.sampler import CROP_LEFT_DRAW, CROP_TOP_DRAW, permutation_from_index
 
 N_STAT = 20000
@@ -463,20 +465,28 @@ def _aten_calls(fn):
     return count.calls
 
 
-def test_views_are_drawn_together_in_a_fixed_number_of_ops():
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+def test_views_are_drawn_together_in_a_fixed_number_of_ops(backend):
     """A draw's ATen calls (one GPU launch each, but for views and slices) do not grow with the
     batch, and ten views cost less than twice one view: a loop over samples, or over views,
-    would show here."""
+    would show here. With the sample_views op, a draw is that op, the key's fill and one unbind
+    per field, whatever the number of views."""
+    if backend == "fused" and not _backend.kernel_available("sample_views", torch.device("cpu")):
+        pytest.skip("clever_kernels._C is not built")
     views = make_config("caug+", n_local=8).views()
     calls = {}
     for batch in (1, 64):
         sizes = torch.randint(40, 500, (batch, 2), dtype=torch.int64, generator=torch.Generator().manual_seed(batch))
-        sampler.sample_views(sizes, views)  # the recipe's constants are copied on a first call
-        calls[batch] = _aten_calls(lambda: sampler.sample_views(sizes, views))
-        one_view = _aten_calls(lambda: sampler.sample_views(sizes, views[:1]))
-        view_by_view = _aten_calls(lambda: [sample_view(sizes, v, j) for j, v in enumerate(views)])
+        for drawn in (views, views[:1]):  # the recipe's constants are copied on a first call
+            sampler.sample_views(sizes, drawn, backend=backend)
+        calls[batch] = _aten_calls(lambda: sampler.sample_views(sizes, views, backend=backend))
+        one_view = _aten_calls(lambda: sampler.sample_views(sizes, views[:1], backend=backend))
+        view_by_view = _aten_calls(lambda: [sample_view(sizes, v, j, backend=backend) for j, v in enumerate(views)])
         assert calls[batch] < 2 * one_view, (calls[batch], one_view)
         assert view_by_view > 5 * calls[batch], (view_by_view, calls[batch])
+        if backend == "fused":
+            # the default ids, the key, the op; one unbind per output table and one per field
+            assert calls[batch] <= 3 + 3 + len(TENSOR_FIELDS), calls[batch]
     assert calls[1] == calls[64], calls
 
 
@@ -497,6 +507,139 @@ def test_same_draws_on_cuda():
     for a, b in zip(cpu, gpu):
         assert b.device.type == "cuda"
         assert torch.equal(a.to_tensor(torch.float64), b.to_tensor(torch.float64).cpu())
+
+
+# ----------------------------------------------------------------------------- the sample_views op
+needs_op = pytest.mark.skipif(not _backend.kernel_available("sample_views", torch.device("cpu")),
+                              reason="clever_kernels._C is not built")
+
+
+def _random_recipe(gen):
+    """A CAug+ recipe with every probability and range drawn, so that each draw's arithmetic
+    meets values other than the presets'."""
+    u = lambda: torch.rand((), generator=gen).item()
+    lo_hi = lambda lo, hi: tuple(sorted((lo + (hi - lo) * u(), lo + (hi - lo) * u())))
+    return make_config(
+        "caug+", n_local=int(torch.randint(0, 6, (), generator=gen)), flip_p=u(), rotation_p=u(), elastic_p=u(),
+        jitter_p=u(), grayscale_p=u(), global_blur_p=u(), local_blur_p=u(), global2_solarize_p=u(),
+        degrees=lo_hi(-180, 180), brightness=lo_hi(0, 3), contrast=lo_hi(0, 3), saturation=lo_hi(0, 3),
+        hue=lo_hi(-0.5, 0.5), blur_sigma=lo_hi(0.01, 9), ratio=lo_hi(0.05, 20), global_scale=lo_hi(0.01, 1),
+        local_scale=lo_hi(0.001, 1))
+
+
+@needs_op
+@pytest.mark.parametrize("case", range(12))
+def test_sample_views_op_matches_tensor_ops(case):
+    """The op draws every field bit for bit as the tensor ops do: random recipes, image sizes
+    from 1 pixel wide to 2^20 (the crop's fallback included), ids, seeds and steps over the
+    whole int64 range, as ints and as tensors, views from an offset."""
+    gen = torch.Generator().manual_seed(1000 + case)
+    batch = int(torch.randint(1, 300, (), generator=gen))
+    sides = [torch.randint(1, 700, (batch,), generator=gen) for _ in range(2)]
+    thin = torch.rand(batch, generator=gen) < 0.15
+    sides[case % 2] = torch.where(thin, torch.randint(1, 4, (batch,), generator=gen), sides[case % 2])
+    if case == 11:
+        sides[0][0], sides[1][0] = 2**20, 2**20 - 1
+    sizes = torch.stack(sides, 1)
+    ids = torch.randint(ck_rng.INT64_MIN, ck_rng.INT64_MAX, (batch,), generator=gen)
+    seed, step = (int(torch.randint(ck_rng.INT64_MIN, ck_rng.INT64_MAX, (), generator=gen)) for _ in range(2))
+    if case % 3 == 2:
+        seed, step = torch.tensor(seed), torch.tensor(step)
+    views = _random_recipe(gen).views()
+    first_view = int(torch.randint(0, 5, (), generator=gen))
+    k = sampler._view_constants(tuple(views), sizes.device)
+    want, no_tables = sampler._draw_with_tensor_ops(sizes, ids, seed, step, first_view, k)
+    got, tables = sampler._draw_with_kernel(sizes, ids, seed, step, first_view, k)
+    assert no_tables is None
+    assert got.keys() == want.keys() == set(TENSOR_FIELDS)
+    for name in TENSOR_FIELDS:
+        assert got[name].dtype == want[name].dtype and got[name].shape == want[name].shape, name
+        assert torch.equal(got[name], want[name]), (name, int((got[name] != want[name]).sum()))
+    # the renderer's tables written beside them hold what param_tables builds from the records
+    records = sampler.sample_views(sizes, views, first_view, seed, step, ids, backend="reference")
+    for got_table, want_table in zip(tables, _fused.param_tables(records)):
+        assert got_table.dtype == want_table.dtype and torch.equal(got_table, want_table)
+
+
+@needs_op
+@pytest.mark.parametrize("batch, n_local", [(1, 0), (61, 8), (300, 3)])
+def test_sample_views_cuda_kernel_emulated(batch, n_local):
+    """The CUDA kernel, run on the CPU (python_tests/cuda_emulation.py), writes every element as
+    the CPU op does: row counts below, at and above a block, on poisoned outputs."""
+    import cuda_emulation
+    gen = torch.Generator().manual_seed(batch)
+    sizes = torch.randint(1, 500, (batch, 2), generator=gen)
+    ids = torch.randint(-2**40, 2**40, (batch,), generator=gen)
+    views = make_config("caug+", n_local=n_local, global_blur_p=0.5, elastic_p=0.5).views()
+    args = (sizes, ids, torch.tensor(12345), 1, sampler._view_constants(tuple(views), torch.device("cpu")).packed)
+    for got, want in zip(cuda_emulation.ops().sample_views(*args), torch.ops.clever_kernels.sample_views(*args)):
+        assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+@needs_op
+@pytest.mark.parametrize("above", [False, True])
+def test_sample_views_op_applies_exactly_when_below_p(above):
+    """Each probability set to the very draw of one sample: that sample does not get the op
+    (u < p fails at u = p); one float32 step above, it does."""
+    ids = torch.tensor([5, 77, 900])
+    probabilities = {}
+    for name, op in (("flip_p", Op.FLIP), ("rotation_p", Op.ROTATE), ("elastic_p", Op.ELASTIC),
+                     ("jitter_p", Op.JITTER), ("grayscale_p", Op.GRAYSCALE), ("blur_p", Op.BLUR),
+                     ("solarize_p", Op.SOLARIZE)):
+        u = ck_rng.uniform(3, 4, ids[:1], 0, int(op), 0).item()
+        probabilities[name] = u + 2**-24 if above else u
+    p = sampler.sample_view(torch.tensor([[64, 80]] * 3), ViewConfig(**probabilities), view=0, seed=3, step=4,
+                            ids=ids)
+    for name in ("flip", "elastic", "jitter", "grayscale", "solarize"):
+        assert bool(getattr(p, name)[0]) == above, name
+    assert bool(p.angle[0] != 0) == above and bool(p.blur_sigma[0] > 0) == above
+
+
+def test_sampler_backend_choice(monkeypatch):
+    sizes = torch.tensor([[40, 50], [60, 70]])
+    with pytest.raises(ValueError, match="backend must be one of"):
+        sample_params(sizes, "caug", backend="triton")
+    monkeypatch.setattr(sampler._backend, "kernel_available", lambda op, device: False)
+    with pytest.raises(RuntimeError, match="backend='fused' unavailable: no sample_views kernel for cpu"):
+        sample_params(sizes, "caug", backend="fused")
+    fallback = sample_params(sizes, "caug+", seed=4)  # auto: the tensor ops, which draw the same bits
+    monkeypatch.undo()
+    assert all(a == b for a, b in zip(fallback, sample_params(sizes, "caug+", seed=4)))
+
+
+@needs_op
+def test_sample_views_op_refuses_bad_arguments():
+    op = torch.ops.clever_kernels.sample_views
+    views = make_config("baug", n_local=1).views()
+    constants = sampler._view_constants(tuple(views), torch.device("cpu")).packed
+    sizes, ids, key = torch.tensor([[5, 6], [7, 8]]), torch.tensor([0, 1]), torch.tensor(9)
+    op(sizes, ids, key, 0, constants)
+    for args, match in (((sizes.int(), ids, key, 0, constants), "sizes must be an int64 tensor of shape"),
+                        ((sizes[:0], ids[:0], key, 0, constants), r"shape \(B, 2\), B >= 1"),
+                        ((sizes, ids[:1], key, 0, constants), r"ids must be an int64 tensor of shape \(B,\)"),
+                        ((sizes, ids, key[None], 0, constants), "key must be a 0-dim int64 tensor"),
+                        ((sizes, ids, key, 0, constants.float()), "constants must be a float64 tensor"),
+                        ((sizes, ids, key, 0, constants[:, :-1]), "constants must be a float64 tensor"),
+                        ((sizes, ids, key, -1, constants), "first_view"),
+                        ((sizes, ids, key, 2**32 - 2, constants), "first_view"),
+                        ((sizes.t().contiguous().t(), ids, key, 0, constants), "must be contiguous"),
+                        ((torch.tensor([[5, 6], [0, 8]]), ids, key, 0, constants), r"sizes\[1\] must be >= 1")):
+        with pytest.raises(RuntimeError, match=match):
+            op(*args)
+
+
+@needs_op
+def test_sample_views_op_fake_matches_the_kernel():
+    """The registered fake (torch.compile, meta tensors) gives the kernel's shapes and dtypes."""
+    views = make_config("caug", n_local=3).views()
+    constants = sampler._view_constants(tuple(views), torch.device("cpu")).packed
+    args = (torch.tensor([[5, 6], [7, 8], [9, 9]]), torch.tensor([0, 1, 2]), torch.tensor(9), 2, constants)
+    torch.library.opcheck(torch.ops.clever_kernels.sample_views.default, args)
+    real = torch.ops.clever_kernels.sample_views(*args)
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        fake = torch.ops.clever_kernels.sample_views(*[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a
+                                                       for a in args])
+    assert [(t.shape, t.dtype) for t in fake] == [(t.shape, t.dtype) for t in real]
 
 
 # ----------------------------------------------------------------------------- AugParams
@@ -694,11 +837,12 @@ def test_sample_params_accepts_config():
 @pytest.mark.parametrize("unit, applied", [(0.5, False), (0.5 - 2 ** -24, True)])
 def test_a_draw_applies_exactly_when_below_p(monkeypatch, unit, applied):
     """`u < p`: a draw equal to p does not apply (so p = 0 never does, even for u = 0), the
-    largest draw below it does."""
+    largest draw below it does. (The tensor ops, whose draws can be replaced; the op's are held
+    to them below, test_sample_views_op_applies_exactly_when_below_p.)"""
     monkeypatch.setattr(ck_rng, "to_unit", lambda bits: torch.full(bits.shape, unit, dtype=torch.float32))
     cfg = ViewConfig(flip_p=0.5, rotation_p=0.5, elastic_p=0.5, jitter_p=0.5, grayscale_p=0.5, blur_p=0.5,
                      solarize_p=0.5)
-    p = sampler.sample_view(torch.tensor([[64, 80]] * 3), cfg, view=0)
+    p = sampler.sample_view(torch.tensor([[64, 80]] * 3), cfg, view=0, backend="reference")
     for name in ("flip", "elastic", "jitter", "grayscale", "solarize"):
         assert (getattr(p, name) == applied).all(), name
     assert ((p.angle != 0) == applied).all() and ((p.blur_sigma > 0) == applied).all()

@@ -15,6 +15,10 @@ from .render import check_options
 
 Tensor = torch.Tensor
 
+#: Columns of render_views' parameter tables (augment::kNumIParams, kNumFParams in
+#: csrc/include/clever_kernels/augment_pixel.h).
+INT_COLUMNS, FLOAT_COLUMNS = 15, 8
+
 _INTERPOLATION = {"bicubic": 0, "bilinear": 1}
 _ROTATION_INTERPOLATION = {"nearest": 0, "bilinear": 1}
 

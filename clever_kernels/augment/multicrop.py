@@ -8,7 +8,7 @@ from . import rng
 from .config import AugConfig, make_config
 from .params import AugParams, as_index
 from .render import check_options, render, render_checked
-from .sampler import sample_params
+from .sampler import draw_for_render, sample_params
 
 Tensor = torch.Tensor
 
@@ -30,7 +30,8 @@ class MultiCrop:
     n_local, global_size, local_size, global_scale and local_scale left at None keep the
     preset's (8, 224, 96, (0.4, 1.0), (0.05, 0.4)) or, for an AugConfig passed as `preset`, its
     own; so do unprefixed overrides such as `size=` or `scale=`, which a default here would
-    otherwise shadow.
+    otherwise shadow. backend: "auto", "fused" or "reference", for drawing (sample_params) and
+    rendering (render) alike.
     """
 
     def __init__(self, preset: Union[str, AugConfig] = "baug", n_local: Optional[int] = None,
@@ -56,16 +57,18 @@ class MultiCrop:
                                    backend=backend)
 
     def sample_params(self, images, step: int = 0, ids: Optional[Tensor] = None) -> List[AugParams]:
-        return sample_params(images, self.config, seed=self.seed, step=step, ids=ids)
+        return sample_params(images, self.config, seed=self.seed, step=step, ids=ids,
+                             backend=self.render_options["backend"])
 
     def render(self, images, params: Sequence[AugParams]) -> List[Tensor]:
         return render(images, params, **self.render_options)
 
     def __call__(self, images, step: int = 0, ids: Optional[Tensor] = None):
         images = reference._check_images(images)
-        params = self.sample_params(images, step=step, ids=ids)
-        # freshly drawn parameters are valid by construction: no device-to-host copy to check them
-        return render_checked(images, params, check_values=False, **self.render_options), params
+        params, tables = draw_for_render(images, self.config, self.seed, step, ids, self.render_options["backend"])
+        # freshly drawn parameters are valid by construction: no device-to-host copy to check them;
+        # and the op that drew them wrote the renderer's tables too
+        return render_checked(images, params, check_values=False, tables=tables, **self.render_options), params
 
     def __repr__(self):
         return f"MultiCrop(n_views={self.config.n_views}, seed={self.seed}, {self.render_options})"

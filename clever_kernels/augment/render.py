@@ -17,13 +17,6 @@ Tensor = torch.Tensor
 _warned = set()
 
 
-def _fused_available(device: torch.device) -> bool:
-    ext = _backend.extension()
-    if ext is None or not hasattr(torch.ops.clever_kernels, "render_views"):
-        return False
-    return device.type == "cpu" or (device.type == "cuda" and ext.cuda_built())
-
-
 #: What render() writes, on every backend (the kernels store these three).
 OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 BACKENDS = ("auto", "fused", "reference")
@@ -50,7 +43,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     the reference only with a warning."""
     if backend == "reference":
         return "reference"
-    if _fused_available(device):
+    if _backend.kernel_available("render_views", device):
         return "fused"
     why = (f"no fused augmentation kernel for {device.type} tensors "
            f"({_backend.backends()['cpu-ext' if device.type == 'cpu' else 'cuda'].reason})")
@@ -81,10 +74,12 @@ def render(images, params: Union[AugParams, Sequence[AugParams]], mean: Sequence
 
 
 def render_checked(images, params, mean, std, antialias, out_dtype, channels_last, interpolation,
-                   rotation_interpolation, backend, check_values: bool):
+                   rotation_interpolation, backend, check_values: bool, tables=None):
     """render() with the choice to skip the checks of the parameter values (crop boxes, blur
     sigmas, orders), which cost a device-to-host copy on a GPU: MultiCrop skips them for the
-    parameters sample_params has just drawn, which are valid by construction."""
+    parameters sample_params has just drawn, which are valid by construction. tables: the
+    render_views tables of all of `params` (rows view-major), as the sample_views op draws them
+    with the parameters: the fused renderer then slices them instead of building its own."""
     single = isinstance(params, AugParams)
     views = [params] if single else list(params)
     if not views:
@@ -103,8 +98,13 @@ def render_checked(images, params, mean, std, antialias, out_dtype, channels_las
     for size, members in groups.items():
         group = [views[i] for i in members]
         if impl == "fused":
-            stacked = _fused.render_packed(packed, images[0].shape[0], group, mean, std, antialias, out_dtype,
-                                           channels_last, interpolation, rotation_interpolation)
+            first, last = members[0], members[-1]
+            if tables is not None and members == list(range(first, last + 1)):  # consecutive rows
+                group_tables = tuple(t[first * batch:(last + 1) * batch] for t in tables)
+            else:
+                group_tables = _fused.param_tables(group)
+            stacked = _fused.render_tables(packed, images[0].shape[0], group_tables, size, mean, std, antialias,
+                                           out_dtype, channels_last, interpolation, rotation_interpolation)
         else:
             stacked = torch.cat([reference.render(images, p, mean, std, antialias, out_dtype, interpolation,
                                                   rotation_interpolation) for p in group])

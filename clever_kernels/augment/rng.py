@@ -100,7 +100,8 @@ def check_int64(name: str, value: IntLike) -> None:
         raise TypeError(f"{name} must be an int64 tensor, got dtype {value.dtype}")
 
 
-def _split64(value: IntLike):
+def split64(value: IntLike):
+    """(low, high) 32-bit words of an int64 value, as the key hashes them."""
     return value & MASK32, (value >> 32) & MASK32
 
 
@@ -110,9 +111,9 @@ def hash_bits(seed: IntLike, step: IntLike, ids: IntLike, view: int, op: int, dr
     for name, value in (("seed", seed), ("step", step), ("ids", ids), ("view", view), ("op", op),
                         ("draw", draw)):
         check_int64(name, value)
-    seed_lo, seed_hi = _split64(seed)
-    step_lo, step_hi = _split64(step)
-    id_lo, id_hi = _split64(ids)
+    seed_lo, seed_hi = split64(seed)
+    step_lo, step_hi = split64(step)
+    id_lo, id_hi = split64(ids)
     return hash32(seed_lo, seed_hi, step_lo, step_hi, id_lo, id_hi, view, op, draw)
 
 

@@ -2,8 +2,10 @@
 
 Every draw is `rng.hash_bits(seed, step, id, view, op, draw)` for the sample's id, so the
 parameters of a sample depend only on (seed, step, id, view) and the config, never on the batch
-it is in. All work is tensor ops on the device of the sizes: no per-sample loop, no host sync
-(nothing reads a tensor value back to Python), so sampling can be queued ahead on a GPU stream.
+it is in. Where the extension is built, one op draws every view of a batch
+(`torch.ops.clever_kernels.sample_views`, C++ on the CPU, one CUDA launch on a GPU); the tensor
+ops below (`_draw_with_tensor_ops`) are its definition and its fallback, bit for bit the same.
+Neither reads a value back to the host, so sampling can be queued ahead on a GPU stream.
 
 Op ids and draw indices (a draw's 32 bits become a float with rng.to_unit or an integer in
 [0, n) with rng.to_index):
@@ -34,14 +36,16 @@ import enum
 import functools
 import math
 import operator
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from .. import _backend
+from ..reference import augment as reference
 from . import rng
 from .config import AugConfig, ViewConfig, make_config
-from .params import AugParams, as_index
+from .params import _BOOL_FIELDS, _INT_FIELDS, FLOAT_FIELDS, AugParams, as_index
+from .render import BACKENDS
 
 Tensor = torch.Tensor
 
@@ -107,7 +111,8 @@ class _ViewConstants:
     float64 for the crop's. Built once per (configs, device), by a blocking copy (the one time a
     draw waits for the device), so that every stream may read them at once; no copy per batch."""
 
-    _F32 = ("flip_p", "rotation_p", "elastic_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p")
+    _F32 = ("flip_p", "rotation_p", "elastic_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p", "elastic_alpha",
+            "elastic_sigma")
     _RANGES = ("degrees", "brightness", "contrast", "saturation", "hue", "blur_sigma")
 
     def __init__(self, configs: Sequence[ViewConfig], device: torch.device):
@@ -123,12 +128,25 @@ class _ViewConstants:
             "ratio_lo": [c.ratio[0] for c in configs],
             "ratio_hi": [c.ratio[1] for c in configs],
         }
+        hosts = {}
         for table, dtype in ((f32, torch.float32), (f64, torch.float64)):
             names = list(table)
             host = torch.tensor([table[n] for n in names], dtype=dtype)
+            hosts.update(zip(names, host.to(torch.float64)))  # float32 values are exact in float64
             columns = host.to(device)[:, :, None]  # (fields, V, 1)
             for name, column in zip(names, columns):
                 setattr(self, name, column)
+        # the sample_views op's (V, len(VIEW_CONSTANTS)) table
+        self.packed = torch.stack([hosts[name] for name in VIEW_CONSTANTS], dim=1).to(device)
+
+
+#: The sample_views op's per-view constants, in the column order of sample::ViewConstant
+#: (csrc/include/clever_kernels/sample_draws.h).
+VIEW_CONSTANTS = ("flip_p", "rotation_p", "elastic_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p",
+                  "degrees_lo", "degrees_span", "brightness_lo", "brightness_span", "contrast_lo", "contrast_span",
+                  "saturation_lo", "saturation_span", "hue_lo", "hue_span", "blur_sigma_lo", "blur_sigma_span",
+                  "scale_lo", "scale_span", "log_ratio_lo", "log_ratio_span", "ratio_lo", "ratio_hi", "elastic_alpha",
+                  "elastic_sigma")
 
 
 @functools.lru_cache(maxsize=256)
@@ -179,12 +197,22 @@ def _crop_boxes(streams: _Streams, sizes: Tensor, k: _ViewConstants) -> Tuple[Te
     return top, left, torch.where(found, h_try, h_fb), torch.where(found, w_try, w_fb)
 
 
+RenderTables = Tuple[Tensor, Tensor]
+
+
 def sample_views(sizes: Tensor, configs: Sequence[ViewConfig], first_view: int = 0,
                  seed: Union[int, Tensor] = 0, step: Union[int, Tensor] = 0,
-                 ids: Optional[Tensor] = None) -> List[AugParams]:
+                 ids: Optional[Tensor] = None, backend: str = "auto") -> List[AugParams]:
     """Parameters of views first_view, first_view + 1, ... (one per config) for B images, all
-    drawn in one pass of tensor ops; view j's are exactly sample_view(sizes, configs[j],
-    first_view + j, ...)'s. Arguments as sample_view's."""
+    drawn in one op call (or one pass of tensor ops); view j's are exactly sample_view(sizes,
+    configs[j], first_view + j, ...)'s. Arguments as sample_view's."""
+    return _sample_views(sizes, configs, first_view, seed, step, ids, backend)[0]
+
+
+def _sample_views(sizes: Tensor, configs: Sequence[ViewConfig], first_view, seed, step, ids,
+                  backend: str) -> Tuple[List[AugParams], Optional[RenderTables]]:
+    """sample_views, and the render_views parameter tables of every view (rows view-major) where
+    the op drew them, None where the tensor ops did."""
     sizes, ids = _check_sizes_ids(sizes, ids)
     seed, step = _as_key("seed", seed, sizes.device), _as_key("step", step, sizes.device)
     if isinstance(first_view, bool) or not isinstance(first_view, int) or first_view < 0:
@@ -192,9 +220,52 @@ def sample_views(sizes: Tensor, configs: Sequence[ViewConfig], first_view: int =
     configs = tuple(configs)
     if not configs:
         raise ValueError("configs: no view to draw")
+    draw = _draw_function(backend, sizes.device)
+    k = _view_constants(configs, sizes.device)
+    fields, tables = draw(sizes, ids, seed, step, first_view, k)
+    # one unbind per field rather than one select per field and view: a few hundred fewer calls
+    per_view = {name: t.unbind(0) for name, t in fields.items()}
+    return [AugParams(size=config.size, view=first_view + j, elastic_alpha=config.elastic_alpha,
+                      elastic_sigma=config.elastic_sigma, **{name: t[j] for name, t in per_view.items()})
+            for j, config in enumerate(configs)], tables
+
+
+def _draw_function(backend: str, device: torch.device):
+    """The draws for a backend name: "fused" the sample_views op, "reference" the tensor ops,
+    "auto" the op where it is built (both draw the same bits, so no warning on a fallback)."""
+    reference._check_choice("backend", backend, BACKENDS)
+    if backend == "reference":
+        return _draw_with_tensor_ops
+    if _backend.kernel_available("sample_views", device):
+        return _draw_with_kernel
+    if backend == "fused":
+        reason = _backend.backends()["cpu-ext" if device.type == "cpu" else "cuda"].reason
+        raise RuntimeError(f"backend='fused' unavailable: no sample_views kernel for {device.type} tensors "
+                           f"({reason})")
+    return _draw_with_tensor_ops
+
+
+def _draw_with_kernel(sizes: Tensor, ids: Tensor, seed, step, first_view: int,
+                      k: _ViewConstants) -> Tuple[Dict[str, Tensor], RenderTables]:
+    """Every field of every view, as _draw_with_tensor_ops returns them, and the render_views
+    tables of the same draws, from one op call."""
+    device = sizes.device
+    key = rng.hash32(*rng.split64(seed), *rng.split64(step))  # the chain's state after seed and step
+    if not isinstance(key, Tensor):
+        key = torch.full((), key, dtype=torch.int64, device=device)  # a fill, not a host-to-device copy
+    ints, floats, flags, order, iparams, fparams = torch.ops.clever_kernels.sample_views(
+        sizes.contiguous(), ids.contiguous(), key, first_view, k.packed)
+    fields = {**dict(zip(_INT_FIELDS, ints)), **dict(zip(FLOAT_FIELDS, floats)), **dict(zip(_BOOL_FIELDS, flags)),
+              "order": order}
+    return fields, (iparams, fparams)
+
+
+def _draw_with_tensor_ops(sizes: Tensor, ids: Tensor, seed, step, first_view: int,
+                          k: _ViewConstants) -> Tuple[Dict[str, Tensor], None]:
+    """Every AugParams field of every view, (V, B) ((V, B, 4) for order), in one pass of tensor
+    ops: the definition of the sample_views op. No render tables (None)."""
     batch, device = sizes.shape[0], sizes.device
-    n_views = len(configs)
-    k = _view_constants(configs, device)
+    n_views = k.packed.shape[0]
     views = torch.arange(first_view, first_view + n_views, dtype=torch.int64, device=device)
     s = _Streams(seed, step, ids, views)
 
@@ -227,21 +298,16 @@ def sample_views(sizes: Tensor, configs: Sequence[ViewConfig], first_view: int =
     solarize = happens(Op.SOLARIZE, k.solarize_p)
     # a (2, views, batch) table of its own, so that no view's record shares memory with another
     # view's or with the caller's sizes (the other fields are slices of such tables too)
-    image_h, image_w = (side.unbind(0) for side in sizes.t().unsqueeze(1).expand(2, n_views, batch).clone())
+    image_h, image_w = sizes.t().unsqueeze(1).expand(2, n_views, batch).clone()
 
-    return [AugParams(
-        size=config.size, view=first_view + j, elastic_alpha=config.elastic_alpha,
-        elastic_sigma=config.elastic_sigma,
-        top=top[j], left=left[j], height=height[j], width=width[j], flip=flip[j], angle=angle[j],
-        elastic=elastic[j], elastic_seed=elastic_seed[j], jitter=jitter[j], brightness=factors[0][j],
-        contrast=factors[1][j], saturation=factors[2][j], hue=factors[3][j], order=order[j],
-        grayscale=grayscale[j], blur_sigma=blur_sigma[j], solarize=solarize[j],
-        image_height=image_h[j], image_width=image_w[j],
-    ) for j, config in enumerate(configs)]
+    return dict(top=top, left=left, height=height, width=width, flip=flip, angle=angle, elastic=elastic,
+                elastic_seed=elastic_seed, jitter=jitter, brightness=factors[0], contrast=factors[1],
+                saturation=factors[2], hue=factors[3], order=order, grayscale=grayscale, blur_sigma=blur_sigma,
+                solarize=solarize, image_height=image_h, image_width=image_w), None
 
 
 def sample_view(sizes: Tensor, config: ViewConfig, view: int, seed: Union[int, Tensor] = 0,
-                step: Union[int, Tensor] = 0, ids: Optional[Tensor] = None) -> AugParams:
+                step: Union[int, Tensor] = 0, ids: Optional[Tensor] = None, backend: str = "auto") -> AugParams:
     """Parameters of one view for B images.
 
     sizes: (B, 2) int64 (height, width) of each source image, on the device the parameters are
@@ -249,7 +315,7 @@ def sample_view(sizes: Tensor, config: ViewConfig, view: int, seed: Union[int, T
     (0 global 1, 1 global 2, 2.. local). seed, step: ints or 0-dim int64 tensors on that device.
     ids: (B,) int64 sample ids (default 0..B-1).
     """
-    return sample_views(sizes, [config], view, seed=seed, step=step, ids=ids)[0]
+    return sample_views(sizes, [config], view, seed=seed, step=step, ids=ids, backend=backend)[0]
 
 
 def sample_params(sizes_or_images, preset: Union[str, AugConfig] = "baug",
@@ -258,7 +324,8 @@ def sample_params(sizes_or_images, preset: Union[str, AugConfig] = "baug",
                   global_scale: Optional[Tuple[float, float]] = None,
                   local_scale: Optional[Tuple[float, float]] = None,
                   seed: Union[int, Tensor] = 0, step: Union[int, Tensor] = 0,
-                  ids: Optional[Union[Tensor, Sequence[int]]] = None, **overrides) -> List[AugParams]:
+                  ids: Optional[Union[Tensor, Sequence[int]]] = None, backend: str = "auto",
+                  **overrides) -> List[AugParams]:
     """Parameters of every view of a multi-crop draw.
 
     sizes_or_images: a (B, C, H, W) image batch, a list of B (C, Hi, Wi) images, a list of B
@@ -269,15 +336,24 @@ def sample_params(sizes_or_images, preset: Union[str, AugConfig] = "baug",
     flip_p=0.3, global2_solarize_p=0.5, degrees=(-45, 45)).
     seed, step: ints (or 0-dim int64 tensors on the device). ids: (B,) sample ids, default
     0..B-1; pass dataset indices to make a sample's draws independent of its batch position.
+    backend: "auto" (the sample_views op where the extension is built, else the tensor ops),
+    "fused" (the op, or an error) or "reference" (the tensor ops); all three draw the same bits.
 
     Returns a list of 2 + n_local AugParams on the images' device: global 1, global 2, locals.
     """
     config = make_config(preset, n_local=n_local, global_size=global_size, local_size=local_size,
                          global_scale=global_scale, local_scale=local_scale, **overrides)
+    return draw_for_render(sizes_or_images, config, seed, step, ids, backend)[0]
+
+
+def draw_for_render(sizes_or_images, config: AugConfig, seed, step, ids,
+                    backend: str) -> Tuple[List[AugParams], Optional[RenderTables]]:
+    """sample_params with a built config, and the render_views tables of its views where the op
+    drew them (MultiCrop renders from those, building no table of its own)."""
     sizes = image_sizes(sizes_or_images)
     if ids is not None and not isinstance(ids, Tensor):
         ids = _backend.host_to_device(torch.tensor(_as_ids(ids), dtype=torch.int64), sizes.device)
-    return sample_views(sizes, config.views(), seed=seed, step=step, ids=ids)
+    return _sample_views(sizes, config.views(), 0, seed, step, ids, backend)
 
 
 def _check_size_values(sizes: Tensor, name: str) -> None:
@@ -373,3 +449,24 @@ def _as_key(name: str, value, device):
         raise ValueError(f"{name} must be an int or a 0-dim int64 tensor on {device}, got shape "
                          f"{tuple(value.shape)} on {value.device}")
     return value
+
+
+def _register_fake():
+    if not hasattr(torch.library, "register_fake"):
+        return
+
+    from ._fused import FLOAT_COLUMNS, INT_COLUMNS
+
+    @torch.library.register_fake("clever_kernels::sample_views")
+    def _sample_views_fake(sizes, ids, key, first_view, constants):
+        views, batch = constants.shape[0], sizes.shape[0]
+        return (sizes.new_empty((len(_INT_FIELDS), views, batch)),
+                sizes.new_empty((len(FLOAT_FIELDS), views, batch), dtype=torch.float32),
+                sizes.new_empty((len(_BOOL_FIELDS), views, batch), dtype=torch.bool),
+                sizes.new_empty((views, batch, 4)),
+                sizes.new_empty((views * batch, INT_COLUMNS)),
+                sizes.new_empty((views * batch, FLOAT_COLUMNS), dtype=torch.float32))
+
+
+if _backend.extension() is not None and hasattr(torch.ops.clever_kernels, "sample_views"):
+    _register_fake()
