@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 DEPS := numpy triton==3.9.0 ninja pybind11 pytest scikit-learn pillow tqdm matplotlib
 # baselines the benchmarks compare against; not needed by the package or its tests
-BENCH_DEPS := kornia
+BENCH_DEPS := kornia==0.9.0 kornia_rs==0.2.0
 
 .PHONY: setup build demo compare test test-fast cuda-check triton-check gpu-torch-check gpu-checks gpu-wheels bench clean
 
