@@ -282,6 +282,16 @@ def test_multicrop_on_device_matches_cpu(photos):
         assert ((a.cpu() - b).abs() * std).max().item() <= 5e-5
 
 
+def test_multicrop_renders_its_draws_as_render_does(photos):
+    """MultiCrop renders from the tables its draw op wrote; render() builds them from the
+    records: the same views, bit for bit, on the device."""
+    images = _on(photos, DEVICE)
+    mc = MultiCrop("caug+", n_local=5, global_size=33, local_size=14, seed=3, global_blur_p=0.6, elastic_p=0.5)
+    views, params = mc(images, step=2, ids=torch.arange(10, 14, device=DEVICE))
+    again = render(images, params, mean=mc.config.mean, std=mc.config.std)
+    assert all(torch.equal(a, b) for a, b in zip(views, again))
+
+
 def test_render_refuses_params_that_require_grad(photos):
     p = AugParams.identity(torch.tensor([list(x.shape[-2:]) for x in photos]), 16).to(DEVICE)
     p.angle.requires_grad_()

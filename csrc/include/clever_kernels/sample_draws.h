@@ -160,30 +160,32 @@ C10_HOST_DEVICE inline void crop_box(uint32_t view_state, int64_t image_h, int64
 // The row's render_views parameters, from the fields sample_row has written: what
 // clever_kernels.augment._fused.param_tables builds from the AugParams, with `image` the sample's
 // index in the batch.
+static_assert(augment::kLeft == augment::kTop + 1 && augment::kHeight == augment::kTop + 2 &&
+                  augment::kWidth == augment::kTop + 3,
+              "the crop box's columns follow each other in both tables");
+static_assert(augment::kAngle == kAngle && augment::kBrightness == kBrightness && augment::kContrast == kContrast &&
+                  augment::kSaturation == kSaturation && augment::kHue == kHue && augment::kBlurSigma == kBlurSigma,
+              "the float fields are the render table's first float columns, in order");
 C10_HOST_DEVICE inline void render_row(const RowOut& out, int64_t image, const double* c) {
   const int64_t s = out.field_stride;
   int64_t* ip = out.render_ints;
   float* fp = out.render_floats;
   ip[augment::kImage] = image;
-  ip[augment::kTop] = out.ints[sample::kTop * s];
-  ip[augment::kLeft] = out.ints[sample::kLeft * s];
-  ip[augment::kHeight] = out.ints[sample::kHeight * s];
-  ip[augment::kWidth] = out.ints[sample::kWidth * s];
-  ip[augment::kFlip] = out.flags[sample::kFlip * s];
-  ip[augment::kElastic] = out.flags[sample::kElastic * s];
-  ip[augment::kElasticSeed] = out.ints[sample::kElasticSeed * s];
-  ip[augment::kJitter] = out.flags[sample::kJitter * s];
+  for (int f = 0; f < 4; ++f) {
+    ip[augment::kTop + f] = out.ints[(kTop + f) * s];
+  }
+  ip[augment::kElasticSeed] = out.ints[kElasticSeed * s];
+  const int flag_columns[kNumFlagFields] = {augment::kFlip, augment::kElastic, augment::kJitter, augment::kGrayscale,
+                                            augment::kSolarize};
+  for (int f = 0; f < kNumFlagFields; ++f) {
+    ip[flag_columns[f]] = out.flags[f * s];
+  }
   for (int i = 0; i < 4; ++i) {
     ip[augment::kOrder0 + i] = out.order[i];
   }
-  ip[augment::kGrayscale] = out.flags[sample::kGrayscale * s];
-  ip[augment::kSolarize] = out.flags[sample::kSolarize * s];
-  fp[augment::kAngle] = out.floats[sample::kAngle * s];
-  fp[augment::kBrightness] = out.floats[sample::kBrightness * s];
-  fp[augment::kContrast] = out.floats[sample::kContrast * s];
-  fp[augment::kSaturation] = out.floats[sample::kSaturation * s];
-  fp[augment::kHue] = out.floats[sample::kHue * s];
-  fp[augment::kBlurSigma] = out.floats[sample::kBlurSigma * s];
+  for (int f = 0; f < kNumFloatFields; ++f) {
+    fp[f] = out.floats[f * s];
+  }
   fp[augment::kElasticAlpha] = static_cast<float>(c[sample::kElasticAlpha]);
   fp[augment::kElasticSigma] = static_cast<float>(c[sample::kElasticSigma]);
 }
