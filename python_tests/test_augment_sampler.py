@@ -507,6 +507,9 @@ def test_same_draws_on_cuda():
     for a, b in zip(cpu, gpu):
         assert b.device.type == "cuda"
         assert torch.equal(a.to_tensor(torch.float64), b.to_tensor(torch.float64).cpu())
+    # the op's CUDA kernel against its definition on the same device (CUDA's exp in both)
+    gpu_reference = sample_params(gpu_sizes, "caug+", seed=3, step=8, backend="reference")
+    assert all(a == b for a, b in zip(gpu, gpu_reference))
 
 
 # ----------------------------------------------------------------------------- the sample_views op
@@ -577,6 +580,28 @@ def test_sample_views_cuda_kernel_emulated(batch, n_local):
 
 
 @needs_op
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+def test_crop_exp_rounds_as_the_tensor_ops_do(backend):
+    """A fixed ratio whose exp glibc and PyTorch round apart, where sqrt(area * aspect) lies
+    within an ulp of a half-integer: the op takes PyTorch's exp, so both draw width 10."""
+    ratio, scale = 2.718724, 0.012672534983323061
+    cfg = make_config("baug", n_local=0, global_ratio=(ratio, ratio), global_scale=(scale, scale))
+    params = sample_params(torch.tensor([[40, 80]] * 3), cfg, backend=backend)
+    assert params[1].width.tolist() == [10, 10, 10]
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_view_numbers_stay_within_the_keys_32_bits(backend):
+    """View 2**32 would hash as view 0: refused on every backend, as is a range of views running
+    past it."""
+    sizes, cfg = torch.tensor([[40, 50]]), ViewConfig()
+    assert sample_view(sizes, cfg, 2**32 - 1, backend=backend).view == 2**32 - 1
+    for view, configs in ((2**32, [cfg]), (2**32 - 1, [cfg, cfg]), (2**63 - 1, [cfg, cfg]), (-1, [cfg])):
+        with pytest.raises(ValueError, match=r"view must be an int in \[0, 2\*\*32 - "):
+            sampler.sample_views(sizes, configs, view, backend=backend)
+
+
+@needs_op
 @pytest.mark.parametrize("above", [False, True])
 def test_sample_views_op_applies_exactly_when_below_p(above):
     """Each probability set to the very draw of one sample: that sample does not get the op
@@ -622,6 +647,7 @@ def test_sample_views_op_refuses_bad_arguments():
                         ((sizes, ids, key, 0, constants[:, :-1]), "constants must be a float64 tensor"),
                         ((sizes, ids, key, -1, constants), "first_view"),
                         ((sizes, ids, key, 2**32 - 2, constants), "first_view"),
+                        ((sizes, ids, key, 2**63 - 1, constants), "first_view"),
                         ((sizes.t().contiguous().t(), ids, key, 0, constants), "must be contiguous"),
                         ((torch.tensor([[5, 6], [0, 8]]), ids, key, 0, constants), r"sizes\[1\] must be >= 1")):
         with pytest.raises(RuntimeError, match=match):
@@ -786,6 +812,7 @@ def test_from_tensor_refuses_what_it_cannot_rebuild():
     (lambda: sample_params(torch.zeros(2, 3, 8, 8), "caug", local_scale=(0.5, 0.1)), ValueError, "scale"),
     (lambda: sample_params(torch.tensor([[0, 5]])), ValueError, "sizes_or_images: image sizes must be >= 1"),
     (lambda: sample_params(torch.tensor([[-5, 10]])), ValueError, "sizes_or_images"),
+    (lambda: sample_params(torch.zeros(2, 3, 0, 8)), ValueError, "sizes_or_images: image sizes must be >= 1"),
     (lambda: sample_params(torch.zeros(2, 3, 8, 8), ids=[5.7, 6.2]), TypeError, "ids must be"),
     (lambda: sample_params(torch.zeros(2, 3, 8, 8), ids=[True, False]), TypeError, "ids must be"),
     (lambda: sample_params(torch.zeros(2, 3, 8, 8), ids=iter([1, 2, 3])), ValueError, "ids must be an integer tensor"),

@@ -125,7 +125,7 @@ workers=()
 timeouts=()
 "$py" -c "import pytest_timeout" 2>/dev/null && timeouts=(--timeout=180)
 if wants tests; then
-  step tests 200 "$py" -m pytest python_tests/test_gpu.py python_tests/test_augment_sampler.py -q -rs \
+  step tests 240 "$py" -m pytest python_tests/test_gpu.py python_tests/test_augment_sampler.py -q -rs \
     -p no:cacheprovider "${workers[@]}" "${timeouts[@]}"
 fi
 if wants bench; then

@@ -215,11 +215,14 @@ def _sample_views(sizes: Tensor, configs: Sequence[ViewConfig], first_view, seed
     the op drew them, None where the tensor ops did."""
     sizes, ids = _check_sizes_ids(sizes, ids)
     seed, step = _as_key("seed", seed, sizes.device), _as_key("step", step, sizes.device)
-    if isinstance(first_view, bool) or not isinstance(first_view, int) or first_view < 0:
-        raise ValueError(f"view must be an int >= 0, got {first_view!r}")
     configs = tuple(configs)
     if not configs:
         raise ValueError("configs: no view to draw")
+    # the view number is one 32-bit word of the key: a larger one would draw another view's values
+    if (isinstance(first_view, bool) or not isinstance(first_view, int) or first_view < 0
+            or first_view + len(configs) > 2**32):
+        raise ValueError(f"view must be an int in [0, 2**32 - {len(configs)}] (views view, view + 1, ... are "
+                         f"drawn), got {first_view!r}")
     draw = _draw_function(backend, sizes.device)
     k = _view_constants(configs, sizes.device)
     fields, tables = draw(sizes, ids, seed, step, first_view, k)
@@ -337,7 +340,8 @@ def sample_params(sizes_or_images, preset: Union[str, AugConfig] = "baug",
     seed, step: ints (or 0-dim int64 tensors on the device). ids: (B,) sample ids, default
     0..B-1; pass dataset indices to make a sample's draws independent of its batch position.
     backend: "auto" (the sample_views op where the extension is built, else the tensor ops),
-    "fused" (the op, or an error) or "reference" (the tensor ops); all three draw the same bits.
+    "fused" (the op, or an error) or "reference" (the tensor ops); on one device all three draw
+    the same bits.
 
     Returns a list of 2 + n_local AugParams on the images' device: global 1, global 2, locals.
     """
@@ -393,6 +397,8 @@ def image_sizes(sizes_or_images) -> Tensor:
         if x.dim() == 4:
             if x.shape[0] == 0:
                 raise ValueError(f"{name}: empty batch")
+            if x.shape[2] < 1 or x.shape[3] < 1:
+                raise ValueError(f"{name}: image sizes must be >= 1, got a batch of shape {tuple(x.shape)}")
             return _const_sizes(x.shape[0], x.shape[2], x.shape[3], x.device)
         if x.dim() == 2 and x.shape[1] == 2 and not x.is_floating_point() and x.dtype != torch.bool:
             if x.shape[0] == 0:

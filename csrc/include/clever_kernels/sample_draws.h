@@ -4,9 +4,12 @@
 // The definition is clever_kernels/augment/sampler.py (its tensor-op sampler, the reference); the
 // hash is clever_kernels/augment/rng.py's. Every float operation below is the one PyTorch applies
 // there, in the same precision and order, with fused multiply-adds ruled out (mul_rn / add_rn), so
-// a row comes out bit for bit as the tensor ops draw it. The crop box's float64 exp is the one
-// step a libm may round differently from PyTorch's; it only moves a box where sqrt(area * aspect)
-// lies within an ulp of a half-integer.
+// a row comes out bit for bit as the tensor ops draw it. The one operation whose rounding the
+// libraries do not agree on, the float64 exp of the crop's aspect ratios (glibc's and PyTorch's CPU
+// exp differ on about 0.5% of inputs, which moves a box where sqrt(area * aspect) lies within an
+// ulp of a half-integer), is left to the caller between crop_log_aspects and sample_row: the CPU
+// op applies PyTorch's own exp to all rows at once, the CUDA kernel CUDA's exp, which is the one
+// torch.exp runs on CUDA tensors.
 #pragma once
 
 #include <cmath>
@@ -117,21 +120,39 @@ struct Outputs {
   }
 };
 
+// The hash state of one (view, sample) row: the chain continued from the seed and step's state by
+// the sample's id (two words) and the view.
+C10_HOST_DEVICE inline uint32_t row_state(uint32_t key_state, int64_t id, uint32_t view) {
+  const uint64_t id_bits = static_cast<uint64_t>(id);
+  const uint32_t state = mix(key_state, static_cast<uint32_t>(id_bits));
+  return mix(mix(state, static_cast<uint32_t>(id_bits >> 32)), view);
+}
+
+// The logarithms of the crop's kCropAttempts aspect ratios, log r0 + (log r1 - log r0) * u; the
+// caller replaces each by its exp before sample_row (see the top of this file).
+C10_HOST_DEVICE inline void crop_log_aspects(uint32_t state, const double* c, double* log_aspect) {
+  const uint32_t crop = mix(state, kOpCrop);
+  for (uint32_t a = 0; a < kCropAttempts; ++a) {
+    const double u_ratio = static_cast<double>(to_unit(mix(crop, 2 * a + 1)));
+    log_aspect[a] = augment::dadd_rn(c[kLogRatioLo], augment::dmul_rn(c[kLogRatioSpan], u_ratio));
+  }
+}
+
 // torchvision's RandomResizedCrop as sampler._crop_boxes draws it: ten attempts in float64, the
-// first that fits wins, else the whole image with its aspect ratio clamped, centred.
-C10_HOST_DEVICE inline void crop_box(uint32_t view_state, int64_t image_h, int64_t image_w, const double* c,
-                                     int64_t* box) {
+// first that fits wins, else the whole image with its aspect ratio clamped, centred. aspects: the
+// exps of crop_log_aspects.
+C10_HOST_DEVICE inline void crop_box(uint32_t state, int64_t image_h, int64_t image_w, const double* c,
+                                     const double* aspects, int64_t* box) {
   using augment::dadd_rn;
   using augment::dmul_rn;
   const double height = static_cast<double>(image_h);
   const double width = static_cast<double>(image_w);
   const double area = dmul_rn(height, width);
-  const uint32_t crop = mix(view_state, kOpCrop);
+  const uint32_t crop = mix(state, kOpCrop);
   for (uint32_t a = 0; a < kCropAttempts; ++a) {
     const double u_scale = static_cast<double>(to_unit(mix(crop, 2 * a)));
-    const double u_ratio = static_cast<double>(to_unit(mix(crop, 2 * a + 1)));
     const double target_area = dmul_rn(area, dadd_rn(c[kScaleLo], dmul_rn(c[kScaleSpan], u_scale)));
-    const double aspect = ::exp(dadd_rn(c[kLogRatioLo], dmul_rn(c[kLogRatioSpan], u_ratio)));
+    const double aspect = aspects[a];
     const double w = ::nearbyint(::sqrt(dmul_rn(target_area, aspect)));
     const double h = ::nearbyint(::sqrt(target_area / aspect));
     if (w > 0.0 && w <= width && h > 0.0 && h <= height) {
@@ -190,16 +211,12 @@ C10_HOST_DEVICE inline void render_row(const RowOut& out, int64_t image, const d
   fp[augment::kElasticSigma] = static_cast<float>(c[sample::kElasticSigma]);
 }
 
-// Every draw of view `view` (the key's view number) for sample `image` of the batch. `key_state`
-// is rng.hash32 over (seed_lo, seed_hi, step_lo, step_hi); c the view's constants.
-C10_HOST_DEVICE inline void sample_row(uint32_t key_state, int64_t id, int64_t image, uint32_t view,
-                                       int64_t image_h, int64_t image_w, const double* c, RowOut out) {
+// Every draw of one (view, sample) row, `image` the sample's index in the batch: `state` is its
+// row_state, c the view's constants, aspects the exps of its crop_log_aspects.
+C10_HOST_DEVICE inline void sample_row(uint32_t state, int64_t image, int64_t image_h, int64_t image_w,
+                                       const double* c, const double* aspects, RowOut out) {
   using augment::add_rn;
   using augment::mul_rn;
-  const uint64_t id_bits = static_cast<uint64_t>(id);
-  uint32_t state = mix(key_state, static_cast<uint32_t>(id_bits));
-  state = mix(state, static_cast<uint32_t>(id_bits >> 32));
-  state = mix(state, view);
   auto unit = [&](uint32_t op, uint32_t draw) { return to_unit(mix(mix(state, op), draw)); };
   // the float32 constants, exact in float64
   auto f32 = [&](int k) { return static_cast<float>(c[k]); };
@@ -208,7 +225,7 @@ C10_HOST_DEVICE inline void sample_row(uint32_t key_state, int64_t id, int64_t i
   const int64_t s = out.field_stride;
 
   int64_t box[4];
-  crop_box(state, image_h, image_w, c, box);
+  crop_box(state, image_h, image_w, c, aspects, box);
   out.ints[kTop * s] = box[0];
   out.ints[kLeft * s] = box[1];
   out.ints[kHeight * s] = box[2];

@@ -26,7 +26,7 @@ inline void check_sample_views_args(const at::Tensor& sizes, const at::Tensor& i
               "sample_views: constants must be a float64 tensor of shape (V, ", int(sample::kNumViewConstants),
               "), V >= 1, got ", constants.scalar_type(), " of shape ", constants.sizes());
   // the view number is one 32-bit word of the key
-  TORCH_CHECK(first_view >= 0 && first_view + constants.size(0) <= (int64_t{1} << 32),
+  TORCH_CHECK(first_view >= 0 && first_view <= (int64_t{1} << 32) - constants.size(0),
               "sample_views: views first_view .. first_view + V - 1 must lie in [0, 2^32), got first_view ",
               first_view, " and V = ", constants.size(0));
   for (const auto& t : {&ids, &key, &constants}) {
