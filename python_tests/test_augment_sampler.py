@@ -580,14 +580,40 @@ def test_sample_views_cuda_kernel_emulated(batch, n_local):
 
 
 @needs_op
-@pytest.mark.parametrize("backend", ["fused", "reference"])
-def test_crop_exp_rounds_as_the_tensor_ops_do(backend):
-    """A fixed ratio whose exp glibc and PyTorch round apart, where sqrt(area * aspect) lies
-    within an ulp of a half-integer: the op takes PyTorch's exp, so both draw width 10."""
+def test_crop_exp_is_the_same_on_every_backend():
+    """A fixed ratio whose exp glibc and PyTorch's CPU exp round apart, where sqrt(area * aspect)
+    lies within an ulp of a half-integer (a libm exp drew width 11 where torch.exp drew 10): the
+    op and the tensor ops both take portable_exp, and draw the same box."""
     ratio, scale = 2.718724, 0.012672534983323061
     cfg = make_config("baug", n_local=0, global_ratio=(ratio, ratio), global_scale=(scale, scale))
-    params = sample_params(torch.tensor([[40, 80]] * 3), cfg, backend=backend)
-    assert params[1].width.tolist() == [10, 10, 10]
+    sizes = torch.tensor([[40, 80]] * 3)
+    fused, reference = (sample_params(sizes, cfg, backend=b)[1] for b in ("fused", "reference"))
+    assert fused == reference
+    assert fused.width.tolist() in ([10] * 3, [11] * 3)
+
+
+def test_portable_exp_within_an_ulp():
+    x = torch.cat([torch.linspace(-700, 700, 20001, dtype=torch.float64),
+                   torch.randn(20000, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) * 3,
+                   torch.tensor([0.0, -0.0, math.log(0.75), math.log(4 / 3), 1e-300, -1e-300])])
+    got = sampler.portable_exp(x)
+    want = [math.exp(v) for v in x.tolist()]
+    ulps = [abs(g - w) / math.ulp(w) for g, w in zip(got.tolist(), want)]
+    assert max(ulps) <= 1.5, max(ulps)
+    tiny = sampler.portable_exp(torch.tensor([-744.4, -740.0, -709.0], dtype=torch.float64))
+    assert tiny.tolist() == pytest.approx([math.exp(-744.4), math.exp(-740.0), math.exp(-709.0)], rel=1e-3)
+
+
+@needs_op
+def test_portable_exp_is_the_kernels():
+    """The kernels' portable_exp (sample_draws.h, compiled as the CPU op is) gives the tensor
+    ops' bits on every input of the crop's range and beyond."""
+    import cuda_emulation
+    gen = torch.Generator().manual_seed(11)
+    x = torch.cat([torch.linspace(-745, 709, 100001, dtype=torch.float64),
+                   (torch.rand(100000, generator=gen, dtype=torch.float64) - 0.5) * 30,
+                   torch.log(torch.rand(10000, generator=gen, dtype=torch.float64) * 5 + 1e-9)])
+    assert torch.equal(cuda_emulation.ops().portable_exp(x), sampler.portable_exp(x))
 
 
 @pytest.mark.parametrize("backend", ["auto", "reference"])

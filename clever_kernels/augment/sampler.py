@@ -30,7 +30,10 @@ target_area = H * W * scale, aspect = exp(log r0 + (log r1 - log r0) * u), w = r
 target_area * aspect)), h = round(sqrt(target_area / aspect)) (round half to even, as Python's
 round); the first attempt with 0 < w <= W and 0 < h <= H wins, and top = to_index(bits, H - h + 1),
 left = to_index(bits, W - w + 1). If none is accepted, torchvision's centre crop: the whole image
-with its aspect ratio clamped to the range, centred with floor division.
+with its aspect ratio clamped to the range, centred with floor division. The exp is
+`portable_exp`, made of IEEE operations alone (torch.exp rounds some inputs differently on the
+CPU and on CUDA, which would move a box where sqrt(area * aspect) lies within an ulp of a
+half-integer), so every device draws the same boxes.
 """
 import enum
 import functools
@@ -166,6 +169,33 @@ def permutation_from_index(k: Tensor) -> Tensor:
     return torch.stack(perm, dim=-1)
 
 
+_LN2_HI, _LN2_LO, _INV_LN2 = (float.fromhex(h) for h in ("0x1.62e42fee00000p-1", "0x1.a39ef35793c76p-33",
+                                                           "0x1.71547652b82fep+0"))
+_EXP_COEFFICIENTS = tuple(1 / math.factorial(n) for n in range(14))
+
+
+def _pow2(k: Tensor) -> Tensor:
+    """2.0 ** k for int64 k in [-1022, 1023], exactly, from its bits."""
+    return ((k + 1023) << 52).view(torch.float64)
+
+
+def portable_exp(x: Tensor) -> Tensor:
+    """exp of a float64 tensor with x in [-745, 709], within about an ulp, the same bits on every
+    device: only multiplications, additions and a round, one IEEE operation each. x = k ln2 + r
+    with |r| <= ln2 / 2 (Cody and Waite's two-part ln2: k * ln2_hi is exact), exp(r) by its Taylor
+    polynomial of degree 13 in Horner form, 2^k applied as two exact powers of two (a subnormal
+    result rounds once). csrc/include/clever_kernels/sample_draws.h repeats it operation for
+    operation."""
+    k = torch.round(x * _INV_LN2)
+    r = (x - k * _LN2_HI) - k * _LN2_LO
+    p = torch.full_like(r, _EXP_COEFFICIENTS[13])
+    for c in reversed(_EXP_COEFFICIENTS[:13]):
+        p = p * r + c
+    k = k.to(torch.int64)
+    half = k >> 1
+    return p * _pow2(half) * _pow2(k - half)
+
+
 def _crop_boxes(streams: _Streams, sizes: Tensor, k: _ViewConstants) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """RandomResizedCrop boxes (top, left, height, width), int64 (V, B), for image sizes (B, 2)."""
     height = sizes[:, 0].to(torch.float64)
@@ -173,7 +203,7 @@ def _crop_boxes(streams: _Streams, sizes: Tensor, k: _ViewConstants) -> Tuple[Te
     u_scale = streams.unit(Op.CROP, slice(0, 2 * CROP_ATTEMPTS, 2)).to(torch.float64)
     u_ratio = streams.unit(Op.CROP, slice(1, 2 * CROP_ATTEMPTS, 2)).to(torch.float64)
     target_area = (height * width)[None, :, None] * (k.scale_lo[..., None] + k.scale_span[..., None] * u_scale)
-    aspect = torch.exp(k.log_ratio_lo[..., None] + k.log_ratio_span[..., None] * u_ratio)
+    aspect = portable_exp(k.log_ratio_lo[..., None] + k.log_ratio_span[..., None] * u_ratio)
     w = torch.round(torch.sqrt(target_area * aspect))
     h = torch.round(torch.sqrt(target_area / aspect))
     accepted = (w > 0) & (w <= width[None, :, None]) & (h > 0) & (h <= height[None, :, None])
@@ -340,8 +370,8 @@ def sample_params(sizes_or_images, preset: Union[str, AugConfig] = "baug",
     seed, step: ints (or 0-dim int64 tensors on the device). ids: (B,) sample ids, default
     0..B-1; pass dataset indices to make a sample's draws independent of its batch position.
     backend: "auto" (the sample_views op where the extension is built, else the tensor ops),
-    "fused" (the op, or an error) or "reference" (the tensor ops); on one device all three draw
-    the same bits.
+    "fused" (the op, or an error) or "reference" (the tensor ops); all three draw the same bits,
+    on every device.
 
     Returns a list of 2 + n_local AugParams on the images' device: global 1, global 2, locals.
     """

@@ -1,6 +1,5 @@
 // CPU kernel of sample_views (schema in ops.cpp; the draws in sample_draws.h): one task per block
-// of (view, sample) rows, each row independent of every other, in two sweeps around one call of
-// PyTorch's exp on every row's crop aspect ratios.
+// of (view, sample) rows, each row independent of every other.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -27,24 +26,12 @@ SampleViewsOutputs sample_views_cpu(const Tensor& sizes, const Tensor& ids, cons
   const uint32_t key_state = static_cast<uint32_t>(key.item<int64_t>());
   const int64_t* id_data = ids.data_ptr<int64_t>();
   const double* const_data = constants.data_ptr<double>();
-  auto state_of = [&](int64_t row) {
-    return sample::row_state(key_state, id_data[row % batch], static_cast<uint32_t>(first_view + row / batch));
-  };
-  auto constants_of = [&](int64_t row) { return const_data + (row / batch) * sample::kNumViewConstants; };
-  // The crop's aspect ratios through PyTorch's exp, as the tensor ops take them (sample_draws.h).
-  Tensor aspects = at::empty({rows, sample::kCropAttempts}, constants.options());
-  double* aspect_data = aspects.data_ptr<double>();
   at::parallel_for(0, rows, 256, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
-      sample::crop_log_aspects(state_of(row), constants_of(row), aspect_data + row * sample::kCropAttempts);
-    }
-  });
-  aspects.exp_();
-  at::parallel_for(0, rows, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row % batch;
-      sample::sample_row(state_of(row), b, size_data[2 * b], size_data[2 * b + 1], constants_of(row),
-                         aspect_data + row * sample::kCropAttempts, out.row(row, rows));
+      const int64_t v = row / batch, b = row % batch;
+      const uint32_t state = sample::row_state(key_state, id_data[b], static_cast<uint32_t>(first_view + v));
+      sample::sample_row(state, b, size_data[2 * b], size_data[2 * b + 1],
+                         const_data + v * sample::kNumViewConstants, out.row(row, rows));
     }
   });
   return as_tuple(outputs);

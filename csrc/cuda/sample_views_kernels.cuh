@@ -24,14 +24,8 @@ __global__ void sample_views_kernel(const int64_t* sizes, const int64_t* ids, co
   }
   const int64_t v = row / batch, b = row % batch;
   const uint32_t state = sample::row_state(static_cast<uint32_t>(*key), ids[b], static_cast<uint32_t>(first_view + v));
-  const double* c = constants + v * sample::kNumViewConstants;
-  double aspect[sample::kCropAttempts];
-  sample::crop_log_aspects(state, c, aspect);
-  // CUDA's exp, the one torch.exp runs on CUDA tensors (the emulated build gets the host's)
-  for (int a = 0; a < sample::kCropAttempts; ++a) {
-    aspect[a] = ::exp(aspect[a]);
-  }
-  sample::sample_row(state, b, sizes[2 * b], sizes[2 * b + 1], c, aspect, out.row(row, rows));
+  sample::sample_row(state, b, sizes[2 * b], sizes[2 * b + 1], constants + v * sample::kNumViewConstants,
+                     out.row(row, rows));
 }
 
 // The launch's grid: enough blocks of kThreads for every row.

@@ -1,7 +1,7 @@
 // sample_views computed by its CUDA kernel (csrc/cuda/sample_views_kernels.cuh) running on the CPU
 // under simt.h, registered as torch.ops.clever_kernels_testing.sample_views with
-// clever_kernels::sample_views's arguments, for CPU tensors. A test instrument, built by
-// python_tests/cuda_emulation.py.
+// clever_kernels::sample_views's arguments, for CPU tensors; and the kernels' portable_exp alone.
+// A test instrument, built by python_tests/cuda_emulation.py.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -39,10 +39,23 @@ SampleViewsOutputs sample_views_emulated(const Tensor& sizes, const Tensor& ids,
   return as_tuple(outputs);
 }
 
+// sample::portable_exp of every element of a float64 tensor, to hold it to sampler.portable_exp.
+Tensor portable_exp(const Tensor& x) {
+  TORCH_CHECK(x.scalar_type() == at::kDouble, "portable_exp: float64 only, got ", x.scalar_type());
+  Tensor in = x.contiguous(), out = at::empty_like(in);
+  const double* src = in.data_ptr<double>();
+  double* dst = out.data_ptr<double>();
+  for (int64_t i = 0; i < in.numel(); ++i) {
+    dst[i] = sample::portable_exp(src[i]);
+  }
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(clever_kernels_testing, m) {
   m.def("sample_views", &sample_views_emulated);
+  m.def("portable_exp", &portable_exp);
 }
 
 }  // namespace clever_kernels

@@ -4,16 +4,15 @@
 // The definition is clever_kernels/augment/sampler.py (its tensor-op sampler, the reference); the
 // hash is clever_kernels/augment/rng.py's. Every float operation below is the one PyTorch applies
 // there, in the same precision and order, with fused multiply-adds ruled out (mul_rn / add_rn), so
-// a row comes out bit for bit as the tensor ops draw it. The one operation whose rounding the
-// libraries do not agree on, the float64 exp of the crop's aspect ratios (glibc's and PyTorch's CPU
-// exp differ on about 0.5% of inputs, which moves a box where sqrt(area * aspect) lies within an
-// ulp of a half-integer), is left to the caller between crop_log_aspects and sample_row: the CPU
-// op applies PyTorch's own exp to all rows at once, the CUDA kernel CUDA's exp, which is the one
-// torch.exp runs on CUDA tensors.
+// a row comes out bit for bit as the tensor ops draw it, on every device. No libm function is
+// called: where torchvision's crop takes an exp, both take portable_exp, built from such
+// operations alone (glibc's, PyTorch's CPU and CUDA's exp each round some inputs differently,
+// which would move a box where sqrt(area * aspect) lies within an ulp of a half-integer).
 #pragma once
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include <c10/macros/Macros.h>
 
@@ -128,21 +127,46 @@ C10_HOST_DEVICE inline uint32_t row_state(uint32_t key_state, int64_t id, uint32
   return mix(mix(state, static_cast<uint32_t>(id_bits >> 32)), view);
 }
 
-// The logarithms of the crop's kCropAttempts aspect ratios, log r0 + (log r1 - log r0) * u; the
-// caller replaces each by its exp before sample_row (see the top of this file).
-C10_HOST_DEVICE inline void crop_log_aspects(uint32_t state, const double* c, double* log_aspect) {
-  const uint32_t crop = mix(state, kOpCrop);
-  for (uint32_t a = 0; a < kCropAttempts; ++a) {
-    const double u_ratio = static_cast<double>(to_unit(mix(crop, 2 * a + 1)));
-    log_aspect[a] = augment::dadd_rn(c[kLogRatioLo], augment::dmul_rn(c[kLogRatioSpan], u_ratio));
+// 2^k for k in [-1022, 1023], exactly, from its bits.
+C10_HOST_DEVICE inline double pow2(int64_t k) {
+  const uint64_t bits = static_cast<uint64_t>(k + 1023) << 52;
+#ifdef __CUDA_ARCH__
+  return __longlong_as_double(static_cast<long long>(bits));
+#else
+  double value;
+  std::memcpy(&value, &bits, sizeof value);
+  return value;
+#endif
+}
+
+// sampler.portable_exp: exp(x) for x in [-745, 709] within about an ulp, the same bits on every
+// device. x = k ln2 + r with |r| <= ln2 / 2 (Cody and Waite's two-part ln2, whose high part has
+// zero low bits, so k * ln2_hi is exact), exp(r) by its Taylor polynomial of degree 13 in Horner
+// form (truncation below 1e-17), and 2^k applied as two exact powers of two, so that a subnormal
+// result is reached through one rounding.
+C10_HOST_DEVICE inline double portable_exp(double x) {
+  using augment::dadd_rn;
+  using augment::dmul_rn;
+  const double coefficients[14] = {0x1.0000000000000p+0,  0x1.0000000000000p+0,  0x1.0000000000000p-1,
+                                   0x1.5555555555555p-3,  0x1.5555555555555p-5,  0x1.1111111111111p-7,
+                                   0x1.6c16c16c16c17p-10, 0x1.a01a01a01a01ap-13, 0x1.a01a01a01a01ap-16,
+                                   0x1.71de3a556c734p-19, 0x1.27e4fb7789f5cp-22, 0x1.ae64567f544e4p-26,
+                                   0x1.1eed8eff8d898p-29, 0x1.6124613a86d09p-33};  // 1 / n!
+  const double k = ::nearbyint(dmul_rn(x, 0x1.71547652b82fep+0));  // x / ln2, rounded half to even
+  const double r = dadd_rn(dadd_rn(x, -dmul_rn(k, 0x1.62e42fee00000p-1)), -dmul_rn(k, 0x1.a39ef35793c76p-33));
+  double p = coefficients[13];
+  for (int n = 12; n >= 0; --n) {
+    p = dadd_rn(dmul_rn(p, r), coefficients[n]);
   }
+  const int64_t k_int = static_cast<int64_t>(k);
+  const int64_t half = k_int >> 1;  // floor, as the tensor ops' arithmetic shift
+  return dmul_rn(dmul_rn(p, pow2(half)), pow2(k_int - half));
 }
 
 // torchvision's RandomResizedCrop as sampler._crop_boxes draws it: ten attempts in float64, the
-// first that fits wins, else the whole image with its aspect ratio clamped, centred. aspects: the
-// exps of crop_log_aspects.
+// first that fits wins, else the whole image with its aspect ratio clamped, centred.
 C10_HOST_DEVICE inline void crop_box(uint32_t state, int64_t image_h, int64_t image_w, const double* c,
-                                     const double* aspects, int64_t* box) {
+                                     int64_t* box) {
   using augment::dadd_rn;
   using augment::dmul_rn;
   const double height = static_cast<double>(image_h);
@@ -151,8 +175,9 @@ C10_HOST_DEVICE inline void crop_box(uint32_t state, int64_t image_h, int64_t im
   const uint32_t crop = mix(state, kOpCrop);
   for (uint32_t a = 0; a < kCropAttempts; ++a) {
     const double u_scale = static_cast<double>(to_unit(mix(crop, 2 * a)));
+    const double u_ratio = static_cast<double>(to_unit(mix(crop, 2 * a + 1)));
     const double target_area = dmul_rn(area, dadd_rn(c[kScaleLo], dmul_rn(c[kScaleSpan], u_scale)));
-    const double aspect = aspects[a];
+    const double aspect = portable_exp(dadd_rn(c[kLogRatioLo], dmul_rn(c[kLogRatioSpan], u_ratio)));
     const double w = ::nearbyint(::sqrt(dmul_rn(target_area, aspect)));
     const double h = ::nearbyint(::sqrt(target_area / aspect));
     if (w > 0.0 && w <= width && h > 0.0 && h <= height) {
@@ -184,8 +209,9 @@ C10_HOST_DEVICE inline void crop_box(uint32_t state, int64_t image_h, int64_t im
 static_assert(augment::kLeft == augment::kTop + 1 && augment::kHeight == augment::kTop + 2 &&
                   augment::kWidth == augment::kTop + 3,
               "the crop box's columns follow each other in both tables");
-static_assert(augment::kAngle == kAngle && augment::kBrightness == kBrightness && augment::kContrast == kContrast &&
-                  augment::kSaturation == kSaturation && augment::kHue == kHue && augment::kBlurSigma == kBlurSigma,
+static_assert(int{augment::kAngle} == kAngle && int{augment::kBrightness} == kBrightness &&
+                  int{augment::kContrast} == kContrast && int{augment::kSaturation} == kSaturation &&
+                  int{augment::kHue} == kHue && int{augment::kBlurSigma} == kBlurSigma,
               "the float fields are the render table's first float columns, in order");
 C10_HOST_DEVICE inline void render_row(const RowOut& out, int64_t image, const double* c) {
   const int64_t s = out.field_stride;
@@ -212,9 +238,9 @@ C10_HOST_DEVICE inline void render_row(const RowOut& out, int64_t image, const d
 }
 
 // Every draw of one (view, sample) row, `image` the sample's index in the batch: `state` is its
-// row_state, c the view's constants, aspects the exps of its crop_log_aspects.
+// row_state, c the view's constants.
 C10_HOST_DEVICE inline void sample_row(uint32_t state, int64_t image, int64_t image_h, int64_t image_w,
-                                       const double* c, const double* aspects, RowOut out) {
+                                       const double* c, RowOut out) {
   using augment::add_rn;
   using augment::mul_rn;
   auto unit = [&](uint32_t op, uint32_t draw) { return to_unit(mix(mix(state, op), draw)); };
@@ -225,7 +251,7 @@ C10_HOST_DEVICE inline void sample_row(uint32_t state, int64_t image, int64_t im
   const int64_t s = out.field_stride;
 
   int64_t box[4];
-  crop_box(state, image_h, image_w, c, aspects, box);
+  crop_box(state, image_h, image_w, c, box);
   out.ints[kTop * s] = box[0];
   out.ints[kLeft * s] = box[1];
   out.ints[kHeight * s] = box[2];
