@@ -346,7 +346,7 @@ def sample_view(sizes: Tensor, config: ViewConfig, view: int, seed: Union[int, T
     sizes: (B, 2) int64 (height, width) of each source image, on the device the parameters are
     wanted on. config: the view's ViewConfig. view: the view index that keys the draws
     (0 global 1, 1 global 2, 2.. local). seed, step: ints or 0-dim int64 tensors on that device.
-    ids: (B,) int64 sample ids (default 0..B-1).
+    ids: (B,) int64 sample ids (default 0..B-1). backend: as sample_params'.
     """
     return sample_views(sizes, [config], view, seed=seed, step=step, ids=ids, backend=backend)[0]
 
