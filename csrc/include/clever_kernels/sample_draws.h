@@ -100,8 +100,8 @@ struct RowOut {
   bool* flags;
   int64_t* order;
   int64_t field_stride;
-  int64_t* render_ints;
-  float* render_floats;
+  int64_t* iparams;
+  float* fparams;
 };
 
 // The op's outputs (ops.cpp): rows are view-major, row = v * B + b of `rows` = V * B.
@@ -215,8 +215,8 @@ static_assert(int{augment::kAngle} == kAngle && int{augment::kBrightness} == kBr
               "the float fields are the render table's first float columns, in order");
 C10_HOST_DEVICE inline void render_row(const RowOut& out, int64_t image, const double* c) {
   const int64_t s = out.field_stride;
-  int64_t* ip = out.render_ints;
-  float* fp = out.render_floats;
+  int64_t* ip = out.iparams;
+  float* fp = out.fparams;
   ip[augment::kImage] = image;
   for (int f = 0; f < 4; ++f) {
     ip[augment::kTop + f] = out.ints[(kTop + f) * s];
