@@ -64,9 +64,9 @@ assert ext is not None, _backend.backends()["cpu-ext"].reason
 with_cuda = os.environ["WITH_CUDA"] == "1"
 assert ext.cuda_built() == with_cuda, f"clever_kernels._C: cuda_built() is {ext.cuda_built()}"
 _triton.register_cuda_impls()  # what importing the loss does where a GPU is visible
-for op in ("render_views", "dir_loss_fwd", "dir_loss_bwd", "dvr_loss_fwd", "dvr_loss_bwd"):
+for op in ("render_views", "sample_views", "dir_loss_fwd", "dir_loss_bwd", "dvr_loss_fwd", "dvr_loss_bwd"):
     for key in ("CPU", "CUDA"):
-        if key == "CUDA" and op == "render_views" and not with_cuda:
+        if key == "CUDA" and op in ("render_views", "sample_views") and not with_cuda:
             continue
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"clever_kernels::{op}", key), (op, key)
 print("check_gpu_torch: _C loads; its kernels and the Triton launchers are registered for every op")
