@@ -38,18 +38,19 @@ def check_options(mean, std, antialias: bool, channels_last: bool, interpolation
     return mean, std, antialias, channels_last
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """"fused" or "reference" for a backend name check_options has accepted; "auto" falls back to
-    the reference only with a warning."""
+def resolve_backend(backend: str, device: torch.device, op: str = "render_views", warn: bool = True) -> str:
+    """"fused" (the extension's `op`) or "reference" for a backend name check_options has
+    accepted; "auto" falls back to the reference, with a warning unless `warn` is off (the
+    sampler's reference draws the op's very bits)."""
     if backend == "reference":
         return "reference"
-    if _backend.kernel_available("render_views", device):
+    if _backend.kernel_available(op, device):
         return "fused"
-    why = (f"no fused augmentation kernel for {device.type} tensors "
+    why = (f"no {op} kernel for {device.type} tensors "
            f"({_backend.backends()['cpu-ext' if device.type == 'cpu' else 'cuda'].reason})")
     if backend == "fused":
         raise RuntimeError(f"backend='fused' unavailable: {why}")
-    if why not in _warned:
+    if warn and why not in _warned:
         _warned.add(why)
         warnings.warn(f"clever_kernels.augment: {why}; rendering with the plain-PyTorch reference",
                       RuntimeWarning, stacklevel=3)

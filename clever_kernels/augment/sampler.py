@@ -48,7 +48,7 @@ from ..reference import augment as reference
 from . import rng
 from .config import AugConfig, ViewConfig, make_config
 from .params import _BOOL_FIELDS, _INT_FIELDS, FLOAT_FIELDS, AugParams, as_index
-from .render import BACKENDS
+from .render import BACKENDS, resolve_backend
 
 Tensor = torch.Tensor
 
@@ -267,15 +267,8 @@ def _draw_function(backend: str, device: torch.device):
     """The draws for a backend name: "fused" the sample_views op, "reference" the tensor ops,
     "auto" the op where it is built (both draw the same bits, so no warning on a fallback)."""
     reference._check_choice("backend", backend, BACKENDS)
-    if backend == "reference":
-        return _draw_with_tensor_ops
-    if _backend.kernel_available("sample_views", device):
-        return _draw_with_kernel
-    if backend == "fused":
-        reason = _backend.backends()["cpu-ext" if device.type == "cpu" else "cuda"].reason
-        raise RuntimeError(f"backend='fused' unavailable: no sample_views kernel for {device.type} tensors "
-                           f"({reason})")
-    return _draw_with_tensor_ops
+    impl = resolve_backend(backend, device, op="sample_views", warn=False)
+    return _draw_with_kernel if impl == "fused" else _draw_with_tensor_ops
 
 
 def _draw_with_kernel(sizes: Tensor, ids: Tensor, seed, step, first_view: int,
