@@ -28,10 +28,7 @@ SampleViewsOutputs sample_views_cpu(const Tensor& sizes, const Tensor& ids, cons
   const double* const_data = constants.data_ptr<double>();
   at::parallel_for(0, rows, 256, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
-      const int64_t v = row / batch, b = row % batch;
-      const uint32_t state = sample::row_state(key_state, id_data[b], static_cast<uint32_t>(first_view + v));
-      sample::sample_row(state, b, size_data[2 * b], size_data[2 * b + 1],
-                         const_data + v * sample::kNumViewConstants, out.row(row, rows));
+      sample::draw_row(row, views, batch, key_state, id_data, size_data, first_view, const_data, out);
     }
   });
   return as_tuple(outputs);

@@ -17,15 +17,10 @@ constexpr int kThreads = 128;
 
 __global__ void sample_views_kernel(const int64_t* sizes, const int64_t* ids, const int64_t* key, int64_t first_view,
                                     const double* constants, int64_t views, int64_t batch, sample::Outputs out) {
-  const int64_t rows = views * batch;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (row >= rows) {
-    return;
+  if (row < views * batch) {
+    sample::draw_row(row, views, batch, static_cast<uint32_t>(*key), ids, sizes, first_view, constants, out);
   }
-  const int64_t v = row / batch, b = row % batch;
-  const uint32_t state = sample::row_state(static_cast<uint32_t>(*key), ids[b], static_cast<uint32_t>(first_view + v));
-  sample::sample_row(state, b, sizes[2 * b], sizes[2 * b + 1], constants + v * sample::kNumViewConstants,
-                     out.row(row, rows));
 }
 
 // The launch's grid: enough blocks of kThreads for every row.

@@ -288,5 +288,15 @@ C10_HOST_DEVICE inline void sample_row(uint32_t state, int64_t image, int64_t im
   render_row(out, image, c);
 }
 
+// Row `row` (= v * B + b) of the op: the arguments as ops.cpp names them, key_state the key's
+// value, `views` x `batch` rows in all. Both builds run it once per row.
+C10_HOST_DEVICE inline void draw_row(int64_t row, int64_t views, int64_t batch, uint32_t key_state, const int64_t* ids,
+                                     const int64_t* sizes, int64_t first_view, const double* constants,
+                                     const Outputs& out) {
+  const int64_t v = row / batch, b = row % batch;
+  sample_row(row_state(key_state, ids[b], static_cast<uint32_t>(first_view + v)), b, sizes[2 * b], sizes[2 * b + 1],
+             constants + v * kNumViewConstants, out.row(row, views * batch));
+}
+
 }  // namespace sample
 }  // namespace clever_kernels
