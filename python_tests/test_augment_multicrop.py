@@ -217,3 +217,27 @@ def test_multicrop_makes_the_same_calls_for_any_number_of_views(rng):
     assert calls[8].count("clever_kernels.sample_views.default") == 1
     assert calls[8].count("clever_kernels.render_views.default") == 2
     assert len(calls[8]) <= 10, calls[8]
+
+
+@needs_ext
+@pytest.mark.parametrize("ragged", [False, True])
+def test_multicrop_copies_the_image_geometry_to_the_device_once(rng, monkeypatch, ragged):
+    """The packed images' offsets and sizes go to the device in one copy, and the draws read
+    the sizes from it: on a GPU each host-to-device copy is a stream operation of its own."""
+    copies = []
+    real = _backend.host_to_device
+
+    def counted(t, device):
+        copies.append(t.tolist())
+        return real(t, device)
+
+    monkeypatch.setattr(_backend, "host_to_device", counted)
+    sides = [(30, 41), (17, 23), (40, 40)] if ragged else [(30, 41)] * 3
+    images = _images(rng, sides)
+    batch = images if ragged else torch.stack(images)
+    mc = MultiCrop("caug", n_local=2, global_size=15, local_size=7, backend="fused")
+    views, params = mc(batch, step=3)
+    starts = np.cumsum([0] + [3 * h * w for h, w in sides[:-1]]).tolist()
+    assert copies == [starts + [side for hw in sides for side in hw]]
+    want = render(batch, sample_params(batch, mc.config, seed=0, step=3), backend="fused")
+    assert all(torch.equal(a, b) for a, b in zip(views, want))

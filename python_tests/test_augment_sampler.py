@@ -485,8 +485,9 @@ def test_views_are_drawn_together_in_a_fixed_number_of_ops(backend):
         assert calls[batch] < 2 * one_view, (calls[batch], one_view)
         assert view_by_view > 5 * calls[batch], (view_by_view, calls[batch])
         if backend == "fused":
-            # the default ids, the key, the op; one unbind per output table and one per field
-            assert calls[batch] <= 3 + 3 + len(TENSOR_FIELDS), calls[batch]
+            # the sizes' check (CPU tensors only: lt, any, item), the default ids, the key, the op;
+            # one unbind per output table and one per field
+            assert calls[batch] <= 3 + 3 + 3 + len(TENSOR_FIELDS), calls[batch]
     assert calls[1] == calls[64], calls
 
 
@@ -847,6 +848,17 @@ def test_from_tensor_refuses_what_it_cannot_rebuild():
 def test_sample_params_bad_inputs(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("fused", marks=needs_op)])
+@pytest.mark.parametrize("sizes", [[[0, 5]], [[40, 30], [-3, 7]], [[12, 0]]])
+def test_sample_view_refuses_sizes_below_one(backend, sizes):
+    """The sizes tensor of sample_view and sample_views is checked as sample_params' is, on
+    either backend (the tensor ops drew boxes outside such images, the op raised RuntimeError)."""
+    with pytest.raises(ValueError, match=r"sizes: image sizes must be >= 1, got \["):
+        sample_view(torch.tensor(sizes), ViewConfig(), 0, backend=backend)
+    with pytest.raises(ValueError, match=r"sizes: image sizes must be >= 1"):
+        sampler.sample_views(torch.tensor(sizes), [ViewConfig()] * 2, backend=backend)
 
 
 def test_ids_may_be_any_iterable():

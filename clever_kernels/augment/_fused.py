@@ -43,9 +43,11 @@ def pack_images(images: List[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
         pixels = first.as_strided((sum(numels),), (1,))
     else:
         pixels = torch.cat([x.reshape(-1) for x in images])
-    offsets = _backend.host_to_device(torch.tensor(starts, dtype=torch.int64), device)
-    sizes = _backend.host_to_device(torch.tensor([list(x.shape[1:]) for x in images], dtype=torch.int64), device)
-    return pixels, offsets, sizes
+    # offsets and sizes travel in one host-to-device copy
+    batch = len(images)
+    geometry = starts + [side for x in images for side in x.shape[1:]]
+    geometry = _backend.host_to_device(torch.tensor(geometry, dtype=torch.int64), device)
+    return pixels, geometry[:batch], geometry[batch:].view(batch, 2)
 
 
 def param_tables(group: Sequence[AugParams]) -> Tuple[Tensor, Tensor]:

@@ -5,10 +5,11 @@ import torch
 
 from ..reference import augment as reference
 from . import rng
+from ._fused import pack_images
 from .config import AugConfig, make_config
 from .params import AugParams, as_index
-from .render import check_options, render, render_checked
-from .sampler import draw_for_render, sample_params
+from .render import check_options, render, render_checked, resolve_backend
+from .sampler import draw_for_render, image_sizes, sample_params
 
 Tensor = torch.Tensor
 
@@ -65,10 +66,16 @@ class MultiCrop:
 
     def __call__(self, images, step: int = 0, ids: Optional[Tensor] = None):
         images = reference._check_images(images)
-        params, tables = draw_for_render(images, self.config, self.seed, step, ids, self.render_options["backend"])
+        backend = self.render_options["backend"]
+        packed = None
+        if resolve_backend(backend, images[0].device) == "fused":
+            packed = pack_images(images)  # its sizes serve the draws: one copy of them to the device
+        sizes = image_sizes(images) if packed is None else packed[2]
+        params, tables = draw_for_render(sizes, self.config, self.seed, step, ids, backend)
         # freshly drawn parameters are valid by construction: no device-to-host copy to check them;
         # and the op that drew them wrote the renderer's tables too
-        return render_checked(images, params, check_values=False, tables=tables, **self.render_options), params
+        return render_checked(images, params, check_values=False, tables=tables, packed=packed,
+                              **self.render_options), params
 
     def __repr__(self):
         return f"MultiCrop(n_views={self.config.n_views}, seed={self.seed}, {self.render_options})"

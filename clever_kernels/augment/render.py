@@ -75,12 +75,13 @@ def render(images, params: Union[AugParams, Sequence[AugParams]], mean: Sequence
 
 
 def render_checked(images, params, mean, std, antialias, out_dtype, channels_last, interpolation,
-                   rotation_interpolation, backend, check_values: bool, tables=None):
+                   rotation_interpolation, backend, check_values: bool, tables=None, packed=None):
     """render() with the choice to skip the checks of the parameter values (crop boxes, blur
     sigmas, orders), which cost a device-to-host copy on a GPU: MultiCrop skips them for the
     parameters sample_params has just drawn, which are valid by construction. tables: the
     render_views tables of all of `params` (rows view-major), as the sample_views op draws them
-    with the parameters: the fused renderer then slices them instead of building its own."""
+    with the parameters: the fused renderer then slices them instead of building its own.
+    packed: `_fused.pack_images(images)` where the caller has packed them already."""
     single = isinstance(params, AugParams)
     views = [params] if single else list(params)
     if not views:
@@ -95,7 +96,7 @@ def render_checked(images, params, mean, std, antialias, out_dtype, channels_las
     batch = len(images)
     if impl == "fused":
         from . import _fused
-        packed = _fused.pack_images(images)
+        packed = _fused.pack_images(images) if packed is None else packed
     for size, members in groups.items():
         group = [views[i] for i in members]
         if impl == "fused":

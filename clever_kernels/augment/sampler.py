@@ -236,13 +236,16 @@ def sample_views(sizes: Tensor, configs: Sequence[ViewConfig], first_view: int =
     """Parameters of views first_view, first_view + 1, ... (one per config) for B images, all
     drawn in one op call (or one pass of tensor ops); view j's are exactly sample_view(sizes,
     configs[j], first_view + j, ...)'s. Arguments as sample_view's."""
+    sizes, ids = _check_sizes_ids(sizes, ids)
+    if sizes.device.type == "cpu":
+        _check_size_values(sizes, "sizes")
     return _sample_views(sizes, configs, first_view, seed, step, ids, backend)[0]
 
 
 def _sample_views(sizes: Tensor, configs: Sequence[ViewConfig], first_view, seed, step, ids,
                   backend: str) -> Tuple[List[AugParams], Optional[RenderTables]]:
-    """sample_views, and the render_views parameter tables of every view (rows view-major) where
-    the op drew them, None where the tensor ops did."""
+    """sample_views on sizes known to be >= 1, and the render_views parameter tables of every
+    view (rows view-major) where the op drew them, None where the tensor ops did."""
     sizes, ids = _check_sizes_ids(sizes, ids)
     seed, step = _as_key("seed", seed, sizes.device), _as_key("step", step, sizes.device)
     configs = tuple(configs)
@@ -337,7 +340,8 @@ def sample_view(sizes: Tensor, config: ViewConfig, view: int, seed: Union[int, T
     """Parameters of one view for B images.
 
     sizes: (B, 2) int64 (height, width) of each source image, on the device the parameters are
-    wanted on. config: the view's ViewConfig. view: the view index that keys the draws
+    wanted on, all >= 1 (checked on the CPU; on a GPU taken as given, as reading them back would
+    make the host wait for the device). config: the view's ViewConfig. view: the view index that keys the draws
     (0 global 1, 1 global 2, 2.. local). seed, step: ints or 0-dim int64 tensors on that device.
     ids: (B,) int64 sample ids (default 0..B-1). backend: as sample_params'.
     """
@@ -355,8 +359,8 @@ def sample_params(sizes_or_images, preset: Union[str, AugConfig] = "baug",
     """Parameters of every view of a multi-crop draw.
 
     sizes_or_images: a (B, C, H, W) image batch, a list of B (C, Hi, Wi) images, a list of B
-    (height, width) pairs, or a (B, 2) int64 tensor of (height, width). Only sizes and the device
-    are used. preset: "baug", "caug", "caug+" or an AugConfig. n_local (default 8), global_size
+    (height, width) pairs, or a (B, 2) int64 tensor of (height, width) (its values >= 1, checked
+    as sample_view's). Only sizes and the device are used. preset: "baug", "caug", "caug+" or an AugConfig. n_local (default 8), global_size
     (224), local_size (96), global_scale ((0.4, 1.0)), local_scale ((0.05, 0.4)): None keeps the
     preset's value. Further keyword overrides as in `clever_kernels.augment.config` (e.g.
     flip_p=0.3, global2_solarize_p=0.5, degrees=(-45, 45)).
@@ -370,14 +374,14 @@ def sample_params(sizes_or_images, preset: Union[str, AugConfig] = "baug",
     """
     config = make_config(preset, n_local=n_local, global_size=global_size, local_size=local_size,
                          global_scale=global_scale, local_scale=local_scale, **overrides)
-    return draw_for_render(sizes_or_images, config, seed, step, ids, backend)[0]
+    return draw_for_render(image_sizes(sizes_or_images), config, seed, step, ids, backend)[0]
 
 
-def draw_for_render(sizes_or_images, config: AugConfig, seed, step, ids,
+def draw_for_render(sizes: Tensor, config: AugConfig, seed, step, ids,
                     backend: str) -> Tuple[List[AugParams], Optional[RenderTables]]:
-    """sample_params with a built config, and the render_views tables of its views where the op
-    drew them (MultiCrop renders from those, building no table of its own)."""
-    sizes = image_sizes(sizes_or_images)
+    """sample_params with a built config on checked (B, 2) sizes (image_sizes), and the
+    render_views tables of its views where the op drew them (MultiCrop renders from those,
+    building no table of its own)."""
     if ids is not None and not isinstance(ids, Tensor):
         ids = _backend.host_to_device(torch.tensor(_as_ids(ids), dtype=torch.int64), sizes.device)
     return _sample_views(sizes, config.views(), 0, seed, step, ids, backend)
@@ -385,7 +389,8 @@ def draw_for_render(sizes_or_images, config: AugConfig, seed, step, ids,
 
 def _check_size_values(sizes: Tensor, name: str) -> None:
     # for CPU tensors only, where reading values back costs no wait on a device: sizes on a GPU
-    # are taken as given
+    # are taken as given, so that drawing never waits for the device (the renderer refuses the
+    # boxes that sizes < 1 would draw)
     if bool((sizes < 1).any()):
         raise ValueError(f"{name}: image sizes must be >= 1, got {sizes.tolist()}")
 
