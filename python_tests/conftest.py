@@ -90,3 +90,12 @@ def assert_inf_exactly_at(ce, ref_ce, pairs):
     assert torch.equal(ref_ce == float("inf"), want_inf)
     assert torch.equal(ce == float("inf"), want_inf)
     return want_inf
+
+
+@pytest.fixture(scope="session")
+def digits_folder(tmp_path_factory):
+    """A tiny ImageFolder of digits (4 classes of 10, a third of them not square), read-only,
+    shared by the trainer tests."""
+    pytest.importorskip("sklearn")
+    from train_helpers import make_image_folder
+    return make_image_folder(tmp_path_factory.mktemp("digits") / "tree", per_class=10)

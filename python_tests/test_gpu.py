@@ -362,13 +362,6 @@ def test_cuda_kernels_refuse_a_bad_table_row(case):
 
 
 # ============================================================================= training
-@pytest.fixture(scope="module")
-def digits_folder(tmp_path_factory):
-    pytest.importorskip("sklearn")
-    from train_helpers import make_image_folder
-    return make_image_folder(tmp_path_factory.mktemp("digits") / "tree", per_class=10)
-
-
 @pytest.fixture
 def restores_determinism():
     """The trainer's --deterministic switches process-wide settings, and it seeds the global

@@ -7,18 +7,13 @@ import pytest
 import torch
 
 from clever_kernels.train.checkpoint import load_checkpoint
-from train_helpers import TINY_RESNET_RUN, TINY_RUN, assert_state_equal, make_image_folder, run_two_ranks
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return make_image_folder(tmp_path_factory.mktemp("digits") / "tree", per_class=10)
+from train_helpers import TINY_RESNET_RUN, TINY_RUN, assert_state_equal, run_two_ranks
 
 
 @pytest.mark.parametrize("model", [TINY_RUN, TINY_RESNET_RUN], ids=["vit", "resnet-bn"])
-def test_two_ranks_hold_identical_teachers(model, folder, tmp_path):
+def test_two_ranks_hold_identical_teachers(model, digits_folder, tmp_path):
     out = tmp_path / "run"
-    argv = model + ["--method", "clever", "--data", folder, "--epochs", "2", "--out", str(out)]
+    argv = model + ["--method", "clever", "--data", digits_folder, "--epochs", "2", "--out", str(out)]
     ranks = run_two_ranks(argv, tmp_path)
     # 32 images over 2 ranks in batches of 8: 2 steps per epoch
     assert ranks[0]["step"] == ranks[1]["step"] == 4

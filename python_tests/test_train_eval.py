@@ -12,20 +12,15 @@ from clever_kernels.augment import image_sizes, render, sample_view
 from clever_kernels.train.cli import eval_main, plot_main, train_main
 from clever_kernels.train.compare import main as compare_main
 from clever_kernels.train.evaluate import angle_r2, evaluate, perturbation_config
-from train_helpers import TINY_RUN, assert_state_equal, make_image_folder
+from train_helpers import TINY_RUN, assert_state_equal
 
 METRICS = ("top1_ori", "top1_ori_cj_r", "rotation_r2")
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return make_image_folder(tmp_path_factory.mktemp("digits") / "tree", per_class=10)
-
-
-@pytest.fixture(scope="module")
-def run(folder, tmp_path_factory):
+def run(digits_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    assert train_main(TINY_RUN + ["--method", "clever", "--data", folder, "--epochs", "1", "--out", str(out)]) == 0
+    assert train_main(TINY_RUN + ["--method", "clever", "--data", digits_folder, "--epochs", "1", "--out", str(out)]) == 0
     return out
 
 
@@ -147,9 +142,9 @@ def test_r2_at_width_scores_subsets_of_that_width():
     assert _r2_at_width(wide[:300], angles[:300], wide[300:], angles[300:], 40, seed=0) == full
 
 
-def test_compare_end_to_end(folder, tmp_path, capsys, monkeypatch):
+def test_compare_end_to_end(digits_folder, tmp_path, capsys, monkeypatch):
     from clever_kernels.train import compare
-    toy = ["--data", folder, "--epochs", "1", "--batch-size", "8", "--arch", "vit_tiny", "--width", "32", "--depth",
+    toy = ["--data", digits_folder, "--epochs", "1", "--batch-size", "8", "--arch", "vit_tiny", "--width", "32", "--depth",
            "1", "--patch-size", "8", "--out-dim", "48", "--dvr-out-dim", "40", "--head-hidden", "32",
            "--head-bottleneck", "16", "--n-local", "2", "--no-progress", "--device", "cpu"]
     # the evaluations run where the trainings ran, not on a GPU the machine may also have

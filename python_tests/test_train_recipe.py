@@ -20,19 +20,14 @@ from clever_kernels.train import checkpoint as ckpt_io
 from clever_kernels.train.checkpoint import load_checkpoint
 from clever_kernels.train.cli import train_main, train_parser
 from clever_kernels.train.trainer import NonFiniteLoss, Trainer, _to_device
-from train_helpers import TINY_RUN, assert_state_equal, make_image_folder
+from train_helpers import TINY_RUN, assert_state_equal
 
 EPOCHS, NITER = 3, 4  # 32 training images in batches of 8
 LR, MIN_LR, MOMENTUM, WD, WD_END, CLIP, REG = 0.002, 1e-5, 0.99, 0.04, 0.4, 1e-6, 0.5
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return make_image_folder(tmp_path_factory.mktemp("digits") / "tree", per_class=10)
-
-
-def _trainer(folder, out, *extra):
-    argv = TINY_RUN + ["--method", "clever", "--data", folder, "--epochs", str(EPOCHS), "--out", str(out),
+def _trainer(digits_folder, out, *extra):
+    argv = TINY_RUN + ["--method", "clever", "--data", digits_folder, "--epochs", str(EPOCHS), "--out", str(out),
                        "--lr", str(LR), "--min-lr", str(MIN_LR), "--warmup-epochs", "1",
                        "--momentum-teacher", str(MOMENTUM), "--weight-decay", str(WD), "--weight-decay-end",
                        str(WD_END), "--clip-grad", str(CLIP), "--freeze-last-layer", "1", "--reg-lambd", str(REG),
@@ -125,24 +120,24 @@ def _check_step(trainer, epoch, iteration):
                                    msg=lambda text: f"step {step}, teacher {key}: {text}")
 
 
-def test_teacher_starts_as_the_student(folder, tmp_path):
-    trainer = _trainer(folder, tmp_path)
+def test_teacher_starts_as_the_student(digits_folder, tmp_path):
+    trainer = _trainer(digits_folder, tmp_path)
     assert_state_equal(trainer.student_module.state_dict(), trainer.teacher.state_dict(), "teacher at init")
     assert all(not p.requires_grad for p in trainer.teacher.parameters())
 
 
-def test_step_in_warmup_epoch_follows_the_recipe(folder, tmp_path):
+def test_step_in_warmup_epoch_follows_the_recipe(digits_folder, tmp_path):
     # epoch 0, last iteration: lr still on the ramp, prototypes frozen
-    _check_step(_trainer(folder, tmp_path), epoch=0, iteration=3)
+    _check_step(_trainer(digits_folder, tmp_path), epoch=0, iteration=3)
 
 
-def test_step_after_warmup_follows_the_recipe(folder, tmp_path):
+def test_step_after_warmup_follows_the_recipe(digits_folder, tmp_path):
     # epoch 1: lr on the cosine, prototypes learnt; the schedules are indexed by the global step
-    _check_step(_trainer(folder, tmp_path), epoch=1, iteration=1)
+    _check_step(_trainer(digits_folder, tmp_path), epoch=1, iteration=1)
 
 
-def test_resume_restores_grad_scaler_and_rng(folder, tmp_path):
-    argv = TINY_RUN + ["--method", "clever", "--data", folder, "--epochs", "2", "--precision", "fp16",
+def test_resume_restores_grad_scaler_and_rng(digits_folder, tmp_path):
+    argv = TINY_RUN + ["--method", "clever", "--data", digits_folder, "--epochs", "2", "--precision", "fp16",
                        "--out", str(tmp_path)]
     assert train_main(argv + ["--max-steps", "2"]) == 0
     state = load_checkpoint(str(tmp_path / "checkpoint.pt"))
@@ -187,8 +182,8 @@ def test_atomic_save_keeps_the_old_checkpoint_when_writing_fails(tmp_path, monke
 
 
 @pytest.mark.parametrize("part", ["DIR", "DVR", "reg"])
-def test_non_finite_part_is_named(folder, tmp_path, part):
-    trainer = _trainer(folder, tmp_path)
+def test_non_finite_part_is_named(digits_folder, tmp_path, part):
+    trainer = _trainer(digits_folder, tmp_path)
     parts = {"total": torch.tensor(float("nan")), "DIR": torch.tensor(1.5), "DVR": torch.tensor(0.25),
              "reg": torch.tensor(3.0)}
     parts[part] = torch.tensor(float("inf"))
@@ -196,8 +191,8 @@ def test_non_finite_part_is_named(folder, tmp_path, part):
         trainer._check_finite(parts, 9, 2, 1)
 
 
-def test_checkpoint_refuses_non_finite_weights(folder, tmp_path):
-    trainer = _trainer(folder, tmp_path)
+def test_checkpoint_refuses_non_finite_weights(digits_folder, tmp_path):
+    trainer = _trainer(digits_folder, tmp_path)
     trainer.save(0, 1)
     good = load_checkpoint(str(tmp_path / "checkpoint.pt"))
     with torch.no_grad():
@@ -209,10 +204,10 @@ def test_checkpoint_refuses_non_finite_weights(folder, tmp_path):
     assert_state_equal(good["student"], kept["student"], "student")
 
 
-def test_resume_from_an_epoch_boundary(folder, tmp_path):
+def test_resume_from_an_epoch_boundary(digits_folder, tmp_path):
     """A run stopped after a whole epoch checkpoints the start of the next one (epoch + 1,
     iteration 0); resuming from it runs the remaining epochs' steps, each once."""
-    argv = TINY_RUN + ["--method", "clever", "--data", folder, "--epochs", "2", "--out", str(tmp_path)]
+    argv = TINY_RUN + ["--method", "clever", "--data", digits_folder, "--epochs", "2", "--out", str(tmp_path)]
     assert train_main(argv + ["--max-steps", str(NITER)]) == 0
     state = load_checkpoint(str(tmp_path / "checkpoint.pt"))
     assert (state["epoch"], state["iteration"], state["step"]) == (1, 0, NITER)
@@ -241,9 +236,9 @@ def test_resume_from_an_epoch_boundary(folder, tmp_path):
                                                  ("warmup_teacher_temp_epochs", -1,
                                                   "--warmup-teacher-temp-epochs must be >= 0"),
                                                  ("batch_size", 10**6, "do not fill one batch.*lower --batch-size")])
-def test_out_of_range_config_is_refused(folder, tmp_path, field, value, match):
+def test_out_of_range_config_is_refused(digits_folder, tmp_path, field, value, match):
     """What the command line's own checks cannot catch, for a namespace built in code."""
-    args = train_parser().parse_args(TINY_RUN + ["--data", folder, "--epochs", str(EPOCHS), "--out", str(tmp_path)])
+    args = train_parser().parse_args(TINY_RUN + ["--data", digits_folder, "--epochs", str(EPOCHS), "--out", str(tmp_path)])
     setattr(args, field, value)
     with pytest.raises(ValueError, match=match):
         Trainer(args)

@@ -9,18 +9,13 @@ import torch
 
 from clever_kernels.train.checkpoint import load_checkpoint
 from clever_kernels.train.cli import train_main
-from train_helpers import TINY_RUN, make_image_folder, run_cli
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return make_image_folder(tmp_path_factory.mktemp("digits") / "tree", per_class=10)
+from train_helpers import TINY_RUN, run_cli
 
 
 @pytest.mark.parametrize("method", ["dino", "clever"])
-def test_few_steps(method, folder, tmp_path):
+def test_few_steps(method, digits_folder, tmp_path):
     out = tmp_path / method
-    code = train_main(TINY_RUN + ["--method", method, "--data", folder, "--epochs", "2", "--max-steps", "3",
+    code = train_main(TINY_RUN + ["--method", method, "--data", digits_folder, "--epochs", "2", "--max-steps", "3",
                                   "--save-params", "--out", str(out)])
     assert code == 0
     records = [json.loads(line) for line in open(out / "log.jsonl")]
@@ -51,8 +46,8 @@ def test_few_steps(method, folder, tmp_path):
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_half_precision(precision, folder, tmp_path):
-    assert train_main(TINY_RUN + ["--method", "clever", "--data", folder, "--epochs", "1", "--max-steps", "2",
+def test_half_precision(precision, digits_folder, tmp_path):
+    assert train_main(TINY_RUN + ["--method", "clever", "--data", digits_folder, "--epochs", "1", "--max-steps", "2",
                                   "--precision", precision, "--num-workers", "1", "--out", str(tmp_path)]) == 0
     steps = [json.loads(line) for line in open(tmp_path / "log.jsonl") if '"type": "step"' in line]
     assert len(steps) == 2 and all(math.isfinite(r["total"]) for r in steps)
@@ -61,8 +56,8 @@ def test_half_precision(precision, folder, tmp_path):
     assert bool(state["scaler"]) == (precision == "fp16")
 
 
-def test_module_entry_point(folder, tmp_path):
-    done = run_cli("clever_kernels.train", TINY_RUN + ["--method", "clever", "--data", folder, "--epochs", "1",
+def test_module_entry_point(digits_folder, tmp_path):
+    done = run_cli("clever_kernels.train", TINY_RUN + ["--method", "clever", "--data", digits_folder, "--epochs", "1",
                                                        "--max-steps", "1", "--out", str(tmp_path / "cli")])
     assert done.returncode == 0, done.stderr
     assert os.path.exists(tmp_path / "cli" / "checkpoint.pt")
@@ -72,11 +67,11 @@ def test_module_entry_point(folder, tmp_path):
     assert "runs" in run_cli("clever_kernels.train.plot", ["--help"]).stdout
 
 
-def test_saved_params_read_back_with_elastic(folder, tmp_path):
+def test_saved_params_read_back_with_elastic(digits_folder, tmp_path):
     # CAug+ draws elastic samples, whose 32-bit seeds a float32 table would round
     from clever_kernels.augment import AugParams
     out = tmp_path / "caugplus"
-    assert train_main(TINY_RUN + ["--method", "clever", "--aug", "caug+", "--data", folder, "--epochs", "1",
+    assert train_main(TINY_RUN + ["--method", "clever", "--aug", "caug+", "--data", digits_folder, "--epochs", "1",
                                   "--max-steps", "1", "--save-params", "--out", str(out)]) == 0
     record = torch.load(out / "params" / "step00000000.pt")
     elastic = record["columns"].index("elastic")
