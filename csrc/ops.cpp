@@ -49,7 +49,7 @@ TORCH_LIBRARY(clever_kernels, m) {
   // Augmentation parameters: every draw of V views for B samples (definition: the tensor-op
   // sampler of clever_kernels/augment/sampler.py; per-row maths in sample_draws.h).
   //   sizes      int64 (B, 2): (H_i, W_i) of the source images, each >= 1 (the CPU op checks; on
-  //              CUDA a precondition: sample_params checks sizes read from images or given on the
+  //              CUDA a precondition: the sampler checks sizes read from images or given on the
   //              CPU, and takes a CUDA size tensor as given, as reading it would wait for the device)
   //   ids        int64 (B,): the samples' ids
   //   key        int64 0-dim: rng.hash32(seed_lo, seed_hi, step_lo, step_hi), in [0, 2^32)

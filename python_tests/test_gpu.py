@@ -413,9 +413,9 @@ def test_resume_on_the_device(digits_folder, tmp_path, restores_determinism, pre
     """A run stopped after 2 steps and resumed on the device (optimizer, centres, loss scaler and
     RNG states mapped back to it) reaches the uninterrupted run's state bit for bit. Global views
     only: a local view's position embedding is interpolated bicubically, whose CUDA backward adds
-    with atomics, in another order each run; and the plain attention, for the same reason. In fp16 the loss scaler skips the first steps (their
-    gradients overflow at its initial scale), so that case resumes the scaler; fp32 the weights
-    and the optimizer."""
+    with atomics, in another order each run; and the plain attention, for the same reason. In
+    fp16 the loss scaler skips the first steps (their gradients overflow at its initial scale),
+    so that case resumes the scaler; fp32 the weights and the optimizer."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from clever_kernels.train.checkpoint import load_checkpoint
@@ -444,9 +444,8 @@ def test_comparison_on_the_device(digits_folder, tmp_path, restores_determinism,
     """The main job end to end on the device at toy size: both trainings, the untrained
     reference and the three evaluations run there and the report says so."""
     from clever_kernels.train.compare import main as compare_main
-    toy = ["--data", digits_folder, "--epochs", "1", "--batch-size", "8", "--arch", "vit_tiny", "--width", "32",
-           "--depth", "1", "--patch-size", "8", "--out-dim", "48", "--dvr-out-dim", "40", "--head-hidden", "32",
-           "--head-bottleneck", "16", "--n-local", "2", "--no-progress", "--device", str(DEVICE)]
+    from train_helpers import TINY_COMPARISON
+    toy = TINY_COMPARISON + ["--data", digits_folder, "--device", str(DEVICE)]
     assert compare_main(["--seeds", "0", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
                         + toy) == 0
     assert "| DINO | CLeVER |" in capsys.readouterr().out

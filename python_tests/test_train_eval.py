@@ -12,7 +12,7 @@ from clever_kernels.augment import image_sizes, render, sample_view
 from clever_kernels.train.cli import eval_main, plot_main, train_main
 from clever_kernels.train.compare import main as compare_main
 from clever_kernels.train.evaluate import angle_r2, evaluate, perturbation_config
-from train_helpers import TINY_RUN, assert_state_equal
+from train_helpers import TINY_COMPARISON, TINY_RUN, assert_state_equal
 
 METRICS = ("top1_ori", "top1_ori_cj_r", "rotation_r2")
 
@@ -144,9 +144,7 @@ def test_r2_at_width_scores_subsets_of_that_width():
 
 def test_compare_end_to_end(digits_folder, tmp_path, capsys, monkeypatch):
     from clever_kernels.train import compare
-    toy = ["--data", digits_folder, "--epochs", "1", "--batch-size", "8", "--arch", "vit_tiny", "--width", "32", "--depth",
-           "1", "--patch-size", "8", "--out-dim", "48", "--dvr-out-dim", "40", "--head-hidden", "32",
-           "--head-bottleneck", "16", "--n-local", "2", "--no-progress", "--device", "cpu"]
+    toy = TINY_COMPARISON + ["--data", digits_folder, "--device", "cpu"]
     # the evaluations run where the trainings ran, not on a GPU the machine may also have
     devices = []
     for name in ("evaluate", "evaluate_network"):

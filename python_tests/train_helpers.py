@@ -18,6 +18,9 @@ _TINY_STEPS = ["--aug", "caug", "--global-size", "32", "--local-size", "16", "--
 TINY_RUN = ["--arch", "vit_tiny", "--width", "32", "--depth", "1", "--patch-size", "8"] + _TINY_HEADS + _TINY_STEPS
 # The same with a ResNet-18 of 4 channels in its first stage, for the BatchNorm paths.
 TINY_RESNET_RUN = ["--arch", "resnet18", "--width", "4"] + _TINY_HEADS + _TINY_STEPS
+# The comparison (clever_kernels.train.compare) at toy size: its options over its own recipe.
+TINY_COMPARISON = (["--epochs", "1", "--batch-size", "8", "--arch", "vit_tiny", "--width", "32", "--depth", "1",
+                    "--patch-size", "8"] + _TINY_HEADS + ["--n-local", "2", "--no-progress"])
 
 
 def make_image_folder(root, per_class=6, classes=4, ragged=True):

@@ -242,11 +242,11 @@ def sample_views(sizes: Tensor, configs: Sequence[ViewConfig], first_view: int =
     return _sample_views(sizes, configs, first_view, seed, step, ids, backend)[0]
 
 
-def _sample_views(sizes: Tensor, configs: Sequence[ViewConfig], first_view, seed, step, ids,
+def _sample_views(sizes: Tensor, configs: Sequence[ViewConfig], first_view, seed, step, ids: Tensor,
                   backend: str) -> Tuple[List[AugParams], Optional[RenderTables]]:
-    """sample_views on sizes known to be >= 1, and the render_views parameter tables of every
-    view (rows view-major) where the op drew them, None where the tensor ops did."""
-    sizes, ids = _check_sizes_ids(sizes, ids)
+    """sample_views on sizes and ids _check_sizes_ids has returned, the sizes known to be >= 1,
+    and the render_views parameter tables of every view (rows view-major) where the op drew
+    them, None where the tensor ops did."""
     seed, step = _as_key("seed", seed, sizes.device), _as_key("step", step, sizes.device)
     configs = tuple(configs)
     if not configs:
@@ -341,9 +341,9 @@ def sample_view(sizes: Tensor, config: ViewConfig, view: int, seed: Union[int, T
 
     sizes: (B, 2) int64 (height, width) of each source image, on the device the parameters are
     wanted on, all >= 1 (checked on the CPU; on a GPU taken as given, as reading them back would
-    make the host wait for the device). config: the view's ViewConfig. view: the view index that keys the draws
-    (0 global 1, 1 global 2, 2.. local). seed, step: ints or 0-dim int64 tensors on that device.
-    ids: (B,) int64 sample ids (default 0..B-1). backend: as sample_params'.
+    make the host wait for the device). config: the view's ViewConfig. view: the view index that
+    keys the draws (0 global 1, 1 global 2, 2.. local). seed, step: ints or 0-dim int64 tensors
+    on that device. ids: (B,) int64 sample ids (default 0..B-1). backend: as sample_params'.
     """
     return sample_views(sizes, [config], view, seed=seed, step=step, ids=ids, backend=backend)[0]
 
@@ -360,9 +360,9 @@ def sample_params(sizes_or_images, preset: Union[str, AugConfig] = "baug",
 
     sizes_or_images: a (B, C, H, W) image batch, a list of B (C, Hi, Wi) images, a list of B
     (height, width) pairs, or a (B, 2) int64 tensor of (height, width) (its values >= 1, checked
-    as sample_view's). Only sizes and the device are used. preset: "baug", "caug", "caug+" or an AugConfig. n_local (default 8), global_size
-    (224), local_size (96), global_scale ((0.4, 1.0)), local_scale ((0.05, 0.4)): None keeps the
-    preset's value. Further keyword overrides as in `clever_kernels.augment.config` (e.g.
+    as sample_view's). Only sizes and the device are used. preset: "baug", "caug", "caug+" or an
+    AugConfig. n_local (default 8), global_size (224), local_size (96), global_scale ((0.4,
+    1.0)), local_scale ((0.05, 0.4)): None keeps the preset's value. Further keyword overrides as in `clever_kernels.augment.config` (e.g.
     flip_p=0.3, global2_solarize_p=0.5, degrees=(-45, 45)).
     seed, step: ints (or 0-dim int64 tensors on the device). ids: (B,) sample ids, default
     0..B-1; pass dataset indices to make a sample's draws independent of its batch position.
@@ -384,6 +384,7 @@ def draw_for_render(sizes: Tensor, config: AugConfig, seed, step, ids,
     building no table of its own)."""
     if ids is not None and not isinstance(ids, Tensor):
         ids = _backend.host_to_device(torch.tensor(_as_ids(ids), dtype=torch.int64), sizes.device)
+    sizes, ids = _check_sizes_ids(sizes, ids)
     return _sample_views(sizes, config.views(), 0, seed, step, ids, backend)
 
 

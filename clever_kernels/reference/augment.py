@@ -303,11 +303,11 @@ def _check_structure(params: AugParams, images: List[Tensor]) -> None:
 def check_param_values(views: Sequence[AugParams], images: List[Tensor]) -> None:
     """Parameters drawn for images of these sizes, crop boxes inside their images, angles and
     colour factors finite, blur sigmas in [0, MAX_SIGMA], orders permutations, elastic seeds in
-    [0, 2**32), for every view, with one
-    device-to-host copy for all of them (on a GPU each copy waits for the stream). The kernels
-    refuse such rows too (the CUDA ones with a device-side assert, which ends the process's CUDA
-    context), so checking here turns that into a ValueError naming the view and the sample; the
-    seeds they would take modulo 2**32, so -1 would render as 2**32 - 1 does."""
+    [0, 2**32), for every view, with one device-to-host copy for all of them (on a GPU each copy
+    waits for the stream). The kernels refuse such rows too (the CUDA ones with a device-side
+    assert, which ends the process's CUDA context), so checking here turns that into a ValueError
+    naming the view and the sample; the seeds they would take modulo 2**32, so -1 would render as
+    2**32 - 1 does."""
     ints = torch.stack([torch.cat([torch.stack([p.top, p.left, p.height, p.width, p.elastic_seed], dim=1),
                                    p.order, torch.stack([p.image_height, p.image_width], dim=1)], dim=1)
                         for p in views])
