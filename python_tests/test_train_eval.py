@@ -40,7 +40,7 @@ def test_eval_checkpoint(run, capsys):
     assert "Top1-Ori+CJ+R" in table and "| IR |" in table
     result = json.load(open(run / "eval_teacher.json"))
     _check_result(result)
-    assert result["feature_dims"] == {"full": 32, "ir": 26, "ef": 6}
+    assert result["feature_dims"] == {"full": 32, "ir": 25, "ef": 7}
     assert result["method"] == "clever" and result["which"] == "teacher" and not result["split_nominal"]
     assert result["n_train"] == 32 and result["n_test"] == 8
     assert os.path.getsize(run / "eval_teacher.png") > 0 and os.path.exists(run / "eval_teacher.md")
@@ -182,7 +182,7 @@ def test_angle_r2_regresses_cos_and_sin_not_degrees():
 def test_eval_uses_the_requested_network_and_fits_probes_on_train_only(run, monkeypatch, tmp_path):
     """evaluate(which="teacher") probes the teacher's weights; every probe is fit on the train
     split's features and scored on the test split's; the CJ+R score uses the perturbed test
-    features; IR is the first round(hp1 * D) columns of the feature, EF the rest."""
+    features; IR is the first int(D * hp1) columns of the feature, EF the rest."""
     import clever_kernels.train.evaluate as ev
     state = torch.load(run / "checkpoint.pt", weights_only=False)
     assert any(not torch.equal(state["teacher"][k], state["student"][k]) for k in state["teacher"])
@@ -211,7 +211,7 @@ def test_eval_uses_the_requested_network_and_fits_probes_on_train_only(run, monk
     n_train, n_test = result["n_train"], result["n_test"]
     assert (n_train, n_test) == (32, 8)
     (full_train, full_tests), (ir_train, ir_tests), (ef_train, ef_tests) = seen["probes"]
-    d_ir = round(0.8 * full_train.shape[1])
+    d_ir = int(full_train.shape[1] * 0.8)
     for train_x, tests in seen["probes"]:
         assert train_x.shape[0] == n_train and tests["ori"].shape[0] == tests["cj_r"].shape[0] == n_test
         assert not np.array_equal(tests["ori"], tests["cj_r"]), "CJ+R scored on clean test features"

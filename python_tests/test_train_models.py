@@ -83,8 +83,10 @@ def test_last_layer_frozen_in_first_epochs():
 
 
 def test_feature_split():
-    assert feature_split(192, 0.8) == (154, 38)
-    assert feature_split(512, 0.8) == (410, 102)
+    # rounded down, as the authors' main_dino.py sizes its heads (round() would give 154 and 410)
+    assert feature_split(192, 0.8) == (153, 39)
+    assert feature_split(512, 0.8) == (409, 103)
+    assert feature_split(384, 0.8) == (307, 77)
     assert feature_split(10, 0.99) == (9, 1)
     with pytest.raises(ValueError):
         feature_split(10, 1.0)

@@ -2,7 +2,7 @@
 EF encode the rotation a view received.
 
 Features are the frozen backbone's (the ViT's CLS token, the ResNet's pooled feature), taken
-whole ("full"), as the IR slice (the first round(hp1 * D) dimensions) and as the EF slice (the
+whole ("full"), as the IR slice (the first int(D * hp1) dimensions) and as the EF slice (the
 rest). For a DINO checkpoint the slices are nominal: DINO trains no split, so they are a
 baseline for what an arbitrary part of an unsplit feature carries.
 

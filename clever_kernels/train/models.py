@@ -268,10 +268,14 @@ def build_backbone(arch: str, img_size: int, patch_size: int = 16, small_stem: b
 
 
 def feature_split(dim: int, hp1: float) -> Tuple[int, int]:
-    """(d_ir, d_ef): IR is the first round(hp1 * dim) dimensions, EF the rest; both non-empty."""
+    """(d_ir, d_ef): IR is the first int(dim * hp1) dimensions, EF the rest; both non-empty.
+
+    Rounded down as the authors' heads and probes are sized, so that widths such as 192 (ViT-Tiny)
+    and 512 (ResNet-18), where rounding to nearest gives one more IR dimension, split as theirs do.
+    """
     if not 0.0 < hp1 < 1.0:
         raise ValueError(f"hp1 must be in (0, 1), got {hp1}")
-    d_ir = min(max(int(round(hp1 * dim)), 1), dim - 1)
+    d_ir = min(max(int(dim * hp1), 1), dim - 1)
     return d_ir, dim - d_ir
 
 
