@@ -30,7 +30,8 @@ from clever_kernels.reference import augment as ref_augment
 
 from conftest import assert_inf_exactly_at, minus_inf_against_positive_teacher
 from test_loss_fused import (TS, _assert_close, _check_against_reference, _inputs, _reference, _run,
-                             check_compiled_matches_eager, check_torch_func_matches_reference,
+                             check_compiled_matches_eager, check_forward_mode_matches_reference,
+                             check_torch_func_matches_reference,
                              reference_centred_in_float32)
 
 # Before cuBLAS starts in this process: the trainer's --deterministic asks for it too, but by the
@@ -121,6 +122,13 @@ def test_minus_inf_logits_on_the_device(rng, splits):
 def test_triton_loss_under_torch_func(rng, dtype):
     """The Triton ops run under grad and vmap through the registered ops' vmap rules."""
     check_torch_func_matches_reference(rng, "triton", 3, 4, 4097, 1000, dtype, device=DEVICE)
+
+
+@pytest.mark.parametrize("dtype", [F32, F16, BF16])
+def test_triton_loss_forward_mode(rng, dtype):
+    """Dual tensors and torch.func.jvp through the Triton ops (their jvp: the backward kernel's
+    rows contracted with the tangent) against the float64 reference's forward mode."""
+    check_forward_mode_matches_reference(rng, "triton", 3, 4, 4097, 1000, dtype, device=DEVICE)
 
 
 def test_auto_backend_is_the_kernel_for_the_device(rng):

@@ -2,6 +2,7 @@
 gradients of both student inputs, centres, dtypes, odd widths, errors, NaN and extreme logits,
 torch.compile, autocast and the two-rank centre sync. Runs the C++ kernels, and the Triton
 kernels through the interpreter (TRITON_INTERPRET=1, set by the test command)."""
+import functools
 import math
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import types
 import numpy as np
 import pytest
 import torch
+import torch.autograd.forward_ad as fwAD
 
 import clever_kernels
 from clever_kernels.loss import CLeVERLoss, DINOLoss, clever_loss, dino_loss
@@ -553,21 +555,92 @@ def test_double_backward_is_refused(rng, backend):
     a, b = s1.clone().requires_grad_(), s2.clone().requires_grad_()
     total, l_dir, l_dvr = clever_loss(a, b, t1, t2, c1, c2, 3, TS, 0.04, backend=backend)[:3]
     g_ir, g_ef = torch.autograd.grad(total, (a, b), create_graph=True, retain_graph=True)
-    with pytest.raises(RuntimeError, match="no derivative of its own"):
+    with pytest.raises(RuntimeError, match="no derivative of their own"):
         (g_ir.square().sum() + g_ef.square().sum()).backward()
     for part, x in ((l_dir, a), (l_dvr, b)):
         g, = torch.autograd.grad(part, x, create_graph=True, retain_graph=True)
         assert g.requires_grad
-        with pytest.raises(RuntimeError, match="no derivative of its own"):
+        with pytest.raises(RuntimeError, match="no derivative of their own"):
             g.square().sum().backward()
-    with pytest.raises(RuntimeError, match="no derivative of its own"):
+    with pytest.raises(RuntimeError, match="no derivative of their own"):
         torch.autograd.functional.hessian(lambda x: dino_loss(x, t1, c1, 3, TS, 0.04, backend=backend)[0], s1)
     # an upstream gradient that itself requires grad (a learnt loss weight)
     w = torch.tensor(0.5, requires_grad=True)
     x = s1.clone().requires_grad_()
     gx, = torch.autograd.grad(w * dino_loss(x, t1, c1, 3, TS, 0.04, backend=backend)[0], x, create_graph=True)
-    with pytest.raises(RuntimeError, match="no derivative of its own"):
+    with pytest.raises(RuntimeError, match="no derivative of their own"):
         torch.autograd.grad(gx.sum(), w)
+
+
+def _forward_mode_tangents(backend, s1, s2, t1, t2, c1, c2, tangents, ncrops, tt=0.04):
+    """Loss parts and the tangents of (total, loss_dir, loss_dvr) along `tangents` (one per
+    logit input, the teachers' included) through forward_ad's dual tensors. The fused loss's
+    batch centres, like their gradients, must come back without a tangent (the reference's
+    no_grad block, which stops their gradient, does not stop forward mode)."""
+    with fwAD.dual_level():
+        duals = [fwAD.make_dual(x, u) for x, u in zip((s1, s2, t1, t2), tangents)]
+        out = clever_loss(*duals, c1, c2, ncrops, TS, tt, 0.7, backend=backend)
+        unpacked = [fwAD.unpack_dual(x) for x in out]
+    if backend != "reference":
+        assert unpacked[3].tangent is None and unpacked[4].tangent is None
+    return [u.primal for u in unpacked[:3]], [u.tangent for u in unpacked[:3]]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("batch,ncrops,k1,k2", [(1, 2, 33, 9), (3, 4, 1000, 257)])
+def test_forward_mode_matches_the_reference(rng, backend, dtype, batch, ncrops, k1, k2):
+    check_forward_mode_matches_reference(rng, backend, batch, ncrops, k1, k2, dtype)
+
+
+def check_forward_mode_matches_reference(rng, backend, batch, ncrops, k1, k2, dtype, device="cpu"):
+    """Dual tensors through the fused loss (its Functions' jvp: the backward kernel's gradient
+    rows contracted with the tangent) against the float64 reference's forward mode on the same
+    rounded inputs. The teachers' tangents add nothing on either (their targets are detached).
+    Tolerance: the dtype's, relative to the sum of |gradient x tangent| over the logits, the
+    size of the terms each tangent is a sum of (a half-precision gradient row is rounded before
+    it is contracted)."""
+    s1, s2, t1, t2, c1, c2 = (x.to(device) for x in _inputs(rng, batch, ncrops, k1, k2, dtype))
+    tangents = [torch.randn(x.shape, generator=rng, dtype=torch.float64).to(device, dtype) for x in (s1, s2, t1, t2)]
+    parts, got = _forward_mode_tangents(backend, s1, s2, t1, t2, c1, c2, tangents, ncrops)
+    up = [x.double() for x in (s1, s2, t1, t2, c1, c2)]
+    want_parts, want = _forward_mode_tangents("reference", *up, [u.double() for u in tangents], ncrops)
+    _, w1, w2 = _reference(s1, s2, t1, t2, c1, c2, ncrops, 0.04)  # 1.3 d dir / d s1, -1.3 d dvr / d s2
+    size_dir, size_dvr = ((w.abs() * u.double().abs()).sum().item() / 1.3 for w, u in ((w1, tangents[0]),
+                                                                                          (w2, tangents[1])))
+    for name, g, w, size in zip(("total", "loss_dir", "loss_dvr"), got, want,
+                                (size_dir + 0.7 * size_dvr, size_dir, size_dvr)):
+        assert g.dtype == torch.float32 and g.shape == ()
+        _assert_close(g, w, dtype, f"tangent of {name}", size)
+    for name, g, w in zip(("total", "loss_dir", "loss_dvr"), parts, want_parts):
+        _assert_close(g, w, dtype, name)
+    if backend == "cpp" or torch.device(device).type == "cuda":  # torch.func's forward mode runs the same rule
+        loss = functools.partial(clever_loss, center_ir=c1, center_ef=c2, ncrops=ncrops, student_temp=TS,
+                                 teacher_temp=0.04, sep_lambd=0.7, backend=backend)
+        _, func_got = torch.func.jvp(lambda *x: loss(*x)[:3], (s1, s2, t1, t2), tuple(tangents))
+        # (torch.func's forward mode promotes `loss_dir + sep_lambd * loss_dvr` to float64: a
+        # tangent times a Python scalar is float64 there, as for any tensor, and rounds apart)
+        for g, w in zip(func_got, got):
+            torch.testing.assert_close(g.double(), w.double(), rtol=1e-6, atol=0)
+
+
+@pytest.mark.skipif("cpp" not in BACKENDS, reason="C++ extension not built")
+def test_jacfwd_matches_jacrev_and_forward_over_anything_is_refused(rng):
+    """jacfwd (vmap over forward mode) gives the reference's Jacobian; a second derivative that
+    goes through a tangent or a gradient of the fused loss (jacfwd or jacrev of either, also
+    with grad mode off, where forward mode still runs) raises rather than coming back 0."""
+    s1, _, t1, _, c1, _ = _inputs(rng, 2, 3, 20, 12, torch.float32)
+    dino = {b: (lambda x, b=b: dino_loss(x, t1.to(x.dtype), c1, 3, TS, 0.04, backend=b)[0])
+            for b in ("cpp", "reference")}
+    want = torch.func.jacrev(dino["reference"])(s1.double())
+    _assert_close(torch.func.jacfwd(dino["cpp"])(s1), want, torch.float32, "jacfwd", 1.0 / (4 * 2 * TS))
+    second = [torch.func.jacfwd(torch.func.jacfwd(dino["cpp"])), torch.func.jacfwd(torch.func.jacrev(dino["cpp"])),
+              torch.func.jacrev(torch.func.jacfwd(dino["cpp"])), torch.func.hessian(dino["cpp"])]
+    for transform in second:
+        with pytest.raises(RuntimeError, match="no derivative of their own"):
+            transform(s1)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="no derivative of their own"):
+        second[0](s1)
 
 
 @pytest.mark.skipif("cpp" not in BACKENDS, reason="C++ extension not built")
@@ -616,7 +689,7 @@ def check_torch_func_matches_reference(rng, backend, batch, ncrops, k1, k2, dtyp
     _assert_close(jac, torch.func.jacrev(dino["reference"])(s1[0].double()), dtype, "jacrev", unit)
     out, pull = torch.func.vjp(dino[backend], s1[0])
     _assert_close(pull(torch.ones_like(out))[0], jac, dtype, "vjp", unit)
-    with pytest.raises(RuntimeError, match="no derivative of its own"):
+    with pytest.raises(RuntimeError, match="no derivative of their own"):
         torch.func.jacrev(torch.func.jacrev(dino[backend]))(s1[0])
     with pytest.raises(ValueError, match="vmap over an empty batch"):
         vmap(dino[backend])(s1[:0])

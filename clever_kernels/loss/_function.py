@@ -12,6 +12,7 @@ import numbers
 import warnings
 
 import torch
+from torch.autograd import forward_ad
 
 from .. import _backend
 
@@ -210,9 +211,17 @@ class _NotDifferentiable(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *_):
-        raise RuntimeError("clever_kernels.loss: the fused loss's backward has no derivative of its own "
-                           "(a gradient penalty or Hessian through the loss); use backend='reference' "
-                           "for higher-order gradients")
+        _refuse_second_derivative()
+
+    @staticmethod
+    def jvp(ctx, *_):
+        _refuse_second_derivative()
+
+
+def _refuse_second_derivative():
+    raise RuntimeError("clever_kernels.loss: the fused loss's gradient and tangent have no derivative of their own "
+                       "(a gradient penalty or Hessian through the loss); use backend='reference' "
+                       "for higher-order gradients")
 
 
 def first_order_only(backward):
@@ -239,6 +248,30 @@ def first_order_only(backward):
     return wrapper
 
 
+def jvp_through_rows(vjp_rows, ctx, student_tangent, n_outputs):
+    """Forward mode (torch.func.jvp, jacfwd, forward_ad's dual tensors) for a head whose first
+    output holds per-pair statistics stats[iq, r] of one student row r each: its tangent is
+    <d stats[iq, r] / d student[r], student_tangent[r]>, the gradient rows of each teacher view
+    taken from the backward kernel (upstream gradient 1 on that view's pairs) and contracted with
+    the tangent. Not fused: it writes a gradient-sized tensor per teacher view, as the
+    reference's forward mode writes its softmaxes. The teacher and the centre enter detached, so their tangents add nothing; the other
+    outputs are not differentiable. Differentiating the tangent raises, as the backward does."""
+    if student_tangent is None:
+        return (None,) * n_outputs
+    saved = ctx.saved_tensors
+    rows = student_tangent.shape[0]
+    tangent = student_tangent.float()
+    with torch.no_grad():
+        parts = []
+        for iq in range(2):
+            upstream = torch.zeros(2, rows, dtype=torch.float32, device=tangent.device)
+            upstream[iq] = 1.0
+            parts.append((vjp_rows(ctx, saved, upstream).float() * tangent).sum(dim=1))
+        stats_tangent = torch.stack(parts)
+    # also without grad mode: forward AD ignores it, and a jvp of this tangent would be 0
+    return (_NotDifferentiable.apply(stats_tangent, saved[0], student_tangent),) + (None,) * (n_outputs - 1)
+
+
 class DirCrossEntropy(torch.autograd.Function):
     """ce[iq, v*B+b] = -<q[iq,b], log_softmax(student[v*B+b]/ts)> for every (iq, v), and the
     column sum of the teacher rows (non-differentiable). The teacher gets no gradient."""
@@ -253,22 +286,31 @@ class DirCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*DirCrossEntropy.keep(ctx, inputs, output))
+
+    @staticmethod
+    def keep(ctx, inputs, output):
+        """What the derivatives read: the tensors returned, the rest kept on ctx."""
         student, teacher, _, ncrops, student_temp, teacher_temp, impl = inputs
         ce, teacher_sum, center, off_s, off_t = output
-        ctx.save_for_backward(student, teacher, center, off_s, off_t)
         ctx.args = (ncrops, student_temp, teacher_temp, impl)
         ctx.mark_non_differentiable(teacher_sum, center, off_s, off_t)
+        return student, teacher, center, off_s, off_t
 
     @staticmethod
     @first_order_only  # the backward ops have no derivative: a second one is refused, never 0
     def backward(ctx, saved, grad_ce, *_):
+        return DirCrossEntropy.vjp_rows(ctx, saved, grad_ce), None, None, None, None, None, None
+
+    @staticmethod
+    def vjp_rows(ctx, saved, grad_ce):
+        """The student's gradient for the upstream gradient grad_ce (2, rows) of ce."""
         student, teacher, center, off_s, off_t = saved
         ncrops, ts, tt, impl = ctx.args
         # d ce[iq, r] / d student[r] = (softmax(student[r]/ts) - q[iq]) / ts
         beta = (grad_ce.float() / ts).contiguous()
         alpha = beta.sum(dim=0).contiguous()
-        grad = _ops(impl).dir_loss_bwd(student, teacher, center, off_s, off_t, alpha, beta, ncrops, ts, tt)
-        return grad, None, None, None, None, None, None
+        return _ops(impl).dir_loss_bwd(student, teacher, center, off_s, off_t, alpha, beta, ncrops, ts, tt)
 
 
 class DvrCosine(torch.autograd.Function):
@@ -285,15 +327,25 @@ class DvrCosine(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*DvrCosine.keep(ctx, inputs, output))
+
+    @staticmethod
+    def keep(ctx, inputs, output):
+        """What the derivatives read: the tensors returned, the rest kept on ctx."""
         student, teacher, _, ncrops, student_temp, teacher_temp, impl = inputs
         cos, teacher_sum, center, off_s, off_t, norm_s, norm_t = output
-        ctx.save_for_backward(student, teacher, center, off_s, off_t, norm_s, norm_t, cos)
         ctx.args = (ncrops, student_temp, teacher_temp, impl)
         ctx.mark_non_differentiable(teacher_sum, center, off_s, off_t, norm_s, norm_t)
+        return student, teacher, center, off_s, off_t, norm_s, norm_t, cos
 
     @staticmethod
     @first_order_only
     def backward(ctx, saved, grad_cos, *_):
+        return DvrCosine.vjp_rows(ctx, saved, grad_cos), None, None, None, None, None, None
+
+    @staticmethod
+    def vjp_rows(ctx, saved, grad_cos):
+        """The student's gradient for the upstream gradient grad_cos (2, rows) of cos."""
         student, teacher, center, off_s, off_t, norm_s, norm_t, cos = saved
         ncrops, ts, tt, impl = ctx.args
         batch = teacher.shape[0] // 2
@@ -308,6 +360,36 @@ class DvrCosine(torch.autograd.Function):
         absent = (own_view & (g.view(2, ncrops, batch) == 0)).view(2, -1)
         u = torch.where(absent, 0.0, g / (ts * norm_p * norm_s)).contiguous()
         z = (torch.where(absent, 0.0, g * cos).sum(dim=0) / (ts * norm_s * norm_s)).contiguous()
-        grad = _ops(impl).dvr_loss_bwd(student, teacher, center, off_s, off_t, u, z, ncrops, ts, tt)
-        return grad, None, None, None, None, None, None
+        return _ops(impl).dvr_loss_bwd(student, teacher, center, off_s, off_t, u, z, ncrops, ts, tt)
 
+
+def _with_forward_mode(function, n_outputs: int):
+    """`function` with a jvp. A separate class because Dynamo cannot trace a Function that
+    defines one (a graph break in every compiled step); `head_function` picks it only while a
+    forward-mode level is open."""
+
+    class WithForwardMode(function):
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            kept = function.keep(ctx, inputs, output)
+            ctx.save_for_backward(*kept)
+            ctx.save_for_forward(*kept)
+
+        @staticmethod
+        def jvp(ctx, student_tangent, *_):
+            return jvp_through_rows(function.vjp_rows, ctx, student_tangent, n_outputs)
+
+    WithForwardMode.__name__ = WithForwardMode.__qualname__ = f"{function.__name__}WithForwardMode"
+    return WithForwardMode
+
+
+_FORWARD_MODE = {DirCrossEntropy: _with_forward_mode(DirCrossEntropy, 5),
+                 DvrCosine: _with_forward_mode(DvrCosine, 7)}
+
+
+def head_function(function):
+    """The Function a head runs: `function`, or its forward-mode twin while a dual level is open
+    (torch.func.jvp and jacfwd open one too). Compiled code never takes the twin."""
+    if not torch.compiler.is_compiling() and forward_ad._current_level >= 0:
+        return _FORWARD_MODE[function]
+    return function

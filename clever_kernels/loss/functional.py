@@ -9,7 +9,7 @@ import torch
 
 from ..reference import loss as reference
 from ._function import (TRITON_LOGIT_DTYPES, DirCrossEntropy, DvrCosine, as_finite_float, check_temperature,
-                        resolve_backend)
+                        head_function, resolve_backend)
 
 Tensor = torch.Tensor
 
@@ -65,7 +65,8 @@ def _head(function, student, teacher, center, ncrops, student_temp, teacher_temp
     _check_not_transformed(impl)
     student, teacher, center = _prepare(student, teacher, center)
     # the Functions also return what their backward keeps (setup_context saves it from there)
-    return function.apply(student, teacher, center, ncrops, float(student_temp), float(teacher_temp), impl)[:2]
+    return head_function(function).apply(student, teacher, center, ncrops, float(student_temp),
+                                         float(teacher_temp), impl)[:2]
 
 
 def dino_loss(student: Tensor, teacher: Tensor, center: Tensor, ncrops: int, student_temp: float,
