@@ -618,22 +618,42 @@ def check_forward_mode_matches_reference(rng, backend, batch, ncrops, k1, k2, dt
         loss = functools.partial(clever_loss, center_ir=c1, center_ef=c2, ncrops=ncrops, student_temp=TS,
                                  teacher_temp=0.04, sep_lambd=0.7, backend=backend)
         _, func_got = torch.func.jvp(lambda *x: loss(*x)[:3], (s1, s2, t1, t2), tuple(tangents))
+        # linearize traces the rule once and replays it (it drops in-place writes to tensors the
+        # rule makes, which left an upstream gradient of 0)
+        _, linear = torch.func.linearize(lambda *x: loss(*x)[:3], s1, s2, t1, t2)
         # (torch.func's forward mode promotes `loss_dir + sep_lambd * loss_dvr` to float64: a
         # tangent times a Python scalar is float64 there, as for any tensor, and rounds apart)
-        for g, w in zip(func_got, got):
+        for g, lin, w in zip(func_got, linear(*tangents), got):
             torch.testing.assert_close(g.double(), w.double(), rtol=1e-6, atol=0)
+            torch.testing.assert_close(lin.double(), w.double(), rtol=1e-6, atol=0)
 
 
 @pytest.mark.skipif("cpp" not in BACKENDS, reason="C++ extension not built")
-def test_jacfwd_matches_jacrev_and_forward_over_anything_is_refused(rng):
-    """jacfwd (vmap over forward mode) gives the reference's Jacobian; a second derivative that
-    goes through a tangent or a gradient of the fused loss (jacfwd or jacrev of either, also
-    with grad mode off, where forward mode still runs) raises rather than coming back 0."""
+def test_forward_mode_jacobians_and_second_derivatives(rng):
+    """jacfwd (vmap over forward mode) and autograd.functional's forward-mode jacobian give the
+    reference's Jacobian; a second derivative that goes through a tangent or a gradient of the
+    fused loss (jacfwd or jacrev of either, also with grad mode off, where forward mode still
+    runs, and a Hessian-vector product as the gradient of a dual student) raises rather than
+    coming back 0 or without its tangent; a compiled loss refuses dual inputs where it cannot
+    fall back to eager (fullgraph), and falls back where it can."""
     s1, _, t1, _, c1, _ = _inputs(rng, 2, 3, 20, 12, torch.float32)
     dino = {b: (lambda x, b=b: dino_loss(x, t1.to(x.dtype), c1, 3, TS, 0.04, backend=b)[0])
             for b in ("cpp", "reference")}
     want = torch.func.jacrev(dino["reference"])(s1.double())
-    _assert_close(torch.func.jacfwd(dino["cpp"])(s1), want, torch.float32, "jacfwd", 1.0 / (4 * 2 * TS))
+    unit = 1.0 / (4 * 2 * TS)
+    _assert_close(torch.func.jacfwd(dino["cpp"])(s1), want, torch.float32, "jacfwd", unit)
+    batched = torch.autograd.functional.jacobian(dino["cpp"], s1, strategy="forward-mode", vectorize=True)
+    _assert_close(batched, want, torch.float32, "forward-mode jacobian", unit)
+    tangent = torch.randn(s1.shape, generator=rng)
+    with fwAD.dual_level():
+        x = fwAD.make_dual(s1.clone().requires_grad_(), tangent)
+        with pytest.raises(RuntimeError, match="no derivative of their own"):
+            torch.autograd.grad(dino["cpp"](x), x)  # H @ tangent
+        eager = fwAD.unpack_dual(dino["cpp"](x)).tangent
+        with pytest.raises(Exception, match="runs the loss eagerly"):
+            torch.compile(dino["cpp"], backend="eager", fullgraph=True)(x)
+        compiled = fwAD.unpack_dual(torch.compile(dino["cpp"], backend="eager")(x)).tangent
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
     second = [torch.func.jacfwd(torch.func.jacfwd(dino["cpp"])), torch.func.jacfwd(torch.func.jacrev(dino["cpp"])),
               torch.func.jacrev(torch.func.jacfwd(dino["cpp"])), torch.func.hessian(dino["cpp"])]
     for transform in second:

@@ -199,11 +199,13 @@ class _NotDifferentiable(torch.autograd.Function):
     """The first-order gradient `grad`, attached to the tensors it was computed from
     (`depends_on`); differentiating it raises."""
 
-    generate_vmap_rule = True  # its forward is one detach
+    generate_vmap_rule = True  # its forward is one clone
 
     @staticmethod
     def forward(grad, *depends_on):
-        return grad.detach()  # not a view: the caller may modify the gradient in place
+        # a copy, not detach(): the caller may modify the gradient in place, and
+        # autograd.functional's forward-mode jacobian batches this op, which detach cannot be
+        return grad.clone()
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -238,9 +240,11 @@ def first_order_only(backward):
         saved = ctx.saved_tensors
         with torch.no_grad():
             grads = backward(ctx, saved, *grad_outputs)
-        if not torch.is_grad_enabled():
+        # forward mode ignores grad mode: a gradient of a dual student (a Hessian-vector product
+        # without create_graph) must raise too, not come back without its tangent
+        if not torch.is_grad_enabled() and forward_ad._current_level < 0:
             return grads
-        depends_on = [g for g in grad_outputs if isinstance(g, torch.Tensor) and g.requires_grad]
+        depends_on = [g for g in grad_outputs if isinstance(g, torch.Tensor)]
         depends_on.append(saved[0])
         return tuple(_NotDifferentiable.apply(g, *depends_on) if isinstance(g, torch.Tensor) else g
                      for g in grads)
@@ -264,8 +268,10 @@ def jvp_through_rows(vjp_rows, ctx, student_tangent, n_outputs):
     with torch.no_grad():
         parts = []
         for iq in range(2):
-            upstream = torch.zeros(2, rows, dtype=torch.float32, device=tangent.device)
-            upstream[iq] = 1.0
+            # no in-place writes: torch.func.linearize traces this rule and drops in-place
+            # updates of a tensor it made (the upstream would stay 0)
+            one_view = torch.arange(2, device=tangent.device) == iq
+            upstream = one_view.float()[:, None].expand(2, rows).contiguous()
             parts.append((vjp_rows(ctx, saved, upstream).float() * tangent).sum(dim=1))
         stats_tangent = torch.stack(parts)
     # also without grad mode: forward AD ignores it, and a jvp of this tangent would be 0
@@ -389,7 +395,11 @@ _FORWARD_MODE = {DirCrossEntropy: _with_forward_mode(DirCrossEntropy, 5),
 
 def head_function(function):
     """The Function a head runs: `function`, or its forward-mode twin while a dual level is open
-    (torch.func.jvp and jacfwd open one too). Compiled code never takes the twin."""
-    if not torch.compiler.is_compiling() and forward_ad._current_level >= 0:
+    (torch.func.jvp and jacfwd open one too), where compiling the loss is refused."""
+    if forward_ad._current_level >= 0:
+        if torch.compiler.is_compiling():
+            # a compiled Function drops its inputs' tangents without a word
+            raise RuntimeError("clever_kernels.loss: forward mode (dual tensors, torch.func.jvp) runs the "
+                               "loss eagerly; call it outside torch.compile there")
         return _FORWARD_MODE[function]
     return function
