@@ -258,8 +258,9 @@ def jvp_through_rows(vjp_rows, ctx, student_tangent, n_outputs):
     <d stats[iq, r] / d student[r], student_tangent[r]>, the gradient rows of each teacher view
     taken from the backward kernel (upstream gradient 1 on that view's pairs) and contracted with
     the tangent. Not fused: it writes a gradient-sized tensor per teacher view, as the
-    reference's forward mode writes its softmaxes. The teacher and the centre enter detached, so their tangents add nothing; the other
-    outputs are not differentiable. Differentiating the tangent raises, as the backward does."""
+    reference's forward mode writes its softmaxes. The teacher and the centre enter detached, so
+    their tangents add nothing; the other outputs are not differentiable. Differentiating the
+    tangent raises, as the backward does."""
     if student_tangent is None:
         return (None,) * n_outputs
     saved = ctx.saved_tensors
