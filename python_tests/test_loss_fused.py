@@ -650,7 +650,7 @@ def test_forward_mode_jacobians_and_second_derivatives(rng):
         with pytest.raises(RuntimeError, match="no derivative of their own"):
             torch.autograd.grad(dino["cpp"](x), x)  # H @ tangent
         eager = fwAD.unpack_dual(dino["cpp"](x)).tangent
-        with pytest.raises(Exception, match="runs the loss eagerly"):
+        with pytest.raises(Exception, match="the loss runs eagerly"):
             torch.compile(dino["cpp"], backend="eager", fullgraph=True)(x)
         compiled = fwAD.unpack_dual(torch.compile(dino["cpp"], backend="eager")(x)).tangent
     torch.testing.assert_close(compiled, eager, rtol=0, atol=0)

@@ -399,8 +399,11 @@ def head_function(function):
     (torch.func.jvp and jacfwd open one too), where compiling the loss is refused."""
     if forward_ad._current_level >= 0:
         if torch.compiler.is_compiling():
-            # a compiled Function drops its inputs' tangents without a word
-            raise RuntimeError("clever_kernels.loss: forward mode (dual tensors, torch.func.jvp) runs the "
-                               "loss eagerly; call it outside torch.compile there")
+            # A compiled Function drops its inputs' tangents without a word, and a trace cannot
+            # tell dual inputs from plain ones (it reads every tangent as None): refused while a
+            # level is open, so a non-fullgraph compile falls back to eager here
+            raise RuntimeError("clever_kernels.loss: while a forward-mode level is open (forward_ad.dual_level, "
+                               "torch.func.jvp) the loss runs eagerly, so it cannot be compiled with "
+                               "fullgraph=True there")
         return _FORWARD_MODE[function]
     return function
