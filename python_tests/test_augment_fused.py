@@ -447,6 +447,10 @@ def test_python_side_errors(ragged):
     with pytest.raises(ValueError, match="requires grad"):
         bad = dataclasses.replace(params[0], angle=params[0].angle.clone().requires_grad_())
         _fused.render_views(ragged, [bad], ZERO, ONE)
+    with pytest.raises(ValueError, match="group: no views to render"):
+        _fused.render_views(ragged, [], ZERO, ONE)
+    with pytest.raises(ValueError, match="params: empty list of views"):
+        render(ragged, [])
 
 
 def test_fake_impl(ragged, renderer):

@@ -322,6 +322,12 @@ def test_teacher_receives_no_gradient(rng, backend):
     (dict(c1=torch.zeros(1, 8, dtype=torch.int64)), "center_ir must be a floating-point tensor"),
     (dict(c1=torch.zeros(1, 8, dtype=torch.bool)), "center_ir must be a floating-point tensor"),
     (dict(sep_lambd=float("nan")), "sep_lambd must be a finite real number"),
+    (dict(s1="logits"), "student_ir must be a torch.Tensor, got str"),
+    # devices mixed (the meta device stands in for a second device on a CPU machine)
+    (dict(t1=torch.zeros(4, 8, device="meta")), "student_ir and teacher_ir must be on one device, got cpu and meta"),
+    (dict(c1=torch.zeros(1, 8, device="meta")), "center_ir must be on cpu, got meta"),
+    (dict(s2=torch.zeros(6, 5, device="meta"), t2=torch.zeros(4, 5, device="meta"),
+          c2=torch.zeros(1, 5, device="meta")), "student_ir and student_ef must be on one device, got cpu and meta"),
 ])
 @pytest.mark.parametrize("form", ["clever", "dino"])
 def test_bad_inputs_name_the_argument(bad, match, form):
@@ -340,6 +346,15 @@ def test_bad_inputs_name_the_argument(bad, match, form):
     with pytest.raises((ValueError, TypeError), match=match):
         clever_loss(args["s1"], args["s2"], args["t1"], args["t2"], args["c1"], args["c2"], args["ncrops"],
                     args["ts"], args["tt"], args["sep_lambd"], backend=args["backend"])
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="Triton interpreter not available")
+def test_triton_refuses_float64_naming_the_argument():
+    s1, s2, t1, t2, c1, c2 = _inputs(torch.Generator().manual_seed(0), 2, 3, 8, 5, torch.float32)
+    with pytest.raises(TypeError, match="student_ef must be float32, float16 or bfloat16 for the Triton kernels"):
+        clever_loss(s1, s2.double(), t1, t2.double(), c1, c2, 3, TS, 0.04, backend="triton")
+    with pytest.raises(TypeError, match="teacher must be float32, float16 or bfloat16 for the Triton kernels"):
+        dino_loss(s1, t1.double(), c1, 3, TS, 0.04, backend="triton")
 
 
 def test_module_takes_the_authors_calls(rng):
@@ -388,6 +403,8 @@ def test_module_takes_the_authors_calls(rng):
     (lambda m, x: CLeVERLoss(8, 2, 0.04, 0.04, 0, 3.0), TypeError, "nepochs must be an integer"),
     (lambda m, x: DINOLoss(8, 2, 0.04, 0.04, 1.5, 3), TypeError, "warmup_teacher_temp_epochs must be an integer"),
     (lambda m, x: CLeVERLoss(8, 2, 0.04, 0.04, 0, 3, backend="bogus"), ValueError, "backend must be one of"),
+    (lambda m, x: DINOLoss(8, 2, 0.04, 0.04, -1, 3), ValueError, "warmup_teacher_temp_epochs must be >= 0"),
+    (lambda m, x: CLeVERLoss(8, 2, 0.04, 0.04, 0, 0), ValueError, "nepochs >= 1, got .* and 0"),
     # compared as the ops see it: float(np.float32(1e-4)) = 9.9999997e-05
     (lambda m, x: DINOLoss(8, 2, 0.04, np.float32(1e-4), 0, 3), ValueError, "teacher_temp must be finite"),
     (lambda m, x: m(torch.zeros(4, 9), *x[1:], 0), ValueError, "student_ir has K = 9 columns.*out_dim=8"),

@@ -66,6 +66,33 @@ def test_train_test_folders(tmp_path):
     assert len(load_split(str(tmp_path), "train")) == 4 and len(load_split(str(tmp_path), "test")) == 4
 
 
+def test_folder_and_split_errors_say_what_is_wrong(tmp_path):
+    """An empty tree, class folders without images, splits with different classes, a bad split
+    name and a file that is not IDX each get an error that says so."""
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="has no class subfolders"):
+        load_split(str(tmp_path / "empty"), "train")
+    (tmp_path / "no_images" / "cat").mkdir(parents=True)
+    (tmp_path / "no_images" / "cat" / "notes.txt").write_text("not an image")
+    with pytest.raises(FileNotFoundError, match="no image files .* under"):
+        load_split(str(tmp_path / "no_images"), "train")
+    make_image_folder(tmp_path / "mixed" / "train", per_class=2, classes=2, ragged=False)
+    make_image_folder(tmp_path / "mixed" / "test", per_class=2, classes=3, ragged=False)
+    with pytest.raises(ValueError, match="train and .*test have different classes"):
+        load_split(str(tmp_path / "mixed"), "test")
+    with pytest.raises(ValueError, match="split must be one of"):
+        load_split("digits", "validation")
+    with gzip.open(tmp_path / "train-images-idx3-ubyte.gz", "wb") as f:
+        f.write(b"\x01\x02\x08\x03" + bytes(12))
+    with pytest.raises(ValueError, match="is not an IDX file"):
+        load_split(str(tmp_path), "train")
+    with pytest.raises(ValueError, match="bad sampler arguments"):
+        EpochSampler(10, 2, num_replicas=2, rank=2)
+    sampler = EpochSampler(10, 2)
+    with pytest.raises(ValueError, match=r"skip_batches must be in \[0, 5\]"):
+        sampler.set_epoch(0, skip_batches=6)
+
+
 def _write_idx(path, array):
     header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(">" + "I" * array.ndim, *array.shape)
     with gzip.open(path, "wb") as f:
