@@ -362,8 +362,9 @@ def sample_params(sizes_or_images, preset: Union[str, AugConfig] = "baug",
     (height, width) pairs, or a (B, 2) int64 tensor of (height, width) (its values >= 1, checked
     as sample_view's). Only sizes and the device are used. preset: "baug", "caug", "caug+" or an
     AugConfig. n_local (default 8), global_size (224), local_size (96), global_scale ((0.4,
-    1.0)), local_scale ((0.05, 0.4)): None keeps the preset's value. Further keyword overrides as in `clever_kernels.augment.config` (e.g.
-    flip_p=0.3, global2_solarize_p=0.5, degrees=(-45, 45)).
+    1.0)), local_scale ((0.05, 0.4)): None keeps the preset's value. Further keyword overrides
+    as in `clever_kernels.augment.config` (e.g. flip_p=0.3, global2_solarize_p=0.5,
+    degrees=(-45, 45)).
     seed, step: ints (or 0-dim int64 tensors on the device). ids: (B,) sample ids, default
     0..B-1; pass dataset indices to make a sample's draws independent of its batch position.
     backend: "auto" (the sample_views op where the extension is built, else the tensor ops),
