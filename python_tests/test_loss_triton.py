@@ -298,13 +298,19 @@ def test_split_heuristic(monkeypatch):
     monkeypatch.setattr(kt, "_processors", lambda device: 132)
     cuda = torch.device("cuda")
     # the paper's shape: B = 128 alone is under one program per SM, so K is split
-    assert 2 <= kt._split_count(128, 65536, 256, cuda, None) <= 16
+    assert 2 <= kt._split_count(128, 65536, 256, 16, cuda, None) <= 16
     # few images: many splits, but every chunk keeps several blocks
-    assert kt._split_count(1, 65536, 256, cuda, None) == 64
+    assert kt._split_count(1, 65536, 256, 16, cuda, None) == 64
     # a batch that fills the device, or a K of a few blocks, is not split
-    assert kt._split_count(4096, 65536, 256, cuda, None) == 1
-    assert kt._split_count(8, 512, 256, cuda, None) == 1
-    assert kt._split_count(8, 512, 256, cuda, 5) == 2
+    assert kt._split_count(4096, 65536, 256, 16, cuda, None) == 1
+    assert kt._split_count(8, 512, 256, 16, cuda, None) == 1
+    assert kt._split_count(8, 512, 256, 16, cuda, 5) == 2
+    # many views: the merge's (views x splits) tile stays within 4096 elements
+    assert kt._split_count(1, 2 ** 20, 64, 64, cuda, None) == 64
+    assert kt._split_count(1, 2 ** 20, 32, 128, cuda, None) == 32
+    assert kt._split_count(1, 2 ** 20, 64, 64, cuda, 64) == 64
+    with pytest.raises(ValueError, match=r"num_splits must be an int in \[1, 64\] \(ncrops padded to 64 views\)"):
+        kt._split_count(1, 2 ** 20, 64, 64, cuda, 65)
 
 
 def test_block_k_choice_and_gpu_tile_limit():
@@ -318,6 +324,13 @@ def test_block_k_choice_and_gpu_tile_limit():
     assert kt._block_k(65536, 16, cuda, 512, kt._FWD_TILE) == 512
     with pytest.raises(ValueError, match="block_k = 2048 with ncrops padded to 16 views"):
         kt._block_k(65536, 16, cuda, 2048, kt._FWD_TILE)
+    # up to 16 views a caller may double the default tile, beyond only keep it
+    assert kt._block_k(65536, 32, cuda, 128, kt._FWD_TILE) == 128
+    with pytest.raises(ValueError, match="block_k = 256 with ncrops padded to 32 views"):
+        kt._block_k(65536, 32, cuda, 256, kt._FWD_TILE)
+    # past 32 views the default block shrinks with them, keeping the default tile
+    assert kt._block_k(65536, 64, cuda, None, kt._FWD_TILE) == 64
+    assert kt._block_k(65536, 128, cuda, None, kt._FWD_TILE) == 32
     with pytest.raises(ValueError, match="power of two"):
         kt._block_k(65536, 16, cpu, 96, kt._FWD_TILE)
 

@@ -38,10 +38,15 @@ _FWD_TILE = 4096
 _PROGRAMS_PER_SM = 8
 _MIN_BLOCKS_PER_SPLIT = 4
 _MAX_SPLITS = 128
+# The merge holds a (V_PAD x splits) tile per statistic: past 4096 elements its registers spill
+# (64 views and 128 splits did on sm_80 and sm_90), so many views get fewer splits.
+_MERGE_TILE = 4096
 # The backward is elementwise on the tile; 8192 logits with 8 warps stay near 64 registers.
 _BWD_TILE = 8192
 _GPU_MAX_BLOCK_K = 2048
-_GPU_MIN_BLOCK_K = 128
+# the default block's floor: reached only past 32 views, where a (views x block) tile of the
+# default size keeps to it (64 views: 64-wide blocks; a floor of 128 made the forward spill)
+_GPU_MIN_BLOCK_K = 32
 # The interpreter pays per numpy call, not per element: big blocks are cheaper there.
 _INTERPRETER_BLOCK_K = 128
 _SUM_ROWS = 8
@@ -329,14 +334,20 @@ def _view_pad(ncrops: int) -> int:
     return triton.next_power_of_2(ncrops)
 
 
+def largest_block_k(v_pad: int, tile: int) -> int:
+    """The largest block_k a caller may choose on a GPU for v_pad views and a kernel's default
+    tile: a (views x block_k) tile lives in registers, and compiles spill above twice the default
+    tile up to 16 views and above the default tile beyond (the per-view statistics take the rest:
+    the forward spilled at 32 views); the interpreter takes any size, so only a GPU would show it.
+    tools/check_triton_compile.py compiles these largest blocks."""
+    return max((2 if v_pad <= 16 else 1) * tile // v_pad, _GPU_MIN_BLOCK_K)
+
+
 def _block_k(K: int, v_pad: int, device: torch.device, block_k, tile: int) -> int:
     if block_k is not None:
         if not isinstance(block_k, int) or block_k < 2 or block_k & (block_k - 1):
             raise ValueError(f"block_k must be a power of two >= 2, got {block_k!r}")
-        # a (views x block_k) tile lives in registers: above twice the default tile, compiles
-        # spill or fail (the interpreter takes any size, so only a GPU would show it); the
-        # smallest default block stays allowed however many views there are
-        largest = max(2 * tile // v_pad, _GPU_MIN_BLOCK_K)
+        largest = largest_block_k(v_pad, tile)
         if device.type == "cuda" and block_k > largest:
             raise ValueError(f"block_k = {block_k} with ncrops padded to {v_pad} views makes a tile of "
                              f"{v_pad * block_k} elements, too many for a GPU's registers; use block_k <= "
@@ -349,21 +360,28 @@ def _block_k(K: int, v_pad: int, device: torch.device, block_k, tile: int) -> in
     return min(cap, max(16, triton.next_power_of_2(K)))
 
 
-def _num_warps(v_pad: int, block_k: int) -> int:
-    return 8 if v_pad * block_k >= 4096 else 4
+def _num_warps(v_pad: int, width: int) -> int:
+    """Warps for a program holding a (v_pad x width) tile: 8 from 4096 elements up."""
+    return 8 if v_pad * width >= 4096 else 4
 
 
-def _split_count(batch: int, K: int, block_k: int, device: torch.device, num_splits) -> int:
+def _max_splits(v_pad: int) -> int:
+    return max(1, min(_MAX_SPLITS, _MERGE_TILE // v_pad))
+
+
+def _split_count(batch: int, K: int, block_k: int, v_pad: int, device: torch.device, num_splits) -> int:
     """K chunks per image: enough programs to fill the device when the batch alone does not,
     with each chunk at least _MIN_BLOCKS_PER_SPLIT blocks long."""
     blocks = triton.cdiv(K, block_k)
+    most = _max_splits(v_pad)
     if num_splits is not None:
-        if not isinstance(num_splits, int) or not 1 <= num_splits <= _MAX_SPLITS:
-            raise ValueError(f"num_splits must be an int in [1, {_MAX_SPLITS}], got {num_splits!r}")
+        if not isinstance(num_splits, int) or not 1 <= num_splits <= most:
+            raise ValueError(f"num_splits must be an int in [1, {most}] (ncrops padded to {v_pad} views), "
+                             f"got {num_splits!r}")
         wanted = num_splits
     else:
         wanted = min(triton.cdiv(_PROGRAMS_PER_SM * _processors(device), batch),
-                     max(1, blocks // _MIN_BLOCKS_PER_SPLIT), _MAX_SPLITS)
+                     max(1, blocks // _MIN_BLOCKS_PER_SPLIT), most)
     return max(1, min(wanted, blocks))
 
 
@@ -463,7 +481,7 @@ def forward_launches(student, teacher, center, ncrops, student_temp, teacher_tem
     device = student.device if device is None else device
     v_pad = _view_pad(ncrops)
     block = _block_k(K, v_pad, device, block_k, _FWD_TILE)
-    splits = _split_count(batch, K, block, device, num_splits)
+    splits = _split_count(batch, K, block, v_pad, device, num_splits)
     chunk = triton.cdiv(triton.cdiv(K, block), splits) * block
     splits = triton.cdiv(K, chunk)
     inv_ts, inv_tt = 1.0 / student_temp, 1.0 / teacher_temp
@@ -481,6 +499,7 @@ def forward_launches(student, teacher, center, ncrops, student_temp, teacher_tem
     teacher_sum = torch.empty(K, **f32)
     center_used = torch.empty(K, **f32)
     sum_block = _SUM_BLOCK_K if device.type == "cuda" else min(_SUM_BLOCK_K, block)
+    s_pad = max(2, triton.next_power_of_2(splits))
     launches = [
         Launch(_loss_fwd_partial_kernel, (batch, splits),
                (student, teacher, center, part_s, part_t, part_d, batch, K, chunk, inv_ts, inv_tt),
@@ -488,8 +507,7 @@ def forward_launches(student, teacher, center, ncrops, student_temp, teacher_tem
                     num_warps=_num_warps(v_pad, block))),
         Launch(_loss_fwd_merge_kernel, (batch,),
                (part_s, part_t, part_d, off_s, off_t, norm_s, norm_t, pair, batch, splits, inv_ts, inv_tt),
-               dict(V=ncrops, V_PAD=v_pad, S_PAD=max(2, triton.next_power_of_2(splits)), COSINE=cosine,
-                    num_warps=4)),
+               dict(V=ncrops, V_PAD=v_pad, S_PAD=s_pad, COSINE=cosine, num_warps=_num_warps(v_pad, s_pad))),
         Launch(_column_sum_kernel, (triton.cdiv(K, sum_block),), (teacher, center, teacher_sum, center_used, 2 * batch, K),
                dict(BLOCK_R=_SUM_ROWS, BLOCK_K=sum_block, num_warps=4)),
     ]
