@@ -210,6 +210,8 @@ def _root_cause(exc: BaseException) -> str:
 
 
 KERNELS_ONLY = "clever_kernels fused, kernels only"
+# the fused MultiCrop call split by kernel (by operator on the CPU), from the profiler
+FUSED_PART = "clever_kernels fused, part: "
 # drawing the parameters alone, no rendering: compared with each other only
 DRAWS_FUSED = "sample_params alone: the sample_views op"
 DRAWS_REFERENCE = "sample_params alone: its tensor ops (the reference)"
@@ -232,6 +234,14 @@ def traffic_bytes(images, config):
     read = sum(x.numel() for x in images)
     written = sum(len(images) * 3 * view.size ** 2 * 4 for view in config.views())
     return read + written
+
+
+def kernel_traffic_bytes(images, params, config):
+    """Bytes each render kernel moves as designed: pass 1 reads every crop's pixels once and
+    writes the float32 intermediate, pass 2 reads that and writes the float32 views."""
+    views = sum(len(images) * 3 * view.size ** 2 * 4 for view in config.views())
+    crops = images[0].shape[0] * sum(int((p.height * p.width).sum()) for p in params)
+    return {"render_pass1_kernel": crops + views, "render_pass2_kernel<float>": 2 * views}
 
 
 def main(args):
@@ -325,6 +335,10 @@ def main(args):
         for name, fn in variants.items():
             add_row(name, timing_of(name, fn))
             path = write()
+    fused_name = next(iter(variants))
+    rows += harness.kernel_rows(variants[fused_name], device, copy_bw, kernel_traffic_bytes(images, drawn, config),
+                                lambda name, calls: f"{FUSED_PART}{name} ({calls:g} a batch)", "ms / batch")
+    path = write()
     if workers is not None:
         workers.close()
     if kornia is not None:  # last: compiling can take minutes, and the other rows are on disk by then
@@ -387,6 +401,11 @@ def _notes(preset, shape, batch, device, has_kornia, kornia_note, max_err, moved
                   "images of different sizes). Its torch.compile form is compiled by one untimed call "
                   "(default inductor; on the CPU here Kornia's containers hit dynamo's recompile limit, so "
                   "parts of it stay eager), after every other variant is timed. ")
+    notes += ("The 'part' rows split the fused MultiCrop call by GPU kernel (by operator, self time, on the "
+              "CPU), from torch.profiler over three calls (its overhead included; parts under 1% of the call "
+              "left out); on a GPU the two render kernels' floor is the bytes each must move (pass 1: every "
+              "crop's pixels read once, the float32 intermediate written; pass 2: the intermediate read, the "
+              "views written). ")
     notes += kornia_note + f"Fused vs reference on one draw: max abs difference {max_err:.2g} in [0, 1] pixel units. "
     if copy_bw:
         notes += (f"Bandwidth floor: source images read once + views written once "

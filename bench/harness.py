@@ -115,6 +115,83 @@ def time_cuda_graph(fn: Callable[[], object], device: torch.device, reps: int = 
     return _summary([_cuda_events_seconds(graph.replay) / inner for _ in range(reps)], inner)
 
 
+def kernel_times(fn: Callable[[], object], device: torch.device, reps: int = 3) -> Dict[str, Dict[str, float]]:
+    """Where one fn() spends its time, from torch.profiler over `reps` calls after one warm-up:
+    per GPU kernel (by name, memory copies and fills included) its device seconds and launches
+    per call; on the CPU per operator, its self time (children excluded, so nested operators are
+    not counted twice). Sorted by time, largest first. The profiler's own overhead is in these
+    times, not in time_median's."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    sync(device)
+    on_gpu = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    with profile(activities=activities) as prof:
+        for _ in range(reps):
+            fn()
+        sync(device)
+    totals: Dict[str, List[float]] = {}
+    if on_gpu:
+        for event in prof.events():
+            if event.device_type == DeviceType.CUDA:
+                entry = totals.setdefault(kernel_label(event.name), [0.0, 0])
+                entry[0] += event.time_range.elapsed_us()
+                entry[1] += 1
+    else:
+        for event in prof.key_averages():
+            if event.self_cpu_time_total > 0:
+                totals[event.key] = [event.self_cpu_time_total, event.count]
+    per_call = {name: {"seconds": us / 1e6 / reps, "calls": count / reps} for name, (us, count) in totals.items()}
+    return dict(sorted(per_call.items(), key=lambda item: -item[1]["seconds"]))
+
+
+def kernel_rows(fn: Callable[[], object], device: torch.device, copy_bw: Optional[float],
+                traffic: Dict[str, float], variant: Callable[[str, float], str], time_column: str) -> List[dict]:
+    """Result rows splitting one fn() by kernel (kernel_times), the largest first and those under
+    1% of the whole left out: `variant(name, calls)` names a row, `time_column` holds its
+    milliseconds per call of fn, and where `traffic` gives a kernel's bytes (and the copy
+    bandwidth is known) its GB/s and its time over that traffic's floor."""
+    try:
+        times = kernel_times(fn, device)
+    except Exception as exc:  # the profiler is an extra: its failure must not cost a run's timings
+        print(f"  no per-kernel rows: the profiler failed ({exc!r:.200})", flush=True)
+        return []
+    total = sum(t["seconds"] for t in times.values())
+    rows = []
+    for name, t in times.items():
+        if t["seconds"] < 0.01 * total:
+            continue
+        row = {"variant": variant(name, t["calls"]), time_column: t["seconds"] * 1e3}
+        if name in traffic and copy_bw:
+            row["GB/s"] = traffic[name] / t["seconds"] / 1e9
+            row["x bandwidth floor"] = t["seconds"] / (traffic[name] / copy_bw)
+        rows.append(row)
+    return rows
+
+
+def kernel_label(name: str) -> str:
+    """A CUDA kernel's name without its return type, namespaces and parameter list:
+    'void ns::(anonymous namespace)::render_pass2_kernel<float>(float const*, ...)' ->
+    'render_pass2_kernel<float>'. Triton's and copy/fill events are kept as they are."""
+    if not name.startswith("void "):
+        return name
+    head, depth = [], 0
+    for char in name[len("void "):]:  # the name ends at the first '(' outside template brackets
+        if char == "(" and depth == 0 and head and not "".join(head).endswith("::"):
+            break
+        depth += (char == "<") - (char == ">")
+        head.append(char)
+    label = "".join(head)
+    depth, cut = 0, 0
+    for i, char in enumerate(label):  # the last '::' outside template brackets
+        depth += (char == "<") - (char == ">")
+        if depth == 0 and label.startswith("::", i):
+            cut = i + 2
+    return label[cut:]
+
+
 def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> Optional[int]:
     """Peak memory that fn() allocates on top of what is allocated before it, from the CUDA
     caching allocator; None on the CPU, where no allocator keeps such a count (see

@@ -63,11 +63,21 @@ def make_inputs(batch, ncrops, k1, k2, dtype, device, seed=0):
             randn(1, k1).float() * 0.1, randn(1, k2).float() * 0.1, ncrops)
 
 
-def fused_traffic_bytes(batch, ncrops, k1, k2, dtype):
+def kernel_traffic_bytes(batch, ncrops, k1, k2, dtype):
+    """Bytes each Triton kernel of a step moves as designed, both heads together: the forward
+    reads the student and teacher logits, the centre's column sum the teacher's again, the
+    backward both and writes the students' gradients (the per-row statistics and the merge's
+    workspace are a few KiB)."""
     elem = torch.finfo(dtype).bits // 8
     student = ncrops * batch * (k1 + k2) * elem
     teacher = 2 * batch * (k1 + k2) * elem
-    return 2 * student + 3 * teacher + student  # reads of S (x2) and T (x3), one write of dS
+    return {"_loss_fwd_partial_kernel": student + teacher, "_column_sum_kernel": teacher,
+            "_loss_bwd_kernel": 2 * student + teacher}
+
+
+def fused_traffic_bytes(batch, ncrops, k1, k2, dtype):
+    """The fused step's floor traffic: S read twice, T three times, dS written once."""
+    return sum(kernel_traffic_bytes(batch, ncrops, k1, k2, dtype).values())
 
 
 def bench_shape(batch, ncrops, k1, k2, dtype, device, reps, copy_bw):
@@ -110,6 +120,10 @@ def bench_shape(batch, ncrops, k1, k2, dtype, device, reps, copy_bw):
     authors = rows[0]["fwd+bwd ms"]
     for row in rows:
         row["speed-up vs authors"] = authors / row["fwd+bwd ms"]
+    fused = next(name for name in steps if name.startswith("fused"))
+    parts = harness.kernel_rows(steps[fused], device, copy_bw, kernel_traffic_bytes(batch, ncrops, k1, k2, dtype),
+                                lambda name, calls: f"fused, {name} ({calls:g} a step)", "fwd+bwd ms")
+    rows += [dict(row, shape=rows[0]["shape"], **{"timed by": "profiler"}) for row in parts]
     return rows
 
 
@@ -181,7 +195,11 @@ def _write(rows, device, copy_bw, quick):
              "On a GPU every time is per call of calls run back to back between two CUDA events (no "
              "synchronisation between them); the 'Triton forward' rows replay the calls from a CUDA graph "
              "where capture works ('timed by'), so that the host's launch work, as long as such a forward, "
-             "does not count. ")
+             "does not count. "
+             "The rows 'fused, <kernel>' split the fused step by GPU kernel (by operator, self time, on the "
+             "CPU), from torch.profiler over three steps (its overhead included; parts under 1% of the step "
+             "left out); on a GPU their floor is the bytes that kernel must move (the forward: S and T "
+             "read; the centre's sum: T; the backward: S and T read, dS written). ")
     if copy_bw:
         notes += f"Measured copy bandwidth: {copy_bw / 1e9:.0f} GB/s (read + write)."
     return harness.write_results("loss", device, rows, columns, notes, quick=quick)
