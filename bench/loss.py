@@ -121,10 +121,14 @@ def bench_shape(batch, ncrops, k1, k2, dtype, device, reps, copy_bw):
     for row in rows:
         row["speed-up vs authors"] = authors / row["fwd+bwd ms"]
     fused = next(name for name in steps if name.startswith("fused"))
-    parts = harness.kernel_rows(steps[fused], device, copy_bw, kernel_traffic_bytes(batch, ncrops, k1, k2, dtype),
+    return rows, steps[fused]
+
+
+def part_rows(step, shape_row, batch, ncrops, k1, k2, dtype, device, copy_bw):
+    """The fused step split by kernel (harness.kernel_rows), in this benchmark's columns."""
+    parts = harness.kernel_rows(step, device, copy_bw, kernel_traffic_bytes(batch, ncrops, k1, k2, dtype),
                                 lambda name, calls: f"fused, {name} ({calls:g} a step)", "fwd+bwd ms")
-    rows += [dict(row, shape=rows[0]["shape"], **{"timed by": "profiler"}) for row in parts]
-    return rows
+    return [dict(row, shape=shape_row["shape"], **{"timed by": "profiler"}) for row in parts]
 
 
 def split_sweep(batch, ncrops, k, dtype, device, reps, copy_bw):
@@ -170,7 +174,11 @@ def main(args):
     rows = []
     # written after every block of rows, so a run stopped part-way still leaves the blocks it timed
     for shape in shapes:
-        rows += bench_shape(*shape, device=device, reps=reps, copy_bw=copy_bw)
+        timed, fused_step = bench_shape(*shape, device=device, reps=reps, copy_bw=copy_bw)
+        rows += timed
+        path = _write(rows, device, copy_bw, args.quick)
+        # after the timings are on disk: a profiler that fails or stalls costs only these rows
+        rows += part_rows(fused_step, timed[0], *shape, device=device, copy_bw=copy_bw)
         path = _write(rows, device, copy_bw, args.quick)
     if device.type == "cuda":
         for dtype in (torch.float32, torch.bfloat16):
