@@ -11,6 +11,7 @@ import platform
 import statistics
 import subprocess
 import time
+import warnings
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -115,35 +116,55 @@ def time_cuda_graph(fn: Callable[[], object], device: torch.device, reps: int = 
     return _summary([_cuda_events_seconds(graph.replay) / inner for _ in range(reps)], inner)
 
 
+BETWEEN_OPERATORS = "outside operators (Python, autograd, freeing memory)"
+
+
 def kernel_times(fn: Callable[[], object], device: torch.device, reps: int = 3) -> Dict[str, Dict[str, float]]:
-    """Where one fn() spends its time, from torch.profiler over `reps` calls after one warm-up:
-    per GPU kernel (by name, memory copies and fills included) its device seconds and launches
-    per call; on the CPU per operator, its self time (children excluded, so nested operators are
-    not counted twice). Sorted by time, largest first. The profiler's own overhead is in these
-    times, not in time_median's."""
+    """Where one fn() spends its time, from torch.profiler over `reps` calls: per GPU kernel (by
+    name, memory copies and fills included) its device seconds and launches per call; on the CPU
+    per operator, its self time (children excluded, so nested operators are not counted twice).
+    Sorted by time, largest first. The profiler's own overhead is in these times, not in
+    time_median's, and time between operators (Python, autograd) is in none of them. The
+    session traces one warm-up call before the counted ones: CUPTI before CUDA 13.1 can drop or
+    garble the first kernel records of a session (pytorch/pytorch#192021)."""
     from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity, profile, schedule
 
     fn()
     sync(device)
     on_gpu = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
-    with profile(activities=activities) as prof:
-        for _ in range(reps):
-            fn()
-        sync(device)
+    traced = []  # the active window's events, taken when it ends (the profiler then clears them)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Profiler clears events")  # taken above
+        with profile(activities=activities, schedule=schedule(wait=0, warmup=1, active=reps),
+                     on_trace_ready=lambda done: traced.append(done.events())) as prof:
+            for _ in range(1 + reps):
+                fn()
+                sync(device)
+                prof.step()
+    if not traced:
+        raise RuntimeError("the profiler returned no trace")
+    events = traced[-1]
     totals: Dict[str, List[float]] = {}
     if on_gpu:
-        for event in prof.events():
+        for event in events:
             if event.device_type == DeviceType.CUDA:
                 entry = totals.setdefault(kernel_label(event.name), [0.0, 0])
                 entry[0] += event.time_range.elapsed_us()
                 entry[1] += 1
     else:
-        for event in prof.key_averages():
+        for event in events.key_averages():
             if event.self_cpu_time_total > 0:
-                totals[event.key] = [event.self_cpu_time_total, event.count]
+                # a profiler step's self time is the call's time outside every operator
+                name = BETWEEN_OPERATORS if event.key.startswith("ProfilerStep") else event.key
+                totals[name] = [event.self_cpu_time_total, event.count]
+    if on_gpu and not totals:
+        raise RuntimeError("the profiler recorded no GPU kernel")
     per_call = {name: {"seconds": us / 1e6 / reps, "calls": count / reps} for name, (us, count) in totals.items()}
+    partial = [name for name, t in per_call.items() if t["calls"] != int(t["calls"])]
+    if partial:  # every call launches the same kernels: a fraction means records were lost
+        print(f"  the profiler lost records: launches per call not whole for {partial[:3]}", flush=True)
     return dict(sorted(per_call.items(), key=lambda item: -item[1]["seconds"]))
 
 
