@@ -311,6 +311,7 @@ def test_split_heuristic(monkeypatch):
     assert kt._split_count(1, 2 ** 20, 64, 64, cuda, 64) == 64
     with pytest.raises(ValueError, match=r"num_splits must be an int in \[1, 64\] \(ncrops padded to 64 views\)"):
         kt._split_count(1, 2 ** 20, 64, 64, cuda, 65)
+    assert kt._split_count(1, 2 ** 20, 64, 64, torch.device("cpu"), 128) == 128  # a GPU limit only
 
 
 def test_block_k_choice_and_gpu_tile_limit():
@@ -324,6 +325,10 @@ def test_block_k_choice_and_gpu_tile_limit():
     assert kt._block_k(65536, 16, cuda, 512, kt._FWD_TILE) == 512
     with pytest.raises(ValueError, match="block_k = 2048 with ncrops padded to 16 views"):
         kt._block_k(65536, 16, cuda, 2048, kt._FWD_TILE)
+    # with two views the block itself stays within twice the default's largest (the teacher rows
+    # take registers too)
+    with pytest.raises(ValueError, match="block_k = 8192 with ncrops padded to 2 views"):
+        kt._block_k(65536, 2, cuda, 8192, kt._BWD_TILE)
     # up to 16 views a caller may double the default tile, beyond only keep it
     assert kt._block_k(65536, 32, cuda, 128, kt._FWD_TILE) == 128
     with pytest.raises(ValueError, match="block_k = 256 with ncrops padded to 32 views"):
@@ -402,7 +407,13 @@ def test_backward_argument_errors(rng):
 
 
 def test_backward_refuses_a_k_grid_beyond_cuda_limit():
-    assert kt._k_blocks(2 * 65535, 2) == 65535  # the limit itself is allowed
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert kt._k_blocks(2 * 65535, 2, 2, cpu) == 65535  # the limit itself is allowed
+    # the message names the largest block a GPU allows, or says there is none
+    with pytest.raises(ValueError, match=r"use a larger block_k \(at most 4096 with ncrops padded to 2 views\)"):
+        kt._k_blocks(2 * 65535 + 1, 2, 2, cuda)
+    with pytest.raises(ValueError, match="no block_k a GPU allows with ncrops padded to 128 views is larger"):
+        kt._k_blocks(64 * 65535 + 1, 64, 128, cuda)
     K = 2 * 65535 + 1  # 65536 blocks of 2
     s, t, c = torch.zeros(2, K), torch.zeros(2, K), torch.zeros(K)
     rows, offsets = torch.zeros(2), torch.zeros(2, 2)

@@ -62,7 +62,7 @@ SAME_DTYPES = tuple((d, d) for d in DTYPES)
 # multiple of 16, tensors off 16-byte boundaries): (batch, K, aligned)
 LARGEST_BLOCK_SHAPES = [(3, 65536, True), (1, 65537, False)]
 TS, TT = 0.1, 0.04
-MAX_REGISTERS = 255  # a thread's ceiling on sm_80 and sm_90
+MAX_REGISTERS = 255  # a thread's ceiling on sm_80 and sm_90 at up to 8 warps, the most launched
 
 
 def launches_for(arch):

@@ -338,9 +338,12 @@ def largest_block_k(v_pad: int, tile: int) -> int:
     """The largest block_k a caller may choose on a GPU for v_pad views and a kernel's default
     tile: a (views x block_k) tile lives in registers, and compiles spill above twice the default
     tile up to 16 views and above the default tile beyond (the per-view statistics take the rest:
-    the forward spilled at 32 views); the interpreter takes any size, so only a GPU would show it.
+    the forward spilled at 32 views). The kernels hold the two teacher rows too, so the block
+    itself stays within twice the default's largest (the backward spilled at 2 views and 8192
+    with triton 3.6). The interpreter takes any size, so only a GPU would show it;
     tools/check_triton_compile.py compiles these largest blocks."""
-    return max((2 if v_pad <= 16 else 1) * tile // v_pad, _GPU_MIN_BLOCK_K)
+    per_views = (2 if v_pad <= 16 else 1) * tile // v_pad
+    return max(min(per_views, 2 * _GPU_MAX_BLOCK_K), _GPU_MIN_BLOCK_K)
 
 
 def _block_k(K: int, v_pad: int, device: torch.device, block_k, tile: int) -> int:
@@ -373,7 +376,7 @@ def _split_count(batch: int, K: int, block_k: int, v_pad: int, device: torch.dev
     """K chunks per image: enough programs to fill the device when the batch alone does not,
     with each chunk at least _MIN_BLOCKS_PER_SPLIT blocks long."""
     blocks = triton.cdiv(K, block_k)
-    most = _max_splits(v_pad)
+    most = _max_splits(v_pad) if device.type == "cuda" else _MAX_SPLITS  # a GPU register limit, as block_k's
     if num_splits is not None:
         if not isinstance(num_splits, int) or not 1 <= num_splits <= most:
             raise ValueError(f"num_splits must be an int in [1, {most}] (ncrops padded to {v_pad} views), "
@@ -389,12 +392,18 @@ def _split_count(batch: int, K: int, block_k: int, v_pad: int, device: torch.dev
 _MAX_GRID_AXIS1 = 65535
 
 
-def _k_blocks(K: int, block: int) -> int:
+def _k_blocks(K: int, block: int, v_pad: int, device: torch.device) -> int:
     """Programs along K of the backward grid's second axis, checked against CUDA's limit."""
     blocks = triton.cdiv(K, block)
     if blocks > _MAX_GRID_AXIS1:
+        largest = largest_block_k(v_pad, _BWD_TILE) if device.type == "cuda" else None
+        if largest is None or largest > block:
+            hint = "use a larger block_k" + (f" (at most {largest} with ncrops padded to {v_pad} views)"
+                                             if largest else "")
+        else:
+            hint = f"no block_k a GPU allows with ncrops padded to {v_pad} views is larger: use fewer crops"
         raise ValueError(f"K = {K} in blocks of block_k = {block} needs {blocks} programs along K, more than "
-                         f"CUDA's {_MAX_GRID_AXIS1}; use a larger block_k")
+                         f"CUDA's {_MAX_GRID_AXIS1}; {hint}")
     return blocks
 
 
@@ -526,7 +535,7 @@ def backward_launches(student, teacher, center, offset_student, offset_teacher, 
     block = _block_k(K, v_pad, device, block_k, _BWD_TILE)
     grad = torch.empty_like(student)
     launches = [Launch(
-        _loss_bwd_kernel, (batch, _k_blocks(K, block)),
+        _loss_bwd_kernel, (batch, _k_blocks(K, block, v_pad, device)),
         (student, teacher, center, offset_student, offset_teacher, pair_coef, row_coef, grad,
          batch, K, 1.0 / student_temp, 1.0 / teacher_temp),
         dict(V=ncrops, V_PAD=v_pad, BLOCK_K=block, COSINE=cosine, num_warps=_num_warps(v_pad, block)))]
@@ -538,7 +547,8 @@ def _forward(student, teacher, center, ncrops, student_temp, teacher_temp, cosin
     ncrops = operator.index(ncrops)  # a constexpr of the kernels: a Python int (not numpy's)
     # the default backward's grid, refused now rather than after the forward has run
     K = student.shape[1]
-    _k_blocks(K, _block_k(K, _view_pad(ncrops), student.device, None, _BWD_TILE))
+    v_pad = _view_pad(ncrops)
+    _k_blocks(K, _block_k(K, v_pad, student.device, None, _BWD_TILE), v_pad, student.device)
     launches, outputs = forward_launches(student, teacher, center, ncrops, student_temp, teacher_temp, cosine,
                                          num_splits, block_k)
     with _device_guard(student):
