@@ -5,7 +5,7 @@ count, and fails on any compile error or on a kernel that spills at the register
 Spills show as a stack frame (cuobjdump's STACK; Triton kernels have no other use for one, and
 ptxas -v gives the same bytes as spill stores). At the ceiling of 255 registers a spill means the
 tile does not fit, and fails; below it ptxas chose fewer registers and a few bytes of spill
-for occupancy (64 registers and 8 bytes, in two default configurations), which is reported.
+for occupancy (8 bytes at 48 or 64 registers, in a few default configurations), which is reported.
 
 The launches come from the launchers themselves (clever_kernels.loss._triton.forward_launches /
 backward_launches) on meta tensors, with the configuration chosen for a CUDA device of the
