@@ -407,9 +407,10 @@ def _notes(preset, shape, batch, device, has_kornia, kornia_note, max_err, moved
                   "parts of it stay eager), after every other variant is timed. ")
     notes += ("The 'part' rows split one fused MultiCrop call by GPU kernel (by operator, self time, on the "
               "CPU), from torch.profiler over three calls after one (its overhead included; parts under 1% of "
-              "the call left out; profiled apart from the timed rows, so they need not add up to them); on a GPU the two render kernels' floor is the bytes each must move (pass 1: every "
-              "crop's pixels read once, the float32 intermediate written; pass 2: the intermediate read, the "
-              "views written). ")
+              "the call left out; profiled apart from the timed rows, so they need not add up to them); on a "
+              "GPU the two render kernels' floor is the bytes each must move (pass 1: every crop's pixels "
+              "read once, the float32 intermediate written; pass 2: the intermediate read, the views "
+              "written). ")
     notes += kornia_note + f"Fused vs reference on one draw: max abs difference {max_err:.2g} in [0, 1] pixel units. "
     if copy_bw:
         notes += (f"Bandwidth floor: source images read once + views written once "

@@ -123,10 +123,11 @@ def kernel_times(fn: Callable[[], object], device: torch.device, reps: int = 3) 
     """Where one fn() spends its time, from torch.profiler over `reps` calls: per GPU kernel (by
     name, memory copies and fills included) its device seconds and launches per call; on the CPU
     per operator, its self time (children excluded, so nested operators are not counted twice).
-    Sorted by time, largest first. The profiler's own overhead is in these times, not in
-    time_median's, and time between operators (Python, autograd) is in none of them. The
-    session traces one warm-up call before the counted ones: CUPTI before CUDA 13.1 can drop or
-    garble the first kernel records of a session (pytorch/pytorch#192021)."""
+    On the CPU the call's time outside every operator (Python, autograd) is an entry of its own,
+    BETWEEN_OPERATORS. Sorted by time, largest first. The profiler's own overhead is in these
+    times, not in time_median's. The session traces one warm-up call before the counted ones:
+    CUPTI before CUDA 13.1 can drop or garble the first kernel records of a session
+    (pytorch/pytorch#192021)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile, schedule
 

@@ -207,8 +207,9 @@ def _write(rows, device, copy_bw, quick):
              "The rows 'fused, <kernel>' split the fused step by GPU kernel (by operator, self time, on the "
              "CPU, with the time outside every operator as a row of its own), from torch.profiler over three "
              "steps after one (its overhead included; parts under 1% of the step left out; profiled apart "
-             "from the timed rows, so they need not add up to them); on a GPU their floor is the bytes that kernel must move (the forward: S and T "
-             "read; the centre's sum: T; the backward: S and T read, dS written). ")
+             "from the timed rows, so they need not add up to them); on a GPU their floor is the bytes that "
+             "kernel must move (the forward: S and T read; the centre's sum: T; the backward: S and T "
+             "read, dS written). ")
     if copy_bw:
         notes += f"Measured copy bandwidth: {copy_bw / 1e9:.0f} GB/s (read + write)."
     return harness.write_results("loss", device, rows, columns, notes, quick=quick)
