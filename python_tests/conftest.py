@@ -1,4 +1,5 @@
 """Shared fixtures and the one table of numerical tolerances."""
+import contextlib
 import os
 
 import pytest
@@ -14,6 +15,17 @@ TOLERANCES = {
     torch.float16: (2e-3, 2e-3),
     torch.bfloat16: (1.6e-2, 1.6e-2),
 }
+
+
+@contextlib.contextmanager
+def torch_threads(count):
+    """torch's intra-op thread count set to `count` inside the block, restored after."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 # Loss ops called directly (per-row statistics and gradients against float64 formulas), by

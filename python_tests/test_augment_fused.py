@@ -33,6 +33,7 @@ if _backend.extension() is None or not hasattr(torch.ops.clever_kernels, "render
 
 from clever_kernels.augment import _fused  # noqa: E402  (needs the extension)
 import cuda_emulation  # noqa: E402
+from conftest import torch_threads  # noqa: E402
 
 ZERO, ONE = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
 ATOL = 1e-4
@@ -312,12 +313,8 @@ def test_rerendering_is_bit_identical(ragged):
     first = render(ragged, params, backend="fused")
     again = render(ragged, params, backend="fused")
     assert all(torch.equal(a, b) for a, b in zip(first, again))
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    with torch_threads(1):
         single = render(ragged, params, backend="fused")
-    finally:
-        torch.set_num_threads(threads)
     assert all(torch.equal(a, b) for a, b in zip(first, single))
 
 

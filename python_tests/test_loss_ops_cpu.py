@@ -10,7 +10,7 @@ pytest.importorskip("clever_kernels._C", reason="the C++ extension is not built"
 ops = torch.ops.clever_kernels
 
 from conftest import OP_TOLERANCES as TOLERANCES
-from conftest import assert_inf_exactly_at, minus_inf_against_positive_teacher, softmax_offsets
+from conftest import assert_inf_exactly_at, minus_inf_against_positive_teacher, softmax_offsets, torch_threads
 
 TS, TT = 0.1, 0.04  # DINO's student and teacher temperatures
 
@@ -182,29 +182,21 @@ def test_k_split_across_threads(rng, threads, k):
     statistics. Then again with the mass on the first and last column of every tile (splits
     fall on tile boundaries): a column lost or read twice at a boundary is then most of a
     row's softmax, where among random logits it would be under the tolerance."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         check_all(rng, torch.float32, 1, 4, k)
         student, teacher, center = make_inputs(rng, torch.float32, 1, 4, k)
         edges = torch.cat([torch.arange(0, k, 4096), torch.arange(4095, k, 4096)])
         student[:, edges] += 3.0
         teacher[:, edges] += 1.0
         check_ops(rng, student, teacher, center, 4)
-    finally:
-        torch.set_num_threads(old)
 
 
 def test_deterministic_across_thread_counts(rng):
     student, teacher, center = make_inputs(rng, torch.float32, 8, 4, 3000)
-    old = torch.get_num_threads()
     runs = []
-    try:
-        for threads in (1, 2, 3):
-            torch.set_num_threads(threads)
+    for threads in (1, 2, 3):
+        with torch_threads(threads):
             runs.append(dir_fwd(student, teacher, center, 4) | dvr_fwd(student, teacher, center, 4))
-    finally:
-        torch.set_num_threads(old)
     for other in runs[1:]:
         for name, value in runs[0].items():
             assert torch.equal(value, other[name]), name
@@ -230,14 +222,10 @@ def test_gradients_flush_subnormals_to_zero(rng, threads):
     z = torch.rand(16, generator=rng) * 1e-21
     alpha = torch.rand(16, generator=rng) * 1e-12
     beta = torch.rand(2, 16, generator=rng) * 1e-26
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         dvr = ops.dvr_loss_bwd(student, teacher, center, v["offset_student"], v["offset_teacher"], u, z, 4, TS, TT)
         dir_ = ops.dir_loss_bwd(student, teacher, center, d["offset_student"], d["offset_teacher"], alpha, beta, 4,
                                 TS, TT)
-    finally:
-        torch.set_num_threads(old)
     dvr_ref, dir_ref = ref_dvr_grad(ref, u, z), ref_dir_grad(ref, alpha, beta)
     # the exact gradients do have elements there, so the check can see a subnormal kept
     assert subnormal_count(dvr_ref.float()) > 0 and subnormal_count(dir_ref.float()) > 0
