@@ -1,6 +1,7 @@
 """Compiles every Triton loss kernel exactly as the launchers launch it on a GPU, down to cubin for
 sm_80 and sm_90 with the installed triton, no GPU needed; prints each kernel's largest register
-count, and fails on any compile error or on a kernel that spills at the register ceiling.
+count, and fails on any compile error, on local memory, or on a kernel that spills at the
+register ceiling.
 
 Spills show as a stack frame (cuobjdump's STACK; Triton kernels have no other use for one, and
 ptxas -v gives the same bytes as spill stores). At the ceiling of 255 registers a spill means the
@@ -169,8 +170,10 @@ def main():
                 failures += 1
                 print(f"check_triton_compile: FAIL {what}\n{error}")
                 continue
+            # local memory (a register array indexed at run time) always fails; a stack frame
+            # (spills) fails at the register ceiling
             spills = usage.get("STACK", 0) > 0 or usage.get("LOCAL", 0) > 0
-            does_not_fit = spills and usage.get("REG", 0) >= MAX_REGISTERS
+            does_not_fit = usage.get("LOCAL", 0) > 0 or (spills and usage.get("REG", 0) >= MAX_REGISTERS)
             failures += does_not_fit
             if spills or args.verbose:
                 status = "SPILL" if does_not_fit else ("spill" if spills else "ok   ")
@@ -183,7 +186,7 @@ def main():
     for _, (what, regs) in sorted(most.items()):
         print(f"check_triton_compile: at most {regs} registers a thread: {what}")
     print(f"check_triton_compile: triton {triton.__version__}, {len(jobs)} compiles, {failures} failed "
-          "(a compile error, or a spill at the register ceiling)")
+          "(a compile error, local memory, or a spill at the register ceiling)")
     return 1 if failures else 0
 
 
